@@ -1,0 +1,89 @@
+"""Shared fixtures: a fake clock, seeded vectors, stores in temporary directories, the real model."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tiered_memory import MemoryConfig, TieredMemory
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("TIERED_MEMORY_SHARED", ROOT.parent / "shared" / "datasets"))
+DIM = 32
+
+
+class FakeClock:
+    """A clock tests move by hand, so decay and promotion never depend on sleeping."""
+
+    def __init__(self, start: float = 1_700_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def tick(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def unit_rows(n: int, dim: int = DIM, seed: int = 0, clusters: int = 8, spread: float = 0.35) -> np.ndarray:
+    """Clustered unit vectors: a structure closer to sentence embeddings than uniform noise."""
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((clusters, dim))
+    rows = centers[rng.integers(clusters, size=n)] + spread * np.sqrt(dim) * rng.standard_normal((n, dim)) / np.sqrt(dim)
+    rows = rows.astype(np.float32)
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def tie_aware_recall(exact_scores: np.ndarray, returned: list[int], k: int) -> float:
+    """Share of returned items whose exact score reaches the k-th best exact score (ties count)."""
+    kth = np.sort(exact_scores)[-k]
+    return float(np.mean(exact_scores[returned] >= kth - 1e-5)) if returned else 0.0
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def open_store(tmp_path: Path, clock: FakeClock) -> Iterator[Callable[..., TieredMemory]]:
+    """Open (and at teardown close) vector-only stores in tmp_path; settings as keywords."""
+    opened: list[TieredMemory] = []
+
+    def _open(path: Path | None = None, **settings: object) -> TieredMemory:
+        settings.setdefault("encoder", None)
+        settings.setdefault("dimension", DIM)
+        settings.setdefault("clock", clock)
+        mem = TieredMemory(path or tmp_path / "store", **settings)  # type: ignore[arg-type]
+        opened.append(mem)
+        return mem
+
+    yield _open
+    for mem in opened:
+        mem.close()
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    """The bundled all-MiniLM-L6-v2, loaded once per test session."""
+    from tiered_memory import MiniLMEncoder
+
+    encoder = MiniLMEncoder()
+    encoder.encode(["warm up"])
+    return encoder
+
+
+@pytest.fixture(scope="session")
+def dailydialog_vectors() -> np.ndarray:
+    path = SHARED / "dailydialog" / "embeddings_all-MiniLM-L6-v2_f32.npy"
+    if not path.is_file():
+        pytest.skip(f"DailyDialog embeddings not found at {path} (../shared/datasets is absent)")
+    return np.load(path, mmap_mode="r")
+
+
+def small_config(**changes: object) -> MemoryConfig:
+    return MemoryConfig(**changes)  # type: ignore[arg-type]

@@ -1,0 +1,151 @@
+"""The tier manager: promote on access, demote on decay and on capacity pressure (fake clock)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tiered_memory import Tier
+from tiered_memory.decay import decay_score
+
+from .conftest import unit_rows
+
+DAY = 86_400.0
+
+
+def test_decay_formula_halves_per_half_life_and_rises_with_use() -> None:
+    fresh = decay_score(0.8, 0.0, 0, 0.0, 7 * DAY, 0.5)
+    assert fresh == pytest.approx(0.8)
+    assert decay_score(0.8, 0.0, 0, 7 * DAY, 7 * DAY, 0.5) == pytest.approx(0.4)
+    assert decay_score(0.8, 0.0, 0, 14 * DAY, 7 * DAY, 0.5) == pytest.approx(0.2)
+    used = decay_score(0.8, 0.0, 10, 0.0, 7 * DAY, 0.5)
+    assert used == pytest.approx(0.8 * (1 + 0.5 * np.log(11)))
+
+
+def test_get_promotes_cold_to_hot(open_store) -> None:
+    mem = open_store(warm_capacity=100, hot_capacity=10)
+    vectors = unit_rows(10)
+    ids = mem.add_many([f"m{i}" for i in range(10)], vectors=vectors, importance=0.0)
+    mem.maintain()  # importance 0 decays below every threshold: all go cold
+    assert {mem.tier_of(i) for i in ids} == {Tier.COLD}
+    got = mem.get(ids[4])
+    assert got.tier is Tier.HOT and mem.tier_of(ids[4]) is Tier.HOT
+    stats = mem.stats()
+    assert stats.promotions == {"cold->warm": 1, "warm->hot": 1}
+    assert stats.cold.hits == 1 and stats.warm.misses == 1
+
+
+def test_search_promotes_what_it_returns(open_store) -> None:
+    mem = open_store()
+    vectors = unit_rows(40)
+    ids = mem.add_many([f"m{i}" for i in range(40)], vectors=vectors, importance=0.0)
+    mem.maintain()
+    hits = mem.search(vector=vectors[7], k=3)
+    assert hits[0].memory.id == ids[7]
+    assert all(hit.tier is Tier.COLD for hit in hits)
+    assert all(mem.tier_of(hit.memory.id) is Tier.HOT for hit in hits)
+    returned = {hit.memory.id for hit in hits}
+    assert all(mem.tier_of(i) is Tier.COLD for i in ids if i not in returned)
+
+
+def test_decay_demotes_hot_then_warm_with_time(open_store, clock) -> None:
+    mem = open_store(half_life_s=DAY, hot_min_score=0.2, warm_min_score=0.05, use_weight=0.0)
+    vectors = unit_rows(3)
+    keep, fade = mem.add_many(["keep", "fade"], vectors=vectors[:2], importance=[0.9, 0.9])
+    mem.get(keep)
+    mem.get(fade)
+    clock.tick(2 * DAY)  # 0.9 -> 0.225: both still above 0.2
+    mem.get(keep)  # used again: its clock restarts
+    assert mem.maintain().demoted_to_warm == 0
+    clock.tick(1 * DAY)  # fade: 0.9 / 8 = 0.11 < 0.2 -> warm; keep: 0.45
+    report = mem.maintain()
+    assert report.demoted_to_warm == 1
+    assert mem.tier_of(fade) is Tier.WARM and mem.tier_of(keep) is Tier.HOT
+    clock.tick(2 * DAY)  # fade: 0.9 / 32 = 0.028 < 0.05 -> cold
+    report = mem.maintain()
+    assert mem.tier_of(fade) is Tier.COLD
+    assert mem.stats().demotions["warm->cold"] >= 1
+
+
+def test_importance_and_use_slow_the_decay(open_store, clock) -> None:
+    mem = open_store(half_life_s=DAY, hot_min_score=0.0, warm_min_score=0.05, use_weight=1.0)
+    vectors = unit_rows(3)
+    minor, major, used = mem.add_many(["minor", "major", "used"], vectors=vectors, importance=[0.2, 0.8, 0.2])
+    for _ in range(20):
+        mem.get(used)
+    clock.tick(2 * DAY)
+    mem.maintain()
+    # minor: 0.2/4 = 0.05 -> not below; after one more day 0.025 -> cold
+    clock.tick(DAY)
+    mem.maintain()
+    assert mem.tier_of(minor) is Tier.COLD
+    assert mem.tier_of(major) is Tier.WARM  # 0.8/8 = 0.1
+    assert mem.tier_of(used) is Tier.HOT  # 0.2/8 * (1 + ln 21) = 0.1
+
+
+def test_capacity_pressure_demotes_lowest_scores_first(open_store, clock) -> None:
+    mem = open_store(warm_capacity=100, hot_capacity=10)
+    vectors = unit_rows(100)
+    importance = np.linspace(0.01, 1.0, 100)
+    ids = mem.add_many([f"m{i}" for i in range(100)], vectors=vectors, importance=importance.tolist())
+    assert all(mem.tier_of(i) is Tier.WARM for i in ids)
+    extra = mem.add("one more", vector=unit_rows(1, seed=7)[0], importance=0.5)
+    # one over capacity -> demote down to 99% of capacity: the 2 lowest-importance memories
+    cold = [i for i in ids if mem.tier_of(i) is Tier.COLD]
+    assert cold == ids[:2]
+    assert mem.tier_of(extra) is Tier.WARM
+    assert len(mem.warm) == 99
+
+
+def test_demoted_memories_are_still_found(open_store) -> None:
+    mem = open_store(warm_capacity=50, hot_capacity=5)
+    vectors = unit_rows(200, seed=11)
+    ids = mem.add_many([f"m{i}" for i in range(200)], vectors=vectors)
+    assert len(mem.warm) <= 50
+    cold = [i for i, memory_id in enumerate(ids) if mem.tier_of(memory_id) is Tier.COLD]
+    assert len(cold) >= 150
+    for i in cold[:20]:
+        hit = mem.search(vector=vectors[i], k=1)[0]
+        assert hit.memory.id == ids[i] and hit.tier is Tier.COLD
+
+
+def test_hot_tier_is_bounded_lru(open_store) -> None:
+    mem = open_store(hot_capacity=3)
+    ids = mem.add_many([f"m{i}" for i in range(6)], vectors=unit_rows(6))
+    for memory_id in ids:
+        mem.get(memory_id)
+    assert [mem.tier_of(i) for i in ids] == [Tier.WARM] * 3 + [Tier.HOT] * 3
+    assert mem.stats().demotions["hot->warm"] == 3
+
+
+def test_automatic_maintenance_every_n_operations(open_store, clock) -> None:
+    mem = open_store(maintain_every_ops=10, half_life_s=DAY, warm_min_score=0.05)
+    ids = mem.add_many([f"m{i}" for i in range(5)], vectors=unit_rows(5), importance=0.1)
+    clock.tick(3 * DAY)  # 0.1 / 8 < 0.05
+    assert all(mem.tier_of(i) is Tier.WARM for i in ids)
+    extra = unit_rows(10, seed=4)
+    for i in range(5):
+        mem.add(f"new {i}", vector=extra[i], importance=1.0)  # 5 + 5 ops: the 10th runs maintain
+    assert all(mem.tier_of(i) is Tier.COLD for i in ids)
+
+
+def test_automatic_maintenance_every_interval(open_store, clock) -> None:
+    mem = open_store(maintain_every_s=3_600, half_life_s=DAY, warm_min_score=0.05)
+    ids = mem.add_many(["a", "b"], vectors=unit_rows(2), importance=0.1)
+    clock.tick(3 * DAY)
+    returned = mem.search(vector=unit_rows(1, seed=3)[0], k=1)[0].memory.id  # an hour has passed: maintains
+    other = ids[1] if returned == ids[0] else ids[0]
+    assert mem.tier_of(other) is Tier.COLD  # 0.1 / 8 < 0.05
+    assert mem.tier_of(returned) is Tier.HOT  # just used: 0.1 * (1 + 0.5 ln 2) > 0.05
+
+
+def test_access_statistics_accumulate(open_store, clock) -> None:
+    mem = open_store()
+    vectors = unit_rows(5)
+    ids = mem.add_many([f"m{i}" for i in range(5)], vectors=vectors)
+    clock.tick(5)
+    mem.get(ids[0])
+    clock.tick(5)
+    mem.search(vector=vectors[0], k=1)
+    got = mem.get(ids[0])
+    assert got.access_count == 3 and got.last_accessed == clock.now

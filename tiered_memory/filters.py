@@ -1,0 +1,104 @@
+"""Metadata filters (``where=``): validated once, compiled to a plain predicate.
+
+Syntax, MongoDB-style: ``{"field": value}`` (equality), ``{"field": {"$gte": 0.5}}``, and
+``{"$and": [...]}`` / ``{"$or": [...]}``. Operators: $eq $ne $in $nin $gt $gte $lt $lte $exists.
+A field that is missing matches only $ne, $nin and ``$exists: False``. Order comparisons between
+values of different types (a str against a number) are false, never an error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from .errors import InvalidFilterError
+
+Predicate = Callable[[Mapping[str, Any]], bool]
+
+_MISSING = object()
+
+
+def _comparable(a: object, b: object) -> bool:
+    numbers = (int, float)
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool)
+    if isinstance(a, numbers) and isinstance(b, numbers):
+        return True
+    return type(a) is type(b) and isinstance(a, (str, bytes))
+
+
+def _order(test: Callable[[Any, Any], bool]) -> Callable[[object, object], bool]:
+    def compare(value: object, operand: object) -> bool:
+        return value is not _MISSING and _comparable(value, operand) and test(value, operand)
+
+    return compare
+
+
+def _equal(value: object, operand: object) -> bool:
+    # 1 == True in Python; a filter on a bool field must not match the number 1.
+    return value is not _MISSING and isinstance(value, bool) == isinstance(operand, bool) and value == operand
+
+
+def _member(value: object, operand: list[object]) -> bool:
+    return any(_equal(value, item) for item in operand)
+
+
+_OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
+    "$eq": _equal,
+    "$ne": lambda value, operand: not _equal(value, operand),
+    "$in": _member,
+    "$nin": lambda value, operand: not _member(value, operand),
+    "$gt": _order(lambda a, b: a > b),
+    "$gte": _order(lambda a, b: a >= b),
+    "$lt": _order(lambda a, b: a < b),
+    "$lte": _order(lambda a, b: a <= b),
+    "$exists": lambda value, operand: (value is not _MISSING) == operand,
+}
+
+
+def compile_where(where: Mapping[str, Any] | None) -> Predicate | None:
+    """Turn a ``where`` mapping into a predicate on metadata; None means no filter."""
+    if where is None:
+        return None
+    if not isinstance(where, Mapping) or not where:
+        raise InvalidFilterError(f"where must be a non-empty mapping such as {{'project': 'rag'}}, got {where!r}")
+    clauses = [_compile_clause(key, spec) for key, spec in where.items()]
+    if len(clauses) == 1:
+        return clauses[0]
+    return lambda metadata: all(clause(metadata) for clause in clauses)
+
+
+def _compile_clause(key: object, spec: Any) -> Predicate:
+    if key in ("$and", "$or"):
+        if not isinstance(spec, list) or not spec:
+            raise InvalidFilterError(f"{key} takes a non-empty list of filters, got {spec!r}")
+        parts = [compile_where(part) for part in spec]
+        combine = all if key == "$and" else any
+        return lambda metadata: combine(part(metadata) for part in parts)  # type: ignore[misc]
+    if not isinstance(key, str) or key.startswith("$"):
+        raise InvalidFilterError(f"unknown filter operator or bad field name {key!r}; fields are str keys of metadata")
+    if isinstance(spec, Mapping) and any(isinstance(op, str) and op.startswith("$") for op in spec):
+        tests = [_compile_operator(key, op, operand) for op, operand in spec.items()]
+    else:
+        tests = [_compile_operator(key, "$eq", spec)]
+
+    def clause(metadata: Mapping[str, Any]) -> bool:
+        value = metadata.get(key, _MISSING)
+        return all(test(value, operand) for test, operand in tests)
+
+    return clause
+
+
+def _compile_operator(key: str, op: object, operand: Any) -> tuple[Callable[[Any, Any], bool], Any]:
+    test = _OPERATORS.get(op) if isinstance(op, str) else None
+    if test is None:
+        raise InvalidFilterError(f"unknown operator {op!r} on field {key!r}; use one of {sorted(_OPERATORS)}")
+    if op in ("$in", "$nin"):
+        if not isinstance(operand, (list, tuple, set, frozenset)):
+            raise InvalidFilterError(f"{op} on field {key!r} takes a list, got {operand!r}")
+        operand = list(operand)
+    elif op == "$exists" and not isinstance(operand, bool):
+        raise InvalidFilterError(f"$exists on field {key!r} takes True or False, got {operand!r}")
+    elif op in ("$gt", "$gte", "$lt", "$lte") and not isinstance(operand, (int, float, str, bytes)):
+        raise InvalidFilterError(f"{op} on field {key!r} takes a number or a str, got {operand!r}")
+    return test, operand

@@ -1,0 +1,211 @@
+"""The memory record, its msgpack schema, and validation of what callers put in it."""
+
+from __future__ import annotations
+
+import enum
+import math
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, NamedTuple
+
+import msgpack
+
+from .errors import (
+    EmptyTextError,
+    InvalidInputError,
+    InvalidTextError,
+    MetadataError,
+    SchemaVersionError,
+    TextTooLargeError,
+)
+
+SCHEMA_VERSION = 1
+
+
+class Tier(enum.StrEnum):
+    """Where a memory sits: hot (in-process LRU), warm (ANN index) or cold (LMDB only)."""
+
+    HOT = "hot"
+    WARM = "warm"
+    COLD = "cold"
+
+
+# Tier codes as stored in cold and in the catalog's byte column; larger is faster.
+TIER_CODES = {Tier.COLD: 0, Tier.WARM: 1, Tier.HOT: 2}
+TIERS_BY_CODE = (Tier.COLD, Tier.WARM, Tier.HOT)
+
+
+@dataclass(slots=True)
+class Memory:
+    """One memory. Instances handed to callers are copies: changing them changes nothing stored."""
+
+    id: str
+    namespace: str
+    text: str
+    kind: str
+    metadata: dict[str, Any]
+    created_at: float  # seconds since the epoch (UTC)
+    updated_at: float
+    last_accessed: float
+    access_count: int
+    importance: float  # 0..1, set by the caller; decay is computed from it, never written over it
+    topic: int  # topic (and cold partition) within the namespace; -1 before the namespace has topics
+    tier: Tier
+    version: int = 1  # bumped by every update
+
+
+class Hit(NamedTuple):
+    """A search result: the memory, its similarity to the query, and the tier that served it."""
+
+    memory: Memory
+    score: float
+    tier: Tier
+
+
+def pack_record(memory: Memory) -> bytes:
+    """Serialize a memory for the cold tier (schema version first, positional fields after)."""
+    return msgpack.packb(
+        [
+            SCHEMA_VERSION,
+            memory.id,
+            memory.namespace,
+            memory.text,
+            memory.kind,
+            memory.metadata,
+            memory.created_at,
+            memory.updated_at,
+            memory.last_accessed,
+            memory.access_count,
+            memory.importance,
+            memory.topic,
+            TIER_CODES[memory.tier],
+            memory.version,
+        ],
+        use_bin_type=True,
+    )
+
+
+def unpack_record(data: bytes) -> Memory:
+    """Inverse of :func:`pack_record`; refuses records written by a newer schema."""
+    fields = msgpack.unpackb(data, raw=False, strict_map_key=False)
+    version = fields[0]
+    if version != SCHEMA_VERSION:
+        raise SchemaVersionError(
+            f"record schema version {version} is not readable by this tiered_memory "
+            f"(reads version {SCHEMA_VERSION}); upgrade tiered_memory"
+        )
+    (_, mid, namespace, text, kind, metadata, created, updated, accessed, count, importance, topic,
+     tier_code, record_version) = fields
+    return Memory(mid, namespace, text, kind, metadata, created, updated, accessed, count, importance,
+                  topic, TIERS_BY_CODE[tier_code], record_version)
+
+
+def new_id() -> str:
+    """A fresh memory id: 32 hex characters, random."""
+    return uuid.uuid4().hex
+
+
+def check_id(memory_id: object) -> str:
+    """Ids are LMDB keys: at most 128 characters and 480 UTF-8 bytes (LMDB's key limit is 511)."""
+    if not isinstance(memory_id, str) or not 1 <= len(memory_id) <= 128:
+        raise InvalidInputError(f"a memory id is a str of 1 to 128 characters, got {memory_id!r}")
+    try:
+        if len(memory_id.encode("utf-8")) > 480:
+            raise InvalidInputError(f"memory id {memory_id!r} is longer than 480 bytes in UTF-8")
+    except UnicodeEncodeError as err:
+        raise InvalidInputError(f"memory id {memory_id!r} is not encodable as UTF-8") from err
+    return memory_id
+
+
+def check_text(text: object, max_chars: int) -> str:
+    if not isinstance(text, str):
+        raise InvalidTextError(f"text must be a str, got {type(text).__name__}")
+    if not text.strip():
+        raise EmptyTextError("text is empty or only white space; pass the words to remember")
+    if len(text) > max_chars:
+        raise TextTooLargeError(
+            f"text has {len(text):,} characters, more than max_text_chars={max_chars:,}; "
+            "split it into several memories or raise MemoryConfig.max_text_chars"
+        )
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise InvalidTextError(
+            f"text cannot be encoded as UTF-8 ({err.reason} at position {err.start}); "
+            "remove lone surrogate characters"
+        ) from err
+    return text
+
+
+def check_label(value: object, what: str) -> str:
+    """Namespaces and kinds: short non-empty strings."""
+    if not isinstance(value, str) or not value or len(value) > 256:
+        raise InvalidInputError(f"{what} must be a non-empty str of at most 256 characters, got {value!r}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise InvalidInputError(f"{what} {value!r} is not encodable as UTF-8") from err
+    return value
+
+
+def check_importance(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise InvalidInputError(f"importance must be a number between 0 and 1, got {value!r}")
+    return float(value)
+
+
+def check_timestamp(value: object, what: str) -> float:
+    """Accept seconds since the epoch or a datetime (naive datetimes are taken as UTC)."""
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value.timestamp()
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InvalidInputError(f"{what} must be seconds since the epoch or a datetime, got {value!r}")
+    return float(value)
+
+
+def check_metadata(metadata: object, max_bytes: int, max_depth: int) -> dict[str, Any]:
+    """A str-keyed mapping of msgpack-serializable values, within size and depth limits."""
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, Mapping):
+        raise MetadataError(f"metadata must be a mapping with str keys, got {type(metadata).__name__}")
+    for key in metadata:
+        if not isinstance(key, str):
+            raise MetadataError(f"metadata keys must be str, got {key!r}")
+    _check_depth(metadata, max_depth)
+    try:
+        packed = msgpack.packb(dict(metadata), use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as err:
+        raise MetadataError(
+            f"metadata is not serializable ({err}); use str, int, float, bool, None, bytes, lists and dicts"
+        ) from err
+    if len(packed) > max_bytes:
+        raise MetadataError(
+            f"metadata takes {len(packed):,} bytes serialized, more than max_metadata_bytes={max_bytes:,}; "
+            "store large payloads elsewhere and keep a reference here"
+        )
+    # Round-trip so that what we keep in RAM is exactly what a reopen will read back
+    # (tuples become lists, str subclasses become str).
+    return msgpack.unpackb(packed, raw=False, strict_map_key=False)
+
+
+def _check_depth(value: object, max_depth: int) -> None:
+    # Iterative, so that a hostile, deeply nested input cannot exhaust the Python stack.
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, Mapping):
+            children = list(item.values())
+        elif isinstance(item, (list, tuple)):
+            children = list(item)
+        else:
+            continue
+        if depth > max_depth:
+            raise MetadataError(
+                f"metadata is nested deeper than max_metadata_depth={max_depth}; flatten it"
+            )
+        stack.extend((child, depth + 1) for child in children)

@@ -1,0 +1,338 @@
+"""Warm tier: one hnswlib graph per namespace, over dequantized int8 codes.
+
+One graph per namespace keeps tenants apart without hnswlib's per-candidate Python ``filter=``
+callable, which costs 3.5x at 50% selectivity and 64x at 1% (measured on this machine).
+
+Labels are never reused within a graph: hnswlib 0.8 mis-tracks a label that is re-added while a
+deleted element still carries it, so each graph hands out increasing labels and recycles the
+*slots* of deleted elements instead (``replace_deleted=True``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import zlib
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import hnswlib
+import msgpack
+import numpy as np
+
+from .records import Memory
+
+log = logging.getLogger(__name__)
+
+_INITIAL_CAPACITY = 1_024
+_FILE_VERSION = 1
+
+
+class Graph:
+    """One namespace's hnswlib index and its label <-> memory id maps."""
+
+    def __init__(self, namespace: str, dimension: int, m: int, ef_construction: int, ef_search: int,
+                 index: hnswlib.Index | None = None) -> None:
+        self.namespace = namespace
+        self.dimension = dimension
+        self.m = m
+        self.ef_construction = ef_construction
+        self.ef_search = ef_search
+        self.index = index if index is not None else self._new_index(_INITIAL_CAPACITY)
+        self.label_of: dict[str, int] = {}
+        self.id_of: dict[int, str] = {}
+        self.next_label = 0
+
+    def _new_index(self, capacity: int) -> hnswlib.Index:
+        index = hnswlib.Index(space="ip", dim=self.dimension)
+        index.init_index(max_elements=capacity, ef_construction=self.ef_construction, M=self.m,
+                         random_seed=100, allow_replace_deleted=True)
+        index.set_ef(self.ef_search)
+        index.set_num_threads(1)
+        return index
+
+    def __len__(self) -> int:
+        return len(self.label_of)
+
+    def put_many(self, memory_ids: list[str], vectors: np.ndarray) -> None:
+        """Insert these memories; a memory already present gets a new label and its old element
+        becomes a tombstone (hnswlib's in-place update would clash with slot recycling)."""
+        for memory_id in memory_ids:
+            if memory_id in self.label_of:
+                self.discard(memory_id)
+        labels = np.arange(self.next_label, self.next_label + len(memory_ids), dtype=np.int64)
+        self.next_label += len(memory_ids)
+        needed = self.index.element_count + max(0, len(memory_ids) - self.tombstones)
+        if needed > self.index.get_max_elements():
+            self.index.resize_index(max(needed, 2 * self.index.get_max_elements()))
+        # replace_deleted=True recycles a tombstone's slot; labels are fresh, so this is safe.
+        # Batches use every core (we hold the write lock, so no knn_query runs meanwhile).
+        threads = 1 if len(memory_ids) < 64 else (os.cpu_count() or 1)
+        self.index.add_items(vectors, labels, num_threads=threads, replace_deleted=True)
+        for memory_id, label in zip(memory_ids, labels.tolist()):
+            self.label_of[memory_id] = label
+            self.id_of[label] = memory_id
+
+    def discard(self, memory_id: str) -> bool:
+        label = self.label_of.pop(memory_id, None)
+        if label is None:
+            return False
+        del self.id_of[label]
+        self.index.mark_deleted(label)
+        return True
+
+    def search(self, query: np.ndarray, k: int) -> tuple[list[str], np.ndarray] | None:
+        """Top-k ids and inner products; None when hnswlib cannot fill k (tombstones), so the
+        caller falls back to an exact scan instead of returning fewer results."""
+        k = min(k, len(self.label_of))
+        if k == 0:
+            return [], np.zeros(0, dtype=np.float32)
+        try:
+            labels, distances = self.index.knn_query(query, k=k, num_threads=1)
+        except RuntimeError:
+            return None
+        id_of = self.id_of
+        return [id_of[label] for label in labels[0].tolist()], 1.0 - distances[0]
+
+    def vectors(self, memory_ids: list[str]) -> np.ndarray:
+        labels = [self.label_of[memory_id] for memory_id in memory_ids]
+        return np.asarray(self.index.get_items(labels), dtype=np.float32).reshape(len(labels), self.dimension)
+
+    @property
+    def tombstones(self) -> int:
+        return self.index.element_count - len(self.label_of)
+
+    def nbytes(self) -> int:
+        """RAM of the graph as hnswlib allocates it, not the 1-byte codes it was built from:
+        level-0 block (float32 vector + 2M links + label) for *every* preallocated slot,
+        upper-level links, hnswlib's label map, and our two Python dicts."""
+        capacity = self.index.get_max_elements()
+        level0 = 4 * self.dimension + 4 * (2 * self.m) + 4 + 8
+        upper = (4 * self.m + 4) / max(self.m - 1, 1)  # expected upper levels per element: 1/(M-1)
+        return int(capacity * (level0 + 2) + self.index.element_count * (upper + 48) + len(self) * 200)
+
+
+class WarmTier:
+    """All namespaces' graphs, bounded in total by ``capacity`` memories (enforced by the engine)."""
+
+    name = "warm"
+
+    def __init__(self, dimension: int, capacity: int, m: int = 16, ef_construction: int = 200,
+                 ef_search: int = 64) -> None:
+        self.dimension = dimension
+        self.capacity = capacity
+        self.m = m
+        self.ef_construction = ef_construction
+        self.ef_search = ef_search
+        self.graphs: dict[str, Graph] = {}
+        self.dirty: set[str] = set()  # namespaces changed since the last save
+        self._size = 0
+
+    def graph(self, namespace: str) -> Graph:
+        graph = self.graphs.get(namespace)
+        if graph is None:
+            graph = self.graphs[namespace] = Graph(namespace, self.dimension, self.m, self.ef_construction,
+                                                   self.ef_search)
+        return graph
+
+    def put(self, memory: Memory, vector: np.ndarray) -> None:
+        self.put_many(memory.namespace, [memory.id], vector.reshape(1, -1))
+
+    def put_many(self, namespace: str, memory_ids: list[str], vectors: np.ndarray) -> None:
+        graph = self.graph(namespace)
+        before = len(graph)
+        graph.put_many(memory_ids, vectors)
+        self._size += len(graph) - before
+        self.dirty.add(namespace)
+
+    def discard(self, memory_id: str, namespace: str | None = None) -> bool:
+        graphs = [self.graphs[namespace]] if namespace in self.graphs else (
+            self.graphs.values() if namespace is None else [])
+        for graph in graphs:
+            if graph.discard(memory_id):
+                self._size -= 1
+                self.dirty.add(graph.namespace)
+                return True
+        return False
+
+    def vector(self, memory_id: str, namespace: str | None = None) -> np.ndarray | None:
+        for graph in self._graphs_of(namespace):
+            if memory_id in graph.label_of:
+                return graph.vectors([memory_id])[0]
+        return None
+
+    def __contains__(self, memory_id: object) -> bool:
+        return any(memory_id in graph.label_of for graph in self.graphs.values())
+
+    def contains(self, memory_id: str, namespace: str) -> bool:
+        graph = self.graphs.get(namespace)
+        return graph is not None and memory_id in graph.label_of
+
+    def __len__(self) -> int:
+        return self._size
+
+    def ids(self) -> Iterator[str]:
+        for graph in list(self.graphs.values()):
+            yield from list(graph.label_of)
+
+    def search(self, namespace: str, query: np.ndarray, k: int) -> tuple[list[str], np.ndarray] | None:
+        graph = self.graphs.get(namespace)
+        if graph is None:
+            return [], np.zeros(0, dtype=np.float32)
+        return graph.search(query, k)
+
+    def set_ef(self, ef_search: int) -> None:
+        self.ef_search = ef_search
+        for graph in self.graphs.values():
+            graph.ef_search = ef_search
+            graph.index.set_ef(ef_search)
+
+    def nbytes(self) -> int:
+        return sum(graph.nbytes() for graph in self.graphs.values())
+
+    def _graphs_of(self, namespace: str | None) -> Iterable[Graph]:
+        if namespace is None:
+            return list(self.graphs.values())
+        graph = self.graphs.get(namespace)
+        return [graph] if graph is not None else []
+
+    def drop(self, namespace: str) -> None:
+        graph = self.graphs.pop(namespace, None)
+        if graph is not None:
+            self._size -= len(graph)
+            self.dirty.add(namespace)
+
+    def rebuild(self, namespace: str, memory_ids: list[str], vectors: np.ndarray) -> None:
+        """Replace a namespace's graph by a fresh one holding exactly these memories."""
+        self.drop(namespace)
+        if memory_ids:
+            self.put_many(namespace, memory_ids, vectors)
+
+    # Persistence: <dir>/<key>.hnsw beside <dir>/<key>.meta (msgpack, with the file's CRC-32).
+
+    @staticmethod
+    def file_key(namespace: str) -> str:
+        return hashlib.sha1(namespace.encode("utf-8")).hexdigest()[:20]
+
+    def save(self, directory: Path, generation: int, stamp: str) -> None:
+        """Write every dirty graph (atomically: temp file, fsync, rename) and remove dropped ones."""
+        directory.mkdir(parents=True, exist_ok=True)
+        for namespace in sorted(self.dirty):
+            key = self.file_key(namespace)
+            graph = self.graphs.get(namespace)
+            if graph is None:
+                for suffix in (".hnsw", ".meta"):
+                    (directory / (key + suffix)).unlink(missing_ok=True)
+                continue
+            self._save_graph(graph, directory / f"{key}.hnsw", directory / f"{key}.meta", generation, stamp)
+        self.dirty.clear()
+        # Clean graphs keep their files; bring their generation up to date so the next open trusts them.
+        for namespace, graph in self.graphs.items():
+            meta_path = directory / f"{self.file_key(namespace)}.meta"
+            meta = _read_meta(meta_path)
+            if meta is not None and meta.get("generation") != generation:
+                meta["generation"] = generation
+                meta["stamp"] = stamp
+                _write_atomic(meta_path, msgpack.packb(meta, use_bin_type=True))
+
+    def _save_graph(self, graph: Graph, index_path: Path, meta_path: Path, generation: int, stamp: str) -> None:
+        tmp = index_path.with_suffix(".hnsw.tmp")
+        graph.index.save_index(str(tmp))
+        crc, size = _crc32(tmp)
+        _fsync(tmp)
+        os.replace(tmp, index_path)
+        labels = list(graph.id_of)
+        meta = {
+            "version": _FILE_VERSION,
+            "namespace": graph.namespace,
+            "labels": labels,
+            "ids": [graph.id_of[label] for label in labels],
+            "next_label": graph.next_label,
+            "max_elements": graph.index.get_max_elements(),
+            "crc32": crc,
+            "size": size,
+            "generation": generation,
+            "stamp": stamp,
+        }
+        _write_atomic(meta_path, msgpack.packb(meta, use_bin_type=True))
+
+    def load(self, directory: Path) -> dict[str, dict[str, Any]]:
+        """Load every graph whose file is intact; returns {namespace: meta} of those loaded.
+
+        A file is read by hnswlib only after its size and CRC-32 match the sidecar: hnswlib's
+        loader trusts the header and can overrun its buffers on a damaged file.
+        """
+        loaded: dict[str, dict[str, Any]] = {}
+        if not directory.is_dir():
+            return loaded
+        for meta_path in sorted(directory.glob("*.meta")):
+            index_path = meta_path.with_suffix(".hnsw")
+            meta = _read_meta(meta_path)
+            problem = "its .meta file is missing or unreadable" if meta is None else _check_files(meta, index_path)
+            if meta is None or problem is not None:
+                log.warning("warm index %s is unusable (%s); it will be rebuilt from the cold tier",
+                            index_path.name, problem)
+                continue
+            index = hnswlib.Index(space="ip", dim=self.dimension)
+            try:
+                index.load_index(str(index_path), max_elements=meta["max_elements"], allow_replace_deleted=True)
+            except (RuntimeError, MemoryError, ValueError) as err:
+                log.warning("warm index %s failed to load (%s); it will be rebuilt", index_path.name, err)
+                continue
+            if index.dim != self.dimension or index.M != self.m:
+                log.warning("warm index %s was built with other settings; it will be rebuilt", index_path.name)
+                continue
+            graph = Graph(meta["namespace"], self.dimension, self.m, self.ef_construction, self.ef_search, index)
+            graph.index.set_ef(self.ef_search)
+            graph.index.set_num_threads(1)
+            graph.id_of = dict(zip(meta["labels"], meta["ids"]))
+            graph.label_of = {memory_id: label for label, memory_id in graph.id_of.items()}
+            graph.next_label = meta["next_label"]
+            self.graphs[graph.namespace] = graph
+            self._size += len(graph)
+            loaded[graph.namespace] = meta
+        return loaded
+
+
+def _check_files(meta: dict[str, Any], index_path: Path) -> str | None:
+    if meta.get("version") != _FILE_VERSION:
+        return f"file version {meta.get('version')!r}"
+    if not index_path.is_file():
+        return "the index file is missing"
+    crc, size = _crc32(index_path)
+    if size != meta.get("size") or crc != meta.get("crc32"):
+        return "size or checksum differs from what was saved"
+    return None
+
+
+def _read_meta(path: Path) -> dict[str, Any] | None:
+    try:
+        meta = msgpack.unpackb(path.read_bytes(), raw=False, strict_map_key=False)
+    except (OSError, ValueError, msgpack.UnpackException):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def _crc32(path: Path) -> tuple[int, int]:
+    crc, size = 0, 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            crc = zlib.crc32(chunk, crc)
+            size += len(chunk)
+    return crc, size
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
