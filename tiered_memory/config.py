@@ -81,7 +81,7 @@ class MemoryConfig:
         if self.hot_capacity is None and isinstance(self.warm_capacity, int):
             object.__setattr__(self, "hot_capacity", min(10_000, self.warm_capacity))
         positive_ints = (
-            "hot_capacity", "warm_capacity", "maintain_every_ops", "hnsw_m", "hnsw_ef_construction",
+            "warm_capacity", "hot_capacity", "maintain_every_ops", "hnsw_m", "hnsw_ef_construction",
             "hnsw_ef_search", "rescore_oversample", "calibration_size",
             "topic_min_memories", "map_size_bytes", "max_map_size_bytes", "max_readers", "max_text_chars",
             "max_metadata_bytes", "max_metadata_depth",

@@ -66,6 +66,9 @@ class MiniLMEncoder:
             if self._model is None:
                 os.environ["HF_HUB_OFFLINE"] = "1"
                 from sentence_transformers import SentenceTransformer
+                from transformers.utils import logging as transformers_logging
+
+                transformers_logging.disable_progress_bar()  # no "Loading weights" bar on stderr
 
                 self._model = SentenceTransformer(str(self.model_path), device="cpu")
             return self._model

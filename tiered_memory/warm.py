@@ -26,7 +26,7 @@ from .records import Memory
 
 log = logging.getLogger(__name__)
 
-_INITIAL_CAPACITY = 1_024
+_INITIAL_CAPACITY = 64  # doubles as needed; hnswlib allocates every slot up front
 _FILE_VERSION = 1
 
 
