@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from tiered_memory import MemoryNotFoundError, Tier
@@ -89,3 +90,21 @@ def test_filter_that_matches_nothing_returns_nothing(open_store) -> None:
 def test_where_semantics(where, metadata, expected) -> None:
     predicate = compile_where(where)
     assert predicate is not None and predicate(metadata) is expected
+
+
+@pytest.mark.parametrize("exact_search_max", [8, 10_000])
+def test_only_ids_restricts_results(open_store, exact_search_max: int) -> None:
+    mem = open_store(exact_search_max=exact_search_max)
+    vectors = unit_rows(300, seed=8)
+    ids = mem.add_many([f"m{i}" for i in range(300)], vectors=vectors)
+    other = mem.add("elsewhere", namespace="other", vector=vectors[0])
+    allowed = set(ids[100:120]) | {other}
+    for q in vectors[:20]:
+        hits = mem.search(vector=q, k=5, only_ids=allowed)
+        assert len(hits) == 5 and all(h.memory.id in allowed and h.memory.id != other for h in hits)
+        exact = vectors[100:120] @ q
+        assert hits[0].memory.id == ids[100 + int(np.argmax(exact))]
+    big = set(ids[:250])
+    hits = mem.search(vector=vectors[260], k=3, only_ids=big)
+    assert all(h.memory.id in big for h in hits) and len(hits) == 3
+    assert mem.search(vector=vectors[0], only_ids=set()) == []

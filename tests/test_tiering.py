@@ -149,3 +149,26 @@ def test_access_statistics_accumulate(open_store, clock) -> None:
     mem.search(vector=vectors[0], k=1)
     got = mem.get(ids[0])
     assert got.access_count == 3 and got.last_accessed == clock.now
+
+
+def test_promote_moves_without_counting_a_use(open_store) -> None:
+    mem = open_store()
+    ids = mem.add_many([f"m{i}" for i in range(6)], vectors=unit_rows(6), importance=0.0)
+    mem.maintain()
+    assert mem.promote(ids[:2]) == 4  # two cold->warm and two warm->hot moves
+    assert mem.promote([ids[2], "unknown"], tier=Tier.WARM) == 1
+    assert [mem.tier_of(i) for i in ids[:4]] == [Tier.HOT, Tier.HOT, Tier.WARM, Tier.COLD]
+    assert mem.catalog.uses[mem.catalog.slot_of[ids[0]]] == 0
+    with pytest.raises(ValueError, match="warm' or 'hot"):
+        mem.promote(ids, tier=Tier.COLD)
+
+
+def test_top_by_decay_ranks_by_decayed_importance(open_store, clock) -> None:
+    mem = open_store(half_life_s=DAY, use_weight=0.0)
+    old, new, low = mem.add_many(["old", "new", "low"], vectors=unit_rows(3), importance=[0.9, 0.6, 0.1],
+                                 created_at=[clock.now - 3 * DAY, clock.now, clock.now])
+    assert mem.top_by_decay("default") == [new, old, low]  # 0.6 > 0.9/8 > 0.1
+    assert mem.top_by_decay("default", limit=1) == [new]
+    mem.get(new)
+    assert mem.top_by_decay("default", exclude_tiers=(Tier.HOT,)) == [old, low]
+    assert mem.top_by_decay("nope") == []

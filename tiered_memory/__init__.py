@@ -2,7 +2,13 @@
 
 from .config import MemoryConfig
 from .encoders import Encoder, MiniLMEncoder
-from .engine import DEFAULT_ENCODER, MaintenanceReport, StoreStats, TieredMemory, TierStats
+from .engine import (
+    DEFAULT_ENCODER,
+    MaintenanceReport,
+    StoreStats,
+    TieredMemory,
+    TierStats,
+)
 from .errors import (
     ConfigError,
     DecryptionError,

@@ -1,0 +1,298 @@
+"""Search internals: warm ANN, exact and IVF scans of int8 codes, filters, rescoring, serving hits.
+
+Mixed into :class:`~tiered_memory.engine.TieredMemory`; every method here runs with the engine's
+readers-writer lock held shared, so it reads the indexes but never changes them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .blocks import scan
+from .catalog import COLD, HOT, Catalog
+from .encoders import as_unit_vectors
+from .errors import InvalidInputError, TieredMemoryError
+from .filters import Predicate
+from .quantization import Int8Quantizer
+from .records import TIERS_BY_CODE, Hit, Memory, check_text
+from .topics import TopicModel
+
+if TYPE_CHECKING:
+    from .engine import TieredMemory
+
+
+class Lookup:
+    """Records and metadata fetched during one search, so each is read at most once."""
+
+    def __init__(self, engine: TieredMemory) -> None:
+        self.engine = engine
+        self.contents: dict[int, Memory] = {}
+
+    def content(self, slot: int) -> Memory:
+        content = self.contents.get(slot)
+        if content is None:
+            engine = self.engine
+            memory_id = engine.catalog.ids[slot]
+            entry = engine.hot.peek(memory_id)
+            if entry is not None:
+                content = entry.memory
+            else:
+                content = engine.cold.get(memory_id)
+                if content is None:
+                    raise TieredMemoryError(f"memory {memory_id!r} is in the catalog but not in cold storage")
+            self.contents[slot] = content
+        return content
+
+    def metadata(self, slot: int) -> Mapping[str, Any]:
+        return self.content(slot).metadata
+
+
+
+class RowFilter:
+    """The filters of one search, in one namespace: kinds and allowed ids (checked on catalog
+    columns, vectorized) and the metadata predicate (which needs the record)."""
+
+    def __init__(self, kind_codes: list[int] | None, allowed: np.ndarray | None, predicate: Predicate | None,
+                 eligible: int, total: int, catalog: Catalog) -> None:
+        self.kind_codes = kind_codes
+        self.allowed = allowed
+        self._allowed_set = None if allowed is None else set(allowed.tolist())
+        self.predicate = predicate
+        self.eligible = eligible
+        self.selectivity = eligible / total if total else 0.0
+        self.active = kind_codes is not None or allowed is not None or predicate is not None
+        self._kind_column = catalog.kind
+
+    @classmethod
+    def build(cls, catalog: Catalog, ns: int, kinds: list[str] | None, predicate: Predicate | None,
+              only_ids: Collection[str] | None) -> RowFilter:
+        total = catalog.count_by_ns[ns]
+        eligible = total
+        kind_codes = None
+        if kinds is not None:
+            kind_codes = [catalog.kinds.codes[name] for name in kinds if name in catalog.kinds.codes]
+            eligible = sum(catalog.count_by_kind[ns, code] for code in kind_codes)
+        allowed = None
+        if only_ids is not None:
+            slot_of, ns_column = catalog.slot_of, catalog.ns
+            chosen = [slot_of[i] for i in only_ids if i in slot_of]
+            allowed = np.array([slot for slot in chosen if ns_column[slot] == ns], dtype=np.int64)
+            eligible = min(eligible, len(allowed))
+        return cls(kind_codes, allowed, predicate, eligible, total, catalog)
+
+    def accepts(self, slot: int, lookup: Lookup) -> bool:
+        if self.kind_codes is not None and self._kind_column[slot] not in self.kind_codes:
+            return False
+        if self._allowed_set is not None and slot not in self._allowed_set:
+            return False
+        return self.predicate is None or self.predicate(lookup.metadata(slot))
+
+    def mask(self, slots: np.ndarray) -> np.ndarray | None:
+        """Rows that pass the column filters (None: all do); the predicate is applied later."""
+        keep = None
+        if self.kind_codes is not None and len(slots):
+            keep = np.isin(np.asarray(self._kind_column)[slots], self.kind_codes)
+        if self.allowed is not None and len(slots):
+            inside = np.isin(slots, self.allowed)
+            keep = inside if keep is None else keep & inside
+        return keep
+
+
+class SearchMixin:
+    """Candidate generation and hit serving for TieredMemory."""
+
+    def _serve_hits(self, ranked: list[tuple[int, float]], lookup: Lookup,
+                    promote: dict[int, tuple[Memory, np.ndarray]]) -> list[Hit]:
+        """Build the hits, count the accesses and promote: warm -> hot now, cold via `promote`."""
+        catalog = self.catalog
+        ids, tiers = catalog.ids, catalog.tier
+        # Warm and cold hits go to the hot tier: read their records in one go, with the float
+        # originals only when rescoring will use them (else the decoded code will do).
+        needing = [slot for slot, _ in ranked if tiers[slot] != HOT]
+        vectors: dict[int, np.ndarray] = {}
+        if needing:
+            fetched = self.cold.fetch([ids[slot] for slot in needing], originals=self.config.rescore)
+            decoded = None if self.config.rescore else self._decoded(needing)
+            for i, (slot, (content, original)) in enumerate(zip(needing, fetched)):
+                if content is not None:
+                    lookup.contents.setdefault(slot, content)
+                if original is not None:
+                    vectors[slot] = original
+                elif decoded is not None:
+                    vectors[slot] = decoded[i]
+        hits = []
+        now = self.clock()
+        hot_get, uses, accessed, dirty = self.hot.get, catalog.uses, catalog.accessed, catalog.dirty
+        with self._mutex:
+            for slot, score in ranked:
+                if tiers[slot] == HOT:  # the common case, kept lean: one LRU lookup, no disk
+                    content = hot_get(ids[slot]).memory
+                    uses[slot] += 1  # catalog.touch(), inlined: this loop is on every search
+                    accessed[slot] = now
+                    dirty.add(slot)
+                    self._hits["hot"] += 1
+                    tier = HOT
+                else:
+                    content = lookup.content(slot)
+                    vector = vectors.get(slot)
+                    if vector is None:
+                        vector = vectors[slot] = self._decoded([slot])[0]
+                    tier = self._serve(slot, content, vector)
+                    if tier == COLD:
+                        promote[slot] = (content, vector)
+                hits.append(Hit(catalog.memory(slot, content), float(score), TIERS_BY_CODE[tier]))
+        return hits
+
+    def _query_vector(self, query: str | None, vector: Any) -> np.ndarray:
+        if (query is None) == (vector is None):
+            raise InvalidInputError("pass either a query text or vector=, not both and not neither")
+        if vector is not None:
+            matrix = as_unit_vectors(vector, self.dimension)
+            if len(matrix) != 1:
+                raise InvalidInputError(f"search takes one query vector, got {len(matrix)}")
+            return matrix[0]
+        text = check_text(query, self.config.max_text_chars)
+        with self._query_lock:
+            cached = self._query_cache.get(text)
+        if cached is not None:
+            return cached
+        encoded = self._encode([text])[0]
+        encoded.setflags(write=False)
+        with self._query_lock:
+            self._query_cache[text] = encoded
+        return encoded
+
+    def _search_namespace(self, namespace: str, q: np.ndarray, k: int, kinds: list[str] | None,
+                          predicate: Predicate | None, only_ids: Collection[str] | None,
+                          lookup: Lookup) -> list[tuple[int, float]]:
+        catalog = self.catalog
+        ns = catalog.namespaces.codes.get(namespace)
+        if ns is None or not catalog.count_by_ns.get(ns):
+            return []
+        rows = RowFilter.build(catalog, ns, kinds, predicate, only_ids)
+        if rows.eligible == 0:
+            return []
+        if rows.allowed is not None and len(rows.allowed) <= self.config.exact_search_max:
+            return self._scan_slots(rows.allowed, q, k, rows, lookup)
+        if catalog.count_by_ns[ns] <= self.config.exact_search_max or rows.eligible <= self.config.exact_search_max:
+            return self._scan(ns, q, k, rows, lookup, cold_only=False, warm_only=False)
+        results: dict[int, float] = {}
+        graph = self.warm.graphs.get(namespace)
+        if graph is not None and len(graph):
+            results.update(self._warm_search(namespace, ns, q, k, rows, lookup))
+        cold_count = catalog.blocks.cold_count.get(ns, 0)
+        if cold_count:
+            topics = None
+            model = self.topics.get(namespace)
+            if model is not None and cold_count > self.config.cold_exact_max:
+                topics = self._probe_topics(ns, model, q, cold_count)
+            results.update(self._scan(ns, q, k, rows, lookup, cold_only=True, warm_only=False, topics=topics))
+        return sorted(results.items(), key=lambda item: -item[1])[:k]
+
+    def _probe_topics(self, ns: int, model: TopicModel, q: np.ndarray, cold_count: int) -> list[int]:
+        """Nearest topics first, until they hold cold_probe_fraction of the cold rows."""
+        budget = self.config.cold_probe_fraction * cold_count
+        sizes = self.catalog.blocks.cold_sizes(ns)
+        chosen, rows = [], 0
+        for topic in model.nearest(q, len(model)).tolist():
+            chosen.append(topic)
+            rows += sizes.get(topic, 0)
+            if rows >= budget:
+                break
+        return chosen
+
+    def _warm_search(self, namespace: str, ns: int, q: np.ndarray, k: int, rows: RowFilter,
+                     lookup: Lookup) -> list[tuple[int, float]]:
+        """ANN over the namespace's graph; with filters, oversample (by the filter's selectivity),
+        then widen 4x twice, then fall back to an exact filtered scan of the warm rows."""
+        slot_of = self.catalog.slot_of
+        if not rows.active:
+            result = self.warm.search(namespace, q, k)
+            if result is not None:
+                return [(slot_of[memory_id], score) for memory_id, score in zip(result[0], result[1].tolist())]
+        graph_size = len(self.warm.graphs[namespace])
+        fetch = k if not rows.active else min(graph_size, max(4 * k, int(2 * k / max(rows.selectivity, 1e-3))))
+        for _ in range(3):
+            result = self.warm.search(namespace, q, fetch)
+            if result is None:  # hnswlib could not fill k past tombstones: scan instead
+                break
+            accepted: list[tuple[int, float]] = []
+            for memory_id, score in zip(result[0], result[1].tolist()):
+                slot = slot_of[memory_id]
+                if rows.accepts(slot, lookup):
+                    accepted.append((slot, score))
+                    if len(accepted) == k:
+                        return accepted
+            if fetch >= graph_size:
+                return accepted
+            fetch = min(graph_size, fetch * 4)
+        return self._scan(ns, q, k, rows, lookup, cold_only=False, warm_only=True)
+
+    def _scan(self, ns: int, q: np.ndarray, k: int, rows: RowFilter, lookup: Lookup, cold_only: bool,
+              warm_only: bool, topics: list[int] | None = None) -> list[tuple[int, float]]:
+        """Exact top-k over the int8 codes of chosen blocks; the cost is one pass per row."""
+        if warm_only:
+            blocks = [b for key, b in self.catalog.blocks.iter_namespace(ns) if not key[2]]
+        else:
+            blocks = self.catalog.blocks.chosen(ns, topics, cold_only=cold_only)
+        weights, offset = self._scan_weights(q)
+        slots, scores = scan(blocks, weights, offset)
+        return self._top(slots, scores, k, rows, lookup)
+
+    def _scan_slots(self, slots: np.ndarray, q: np.ndarray, k: int, rows: RowFilter,
+                    lookup: Lookup) -> list[tuple[int, float]]:
+        """Exact top-k over a few given slots (gathered: cheap below exact_search_max rows)."""
+        weights, offset = self._scan_weights(q)
+        codes = self.catalog.blocks.codes(slots.tolist())
+        return self._top(slots, codes.astype(np.float32) @ weights + np.float32(offset), k, rows, lookup)
+
+    def _scan_weights(self, q: np.ndarray) -> tuple[np.ndarray, float]:
+        quantizer = self.cold.quantizer
+        if not isinstance(quantizer, Int8Quantizer):
+            raise TieredMemoryError(f"the store's codes are {quantizer.name}, but scans read int8")
+        return quantizer.scan_weights(q)
+
+    @staticmethod
+    def _top(slots: np.ndarray, scores: np.ndarray, k: int, rows: RowFilter,
+             lookup: Lookup) -> list[tuple[int, float]]:
+        keep = rows.mask(slots)
+        if keep is not None:
+            slots, scores = slots[keep], scores[keep]
+        if not len(slots):
+            return []
+        if rows.predicate is None:
+            top = np.argpartition(-scores, k - 1)[:k] if len(scores) > k else np.arange(len(scores))
+            top = top[np.argsort(-scores[top], kind="stable")]
+            return list(zip(slots[top].tolist(), scores[top].tolist()))
+        accepted = []
+        for i in np.argsort(-scores, kind="stable").tolist():
+            slot = int(slots[i])
+            if rows.predicate(lookup.metadata(slot)):
+                accepted.append((slot, float(scores[i])))
+                if len(accepted) == k:
+                    break
+        return accepted
+
+    def _rescore(self, q: np.ndarray, ranked: list[tuple[int, float]]) -> list[tuple[int, float]]:
+        """Re-rank candidates by the inner product with their float originals (hot copies first)."""
+        if not ranked:
+            return ranked
+        slots = [slot for slot, _ in ranked]
+        vectors = np.empty((len(slots), self.dimension), dtype=np.float32)
+        missing = []
+        for i, slot in enumerate(slots):
+            entry = self.hot.peek(self.catalog.ids[slot])
+            if entry is not None:
+                vectors[i] = entry.vector
+            else:
+                missing.append(i)
+        if missing:
+            originals = self.cold.originals([self.catalog.ids[slots[i]] for i in missing])
+            vectors[missing] = originals if originals is not None else self._decoded([slots[i] for i in missing])
+        scores = vectors @ q
+        order = np.argsort(-scores, kind="stable")
+        return [(slots[i], float(scores[i])) for i in order.tolist()]
+

@@ -1,0 +1,396 @@
+"""The tier manager: promotion on access, demotion on decay and capacity, maintenance,
+int8 calibration, and keeping the warm index and statistics in step with the cold tier.
+
+Mixed into :class:`~tiered_memory.engine.TieredMemory`. Methods that change an index, a code
+block or the LMDB map run with the engine's write lock held (their callers take it).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import zlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import msgpack
+import numpy as np
+
+from .catalog import COLD, HOT, WARM
+from .cold import Op
+from .decay import decay_scores
+from .errors import InvalidInputError
+from .hot import HotEntry
+from .records import TIER_CODES, Memory, Tier
+from .topics import TopicModel, topics_for
+
+log = logging.getLogger(__name__)
+
+_CALIBRATION_SAMPLE_MAX = 50_000
+_RECALIBRATE_GROWTH = 8  # re-learn int8 ranges when the store is 8x the size they were learned on
+
+
+@dataclass
+class MaintenanceReport:
+    demoted_to_warm: int = 0
+    demoted_to_cold: int = 0
+    flushed: int = 0
+    topics_fitted: list[str] = field(default_factory=list)
+    recalibrated: bool = False
+    graphs_compacted: int = 0
+    seconds: float = 0.0
+
+
+
+
+class TierManagerMixin:
+    """Moves memories between tiers and keeps RAM state consistent with the cold tier."""
+
+    def _quantizer_stamp(self) -> str:
+        state = msgpack.packb(self.cold.quantizer.state(), use_bin_type=True)
+        return f"{zlib.crc32(state):08x}"
+
+    def _restore_warm(self) -> None:
+        """Load saved graphs and make them agree with the catalog: the archive decides which
+        memories are warm; a graph saved before the last write is checked vector by vector."""
+        loaded = self.warm.load(self.path / "warm")
+        generation = self.cold.meta_get("generation", 0)
+        stamp = self._quantizer_stamp()
+        expected: dict[str, list[int]] = {}
+        for slot in self.catalog.slots(tiers=(WARM, HOT)).tolist():
+            expected.setdefault(self.catalog.namespaces.names[self.catalog.ns[slot]], []).append(slot)
+        repaired = 0
+        for namespace in set(expected) | set(self.warm.graphs):
+            slots = expected.get(namespace, [])
+            ids = [self.catalog.ids[slot] for slot in slots]
+            meta = loaded.get(namespace)
+            graph = self.warm.graphs.get(namespace)
+            if graph is None or meta is None or meta.get("stamp") != stamp:
+                self._rebuild_graph(namespace, slots)
+                repaired += len(slots)
+                continue
+            wanted = set(ids)
+            for memory_id in [i for i in graph.label_of if i not in wanted]:
+                self.warm.discard(memory_id, namespace)
+                repaired += 1
+            missing = [slot for slot, memory_id in zip(slots, ids) if memory_id not in graph.label_of]
+            if meta.get("generation") != generation:
+                present = [slot for slot, memory_id in zip(slots, ids) if memory_id in graph.label_of]
+                if present:
+                    stored = graph.vectors([self.catalog.ids[slot] for slot in present])
+                    expected_vectors = self._decoded(present)
+                    differs = ~np.isclose(stored, expected_vectors, atol=1e-5).all(axis=1)
+                    missing.extend(np.asarray(present)[differs].tolist())
+            if missing:
+                self.warm.put_many(namespace, [self.catalog.ids[s] for s in missing], self._decoded(missing))
+                repaired += len(missing)
+        if repaired:
+            log.warning("warm index of %s repaired from the cold tier: %d memories re-indexed or removed",
+                        self.path, repaired)
+
+    def _rebuild_graph(self, namespace: str, slots: list[int]) -> None:
+        ids = [self.catalog.ids[slot] for slot in slots]
+        self.warm.rebuild(namespace, ids, self._decoded(slots) if slots else np.zeros((0, self.dimension)))
+
+    def _decoded(self, slots: Sequence[int]) -> np.ndarray:
+        return self.cold.quantizer.decode(self.catalog.blocks.codes(slots))
+
+    def _restore_hot(self) -> None:
+        slots = self.catalog.slots(tiers=(HOT,))
+        if not len(slots):
+            return
+        slots = slots[np.argsort(np.asarray(self.catalog.accessed)[slots], kind="stable")]
+        self._fill_hot(slots.tolist())
+
+    def _fill_hot(self, slots: list[int], count: bool = False) -> None:
+        """Read records (and originals) of these slots from cold and put them in the hot LRU."""
+        if not slots:
+            return
+        fetched = self.cold.fetch([self.catalog.ids[slot] for slot in slots], originals=True)
+        decoded = self._decoded(slots)
+        with self._mutex:
+            for slot, (memory, original), fallback in zip(slots, fetched, decoded):
+                if memory is None:
+                    continue
+                if count and self.catalog.tier[slot] != HOT:
+                    self._promotions["warm->hot"] += 1
+                self.catalog.set_tier(slot, HOT)  # before put: the put may evict (and demote) another
+                self.hot.put(memory, original if original is not None else fallback)
+
+    def _hot_evicted(self, memory_id: str, entry: HotEntry) -> None:
+        # Called by the LRU, inside self._mutex, when a put pushes the least recent entry out.
+        slot = self.catalog.slot_of.get(memory_id)
+        if slot is not None and self.catalog.tier[slot] == HOT:
+            self.catalog.set_tier(slot, WARM)
+            self._demotions["hot->warm"] += 1
+
+    def _serve(self, slot: int, content: Memory, vector: np.ndarray) -> int:
+        """Account one lookup and promote warm -> hot. Caller holds _mutex (and _rw shared)."""
+        tier = self.catalog.tier[slot]
+        self.catalog.touch(slot, self.clock())
+        if tier == HOT:
+            self._hits["hot"] += 1
+            self.hot.get(content.id)  # refresh recency
+        elif tier == WARM:
+            self._misses["hot"] += 1
+            self._hits["warm"] += 1
+            self._to_hot(slot, content, vector)
+        else:
+            self._misses["hot"] += 1
+            self._misses["warm"] += 1
+            self._hits["cold"] += 1
+        return tier
+
+    def _to_hot(self, slot: int, content: Memory, vector: np.ndarray) -> None:
+        self.catalog.set_tier(slot, HOT)  # before put: the put may evict (and demote) another entry
+        self.hot.put(content, vector)
+        self._promotions["warm->hot"] += 1
+
+    def _promote_from_cold(self, items: dict[int, tuple[Memory, np.ndarray]]) -> None:
+        """cold -> warm -> hot for memories found in cold. Takes the write lock (hnswlib insert)."""
+        with self._rw.write:
+            if self._closed:
+                return
+            by_namespace: dict[str, list[int]] = {}
+            for slot, (content, _) in items.items():
+                if self.catalog.ids[slot] == content.id and self.catalog.tier[slot] == COLD:
+                    by_namespace.setdefault(content.namespace, []).append(slot)
+            for namespace, slots in by_namespace.items():
+                self.warm.put_many(namespace, [self.catalog.ids[s] for s in slots], self._decoded(slots))
+                with self._mutex:
+                    for slot in slots:
+                        self.catalog.set_tier(slot, WARM)
+                        self._promotions["cold->warm"] += 1
+                        content, vector = items[slot]
+                        self._to_hot(slot, content, vector)
+            protect = {slot for slots in by_namespace.values() for slot in slots}
+            self._enforce_warm_capacity(protect=protect)
+
+    def decay_scores(self, slots: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(slots, decayed importance) of the given or all live memories, at the clock's now."""
+        catalog = self.catalog
+        if slots is None:
+            slots = catalog.slots()
+        config = self.config
+        scores = decay_scores(np.asarray(catalog.importance)[slots], np.asarray(catalog.accessed)[slots],
+                              np.asarray(catalog.uses)[slots], self.clock(), config.half_life_s, config.use_weight)
+        return slots, scores
+
+    def _enforce_warm_capacity(self, protect: set[int] | None = None) -> int:
+        """Demote the lowest-scoring warm memories to cold until warm is within capacity.
+
+        Goes 1% below capacity so that a stream of promotions does not pay this every time.
+        Caller holds the write lock.
+        """
+        excess = len(self.warm) - self.config.warm_capacity
+        if excess <= 0:
+            return 0
+        target = excess + self.config.warm_capacity // 100
+        slots, scores = self.decay_scores(self.catalog.slots(tiers=(WARM, HOT)))
+        if protect:
+            scores = np.where(np.isin(slots, list(protect)), np.inf, scores)
+        # Warm-only memories leave before hot ones at equal score.
+        hot_bias = (np.asarray(self.catalog.tier)[slots] == HOT).astype(np.float64)
+        order = np.lexsort((hot_bias, scores))[:target]
+        self._demote_to_cold(slots[order].tolist())
+        return len(order)
+
+    def _demote_to_cold(self, slots: list[int]) -> None:
+        catalog = self.catalog
+        for slot in slots:
+            memory_id = catalog.ids[slot]
+            with self._mutex:
+                if catalog.tier[slot] == HOT:
+                    self.hot.discard(memory_id)
+                    catalog.set_tier(slot, WARM)
+                    self._demotions["hot->warm"] += 1
+                catalog.set_tier(slot, COLD)
+                self._demotions["warm->cold"] += 1
+            self.warm.discard(memory_id, catalog.namespaces.names[catalog.ns[slot]])
+
+    def _maintain(self) -> MaintenanceReport:
+        started = time.perf_counter()
+        report = MaintenanceReport()
+        config = self.config
+        catalog = self.catalog
+        slots, scores = self.decay_scores(catalog.slots(tiers=(WARM, HOT)))
+        tiers = np.asarray(catalog.tier)[slots]
+        with self._mutex:
+            for slot in slots[(tiers == HOT) & (scores < config.hot_min_score)].tolist():
+                self.hot.discard(catalog.ids[slot])
+                catalog.set_tier(slot, WARM)
+                self._demotions["hot->warm"] += 1
+                report.demoted_to_warm += 1
+        to_cold = slots[scores < config.warm_min_score].tolist()
+        self._demote_to_cold(to_cold)
+        report.demoted_to_cold = len(to_cold) + self._enforce_warm_capacity()
+        report.topics_fitted = self._fit_topics()
+        report.recalibrated = self._recalibrate_if_drifted()
+        report.graphs_compacted = self._compact_graphs()
+        self._persist(report)
+        self._ops = 0
+        self._last_maintain = self.clock()
+        report.seconds = time.perf_counter() - started
+        return report
+
+    def _fit_topics(self) -> list[str]:
+        fitted = []
+        catalog = self.catalog
+        for namespace, ns in list(catalog.namespaces.codes.items()):
+            count = catalog.count_by_ns.get(ns, 0)
+            model = self.topics.get(namespace)
+            if count < self.config.topic_min_memories or (model is not None and count < 2 * model.fitted_on):
+                continue
+            slots = catalog.slots(namespace=ns)
+            vectors = self._decoded(slots.tolist())
+            model = TopicModel.fit(vectors, topics_for(count, self.config.topics_per_namespace))
+            topics, _ = model.assign(vectors)
+            with self._mutex:
+                for slot, topic in zip(slots.tolist(), topics.tolist()):
+                    catalog.set_topic(slot, topic)
+            self.topics[namespace] = model
+            fitted.append(namespace)
+        return fitted
+
+    def _compact_graphs(self) -> int:
+        compacted = 0
+        for namespace, graph in list(self.warm.graphs.items()):
+            if graph.tombstones > max(1_000, len(graph)):
+                ids = list(graph.label_of)
+                self._rebuild_graph(namespace, [self.catalog.slot_of[i] for i in ids])
+                compacted += 1
+        return compacted
+
+    def _calibrate_if_due(self, incoming: np.ndarray) -> None:
+        """Learn int8 ranges once the store (with this batch) reaches calibration_size memories,
+        and again each time it has grown 8x since, up to a 50k sample."""
+        quantizer = self.cold.quantizer
+        total = len(self.catalog) + len(incoming)
+        if quantizer.calibrated:
+            grown = 0 < self._calibrated_on < _CALIBRATION_SAMPLE_MAX and \
+                total >= _RECALIBRATE_GROWTH * self._calibrated_on
+            if not grown:
+                return
+        elif total < self.config.calibration_size:
+            return
+        self._recalibrate(incoming)
+
+    def _recalibrate_if_drifted(self) -> bool:
+        if self._coded < 100 * self.dimension or self._clipped / self._coded <= self.config.drift_clip_rate:
+            return False
+        log.info("int8 clip rate %.4f over %.4f: re-calibrating", self._clipped / self._coded,
+                 self.config.drift_clip_rate)
+        self._recalibrate(np.zeros((0, self.dimension), dtype=np.float32))
+        return True
+
+    def _recalibrate(self, incoming: np.ndarray) -> None:
+        """Fit int8 ranges on a sample of every memory (originals when kept) plus `incoming`, re-encode
+        every stored code in one transaction, and rebuild the warm graphs. No memory is rewritten
+        except its code; a crash leaves either the old codes and ranges or the new ones."""
+        catalog = self.catalog
+        slots = catalog.slots()
+        ids = [catalog.ids[slot] for slot in slots.tolist()]
+        originals = self.cold.originals(ids) if ids else None
+        existing = originals if originals is not None else self._decoded(slots.tolist())
+        everything = np.concatenate([existing, incoming]) if len(existing) else incoming
+        rng = np.random.default_rng(len(everything))
+        sample = everything
+        if len(sample) > _CALIBRATION_SAMPLE_MAX:
+            sample = sample[rng.choice(len(sample), _CALIBRATION_SAMPLE_MAX, replace=False)]
+        quantizer = self.cold.quantizer
+        quantizer.fit(sample)
+        codes = quantizer.encode(existing) if len(existing) else np.zeros((0, self.dimension), dtype=np.int8)
+        ops: list[Op] = [("codes", memory_id.encode("utf-8"), code.tobytes()) for memory_id, code in zip(ids, codes)]
+        ops.append(self.cold.quantizer_op())
+        ops.append(self.cold.meta_op("calibrated_on", len(sample)))
+        self.cold.write(ops)
+        self._calibrated_on = len(sample)
+        self._clipped = 0.0
+        self._coded = 0
+        with self._mutex:
+            for slot, code in zip(slots.tolist(), codes):
+                catalog.set_code(slot, code)
+        for namespace in list(self.warm.graphs):
+            ns = catalog.namespaces.codes[namespace]
+            self._rebuild_graph(namespace, catalog.slots(namespace=ns, tiers=(WARM, HOT)).tolist())
+
+    def _persist(self, report: MaintenanceReport) -> None:
+        """Write changed statistics and topic models to cold, then save the warm graphs."""
+        catalog = self.catalog
+        with self._mutex:
+            dirty = [slot for slot in catalog.dirty if catalog.ids[slot] is not None]
+            catalog.dirty.clear()
+        ops: list[Op] = []
+        if dirty:
+            need_cold = []
+            for slot in dirty:
+                entry = self.hot.peek(catalog.ids[slot])
+                if entry is not None:
+                    ops.extend(self.cold.record_ops([catalog.memory(slot, entry.memory)]))
+                else:
+                    need_cold.append(slot)
+            contents = self.cold.get_many([catalog.ids[slot] for slot in need_cold])
+            ops.extend(self.cold.record_ops(
+                catalog.memory(slot, content) for slot, content in zip(need_cold, contents) if content is not None))
+        for namespace, model in self.topics.items():
+            ops.append(self.cold.meta_op(f"topics/{namespace}", model.state()))
+        generation = self.cold.write(ops)
+        report.flushed = len(dirty)
+        self.warm.save(self.path / "warm", generation, self._quantizer_stamp())
+
+    # -- hooks for prefetching -------------------------------------------------------------
+
+    def promote(self, memory_ids: Iterable[str], tier: Tier = Tier.HOT) -> int:
+        """Move memories up to `tier` ahead of use (prefetch); not counted as accesses.
+
+        Unknown ids are skipped. Returns how many memories moved."""
+        self._check_writable()
+        if tier not in (Tier.WARM, Tier.HOT):
+            raise InvalidInputError(f"promote() moves memories to 'warm' or 'hot', not {tier!r}")
+        with self._rw.write:
+            self._check_writable()
+            catalog = self.catalog
+            slots = [catalog.slot_of[i] for i in dict.fromkeys(memory_ids) if i in catalog.slot_of]
+            cold = [slot for slot in slots if catalog.tier[slot] == COLD]
+            by_namespace: dict[str, list[int]] = {}
+            for slot in cold:
+                by_namespace.setdefault(catalog.namespaces.names[catalog.ns[slot]], []).append(slot)
+            for namespace, group in by_namespace.items():
+                self.warm.put_many(namespace, [catalog.ids[s] for s in group], self._decoded(group))
+                with self._mutex:
+                    for slot in group:
+                        catalog.set_tier(slot, WARM)
+                        self._promotions["cold->warm"] += 1
+            moved = len(cold)
+            if tier is Tier.HOT:
+                warm = [slot for slot in slots if catalog.tier[slot] == WARM]
+                moved += len(warm)
+                self._fill_hot(warm, count=True)
+            self._enforce_warm_capacity(protect=set(slots))
+            return moved
+
+    def nearest_topics(self, namespace: str, vector: np.ndarray, n: int = 1) -> list[int]:
+        """The namespace's n topics nearest a unit vector (empty before it has a topic model)."""
+        model = self.topics.get(namespace)
+        return [] if model is None else model.nearest(vector, n).tolist()
+
+    def top_by_decay(self, namespace: str, topics: Iterable[int] | None = None, limit: int = 100,
+                     exclude_tiers: tuple[Tier, ...] = ()) -> list[str]:
+        """Ids of the namespace's memories (optionally of some topics) with the highest decayed
+        importance, best first: what prefetch should warm up."""
+        with self._rw.read:
+            catalog = self.catalog
+            ns = catalog.namespaces.codes.get(namespace)
+            if ns is None:
+                return []
+            slots = catalog.slots(namespace=ns)
+            if topics is not None and len(slots):
+                slots = slots[np.isin(np.asarray(catalog.topic)[slots], list(topics))]
+            if exclude_tiers and len(slots):
+                excluded = [TIER_CODES[tier] for tier in exclude_tiers]
+                slots = slots[~np.isin(np.asarray(catalog.tier)[slots], excluded)]
+            if not len(slots):
+                return []
+            slots, scores = self.decay_scores(slots)
+            order = np.argsort(-scores, kind="stable")[:limit]
+            return [catalog.ids[slot] for slot in slots[order].tolist()]
