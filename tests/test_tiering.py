@@ -172,3 +172,15 @@ def test_top_by_decay_ranks_by_decayed_importance(open_store, clock) -> None:
     mem.get(new)
     assert mem.top_by_decay("default", exclude_tiers=(Tier.HOT,)) == [old, low]
     assert mem.top_by_decay("nope") == []
+
+
+def test_a_batch_larger_than_warm_room_sends_the_rest_to_cold(open_store) -> None:
+    mem = open_store(warm_capacity=100, hot_capacity=10)
+    vectors = unit_rows(500, seed=12)
+    importance = [0.9 if i % 5 == 0 else 0.1 for i in range(500)]
+    ids = mem.add_many([f"m{i}" for i in range(500)], vectors=vectors, importance=importance)
+    warm = [i for i, memory_id in enumerate(ids) if mem.tier_of(memory_id) is Tier.WARM]
+    assert len(warm) == 100 == len(mem.warm)
+    assert all(i % 5 == 0 for i in warm)  # the important fifth got the room
+    assert mem.warm.graphs["default"].index.element_count == 100  # never inserted then dropped
+    assert mem.search(vector=vectors[3], k=1)[0].memory.id == ids[3]  # the rest is found in cold

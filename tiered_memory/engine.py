@@ -201,6 +201,9 @@ class TieredMemory(SearchMixin, TierManagerMixin):
         self.warm = WarmTier(self.dimension, config.warm_capacity, config.hnsw_m, config.hnsw_ef_construction,
                              config.hnsw_ef_search)
         self.topics: dict[str, TopicModel] = {}
+        # Called (last registered first) by close(), before it takes the write lock for the final
+        # persist: features with background work (e.g. prefetch workers) stop and join here.
+        self._closers: list[Callable[[], None]] = []
         self._rw = RWLock()
         self._mutex = threading.Lock()
         self._query_cache: LRUCache = LRUCache(max(config.query_cache_size, 1))
@@ -237,6 +240,9 @@ class TieredMemory(SearchMixin, TierManagerMixin):
         """Persist statistics and the warm index, then release the directory. Safe to call twice."""
         if self._closed:
             return
+        # Stop background work first, without holding the lock: a worker may be waiting for it.
+        while self._closers:
+            self._closers.pop()()
         with self._rw.write:
             if self._closed:
                 return
@@ -381,6 +387,9 @@ class TieredMemory(SearchMixin, TierManagerMixin):
             topics, _ = model.assign(vectors)
             for memory, topic in zip(memories, topics.tolist()):
                 memory.topic = topic
+        to_warm = self._warm_admissions(memories)
+        for i, memory in enumerate(memories):
+            memory.tier = Tier.WARM if to_warm[i] else Tier.COLD
         codes = quantizer.encode(vectors)
         self.cold.write(self.cold.memory_ops(memories, codes, vectors))
         # Durable from here on; what follows only updates in-RAM structures.
@@ -390,8 +399,25 @@ class TieredMemory(SearchMixin, TierManagerMixin):
             slots = [self.catalog.insert(memory, code) for memory, code in zip(memories, codes)]
         if model is not None:
             model.absorb(vectors, topics)
-        self.warm.put_many(namespace, [memory.id for memory in memories], quantizer.decode(codes))
-        self._enforce_warm_capacity(protect=set(slots))
+        chosen = np.flatnonzero(to_warm)
+        if len(chosen):
+            self.warm.put_many(namespace, [memories[i].id for i in chosen], quantizer.decode(codes[chosen]))
+        self._enforce_warm_capacity(protect={slots[i] for i in chosen})
+
+    def _warm_admissions(self, memories: list[Memory]) -> np.ndarray:
+        """Which new memories enter the warm index (bool per memory).
+
+        All of them, while they fit (give or take the 1% slack that capacity enforcement frees).
+        A batch larger than the room left sends only its most important (then newest) memories
+        to warm and the rest straight to cold: inserting into hnswlib only to demote right after
+        would cost a graph insertion per memory for nothing."""
+        room = max(self.config.warm_capacity - len(self.warm), 0)
+        admit = np.ones(len(memories), dtype=bool)
+        if len(memories) > room + self.config.warm_capacity // 100:
+            order = sorted(range(len(memories)), key=lambda i: (-memories[i].importance, -memories[i].created_at))
+            admit[:] = False
+            admit[order[:room]] = True
+        return admit
 
     # -- reading ---------------------------------------------------------------------------
 
