@@ -33,7 +33,8 @@ def unit_rows(n: int, dim: int = DIM, seed: int = 0, clusters: int = 8, spread: 
     """Clustered unit vectors: a structure closer to sentence embeddings than uniform noise."""
     rng = np.random.default_rng(seed)
     centers = rng.standard_normal((clusters, dim))
-    rows = centers[rng.integers(clusters, size=n)] + spread * np.sqrt(dim) * rng.standard_normal((n, dim)) / np.sqrt(dim)
+    members = centers[rng.integers(clusters, size=n)]
+    rows = members + spread * rng.standard_normal((n, dim))
     rows = rows.astype(np.float32)
     return rows / np.linalg.norm(rows, axis=1, keepdims=True)
 

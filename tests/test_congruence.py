@@ -77,7 +77,7 @@ def test_filtered_search_matches_filtered_exact(open_store) -> None:
     mem = open_store(warm_capacity=1_000, exact_search_max=64, cold_exact_max=100_000)
     vectors = unit_rows(2_000, seed=5, clusters=20)
     kinds = ["preference" if i % 50 == 0 else "conversation" for i in range(2_000)]  # 2% selective
-    ids = mem.add_many([f"m{i}" for i in range(2_000)], vectors=vectors, kind=kinds,
+    mem.add_many([f"m{i}" for i in range(2_000)], vectors=vectors, kind=kinds,
                        metadata=[{"score": i % 10} for i in range(2_000)])
     queries = unit_rows(40, seed=6, clusters=20)
     selected = np.array([i for i in range(2_000) if kinds[i] == "preference"])

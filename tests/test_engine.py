@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import pytest
@@ -40,7 +40,7 @@ def test_returned_memories_are_copies(open_store) -> None:
 def test_add_many_with_per_item_values(open_store) -> None:
     mem = open_store()
     vectors = unit_rows(3)
-    when = datetime(2024, 3, 15, tzinfo=timezone.utc)
+    when = datetime(2024, 3, 15, tzinfo=UTC)
     ids = mem.add_many(["a", "b", "c"], namespace="n", kind=["x", "y", "z"],
                        metadata=[{"i": 0}, None, {"i": 2}], importance=[0.1, 0.2, 0.3], created_at=when,
                        vectors=vectors)

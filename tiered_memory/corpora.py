@@ -10,7 +10,7 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -128,7 +128,7 @@ def parse_locomo_date(text: str) -> float:
     hour, minute, half, day, month, year = match.groups()
     hour24 = int(hour) % 12 + (12 if half == "pm" else 0)
     moment = datetime.strptime(f"{year} {month} {day} {hour24} {minute}", "%Y %B %d %H %M")
-    return moment.replace(tzinfo=timezone.utc).timestamp()
+    return moment.replace(tzinfo=UTC).timestamp()
 
 
 def load_locomo(path: str | os.PathLike[str] | None = None) -> list[Conversation]:

@@ -7,7 +7,7 @@ import math
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 import msgpack
@@ -160,7 +160,7 @@ def check_timestamp(value: object, what: str) -> float:
     """Accept seconds since the epoch or a datetime (naive datetimes are taken as UTC)."""
     if isinstance(value, datetime):
         if value.tzinfo is None:
-            value = value.replace(tzinfo=timezone.utc)
+            value = value.replace(tzinfo=UTC)
         return value.timestamp()
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise InvalidInputError(f"{what} must be seconds since the epoch or a datetime, got {value!r}")

@@ -229,7 +229,7 @@ class WarmTier:
             self._save_graph(graph, directory / f"{key}.hnsw", directory / f"{key}.meta", generation, stamp)
         self.dirty.clear()
         # Clean graphs keep their files; bring their generation up to date so the next open trusts them.
-        for namespace, graph in self.graphs.items():
+        for namespace in self.graphs:
             meta_path = directory / f"{self.file_key(namespace)}.meta"
             meta = _read_meta(meta_path)
             if meta is not None and meta.get("generation") != generation:
