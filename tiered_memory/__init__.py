@@ -12,6 +12,7 @@ from .engine import (
 from .errors import (
     ConfigError,
     DecryptionError,
+    EncryptionRequiredError,
     DimensionMismatchError,
     EmptyTextError,
     EncoderError,
@@ -48,6 +49,7 @@ __all__ = [
     "BinaryQuantizer",
     "ConfigError",
     "DecryptionError",
+    "EncryptionRequiredError",
     "DimensionMismatchError",
     "EmptyTextError",
     "Encoder",

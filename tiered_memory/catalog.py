@@ -53,6 +53,7 @@ class Catalog:
         self.topic = array.array("i")
         self.tier = array.array("b")
         self.version = array.array("q")
+        self.sensitive = array.array("b")  # 1: sealed at rest
         self.blocks = CodeBlocks(dimension)
         self._free: list[int] = []
         self.count_by_ns: dict[int, int] = defaultdict(int)
@@ -67,7 +68,7 @@ class Catalog:
 
     def _columns(self) -> tuple[array.array, ...]:
         return (self.ns, self.kind, self.importance, self.created, self.updated, self.accessed, self.uses,
-                self.topic, self.tier, self.version)
+                self.topic, self.tier, self.version, self.sensitive)
 
     def insert(self, memory: Memory, code: np.ndarray) -> int:
         """Add a row for a new memory; returns its slot."""
@@ -75,7 +76,7 @@ class Catalog:
         kind = self.kinds.code(memory.kind)
         tier = TIER_CODES[memory.tier]
         values = (ns, kind, memory.importance, memory.created_at, memory.updated_at, memory.last_accessed,
-                  memory.access_count, memory.topic, tier, memory.version)
+                  memory.access_count, memory.topic, tier, memory.version, int(memory.sensitive))
         if self._free:
             slot = self._free.pop()
             self.ids[slot] = memory.id
@@ -152,4 +153,5 @@ class Catalog:
             content.id, content.namespace, content.text, content.kind, dict(content.metadata),
             self.created[slot], self.updated[slot], self.accessed[slot], self.uses[slot],
             self.importance[slot], self.topic[slot], TIERS_BY_CODE[self.tier[slot]], self.version[slot],
+            content.sensitive,
         )

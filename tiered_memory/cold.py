@@ -18,7 +18,8 @@ import msgpack
 import numpy as np
 
 from .config import MemoryConfig
-from .errors import StorageError
+from .crypto import Sealer
+from .errors import EncryptionRequiredError, StorageError
 from .quantization import Quantizer, make_quantizer, quantizer_from_state
 from .records import Memory, pack_record, unpack_record
 
@@ -76,6 +77,7 @@ class ColdTier:
                                "tiered_memory?") from err
         self.originals_dtype = {"none": None, "float16": np.float16, "float32": np.float32}[config.keep_originals]
         self.quantizer: Quantizer = make_quantizer("int8", 1)
+        self.sealer: Sealer | None = None  # set by the engine when the store has an encryption key
 
     def use_dimension(self, dimension: int) -> None:
         """Fix the vector dimension and load the quantizer persisted with the store (if any)."""
@@ -85,6 +87,10 @@ class ColdTier:
             self.quantizer = make_quantizer("int8", dimension, self.config.clip_quantile)
         else:
             self.quantizer = quantizer_from_state(state)
+
+    @property
+    def _original_size(self) -> int:
+        return self.dimension * np.dtype(self.originals_dtype).itemsize
 
     def close(self) -> None:
         self.env.close()
@@ -136,15 +142,37 @@ class ColdTier:
         ops: list[Op] = []
         for i, memory in enumerate(memories):
             key = _key(memory.id)
-            ops.append(("records", key, pack_record(memory)))
-            ops.append(("codes", key, codes[i].tobytes()))
+            ops.append(("records", key, pack_record(memory, self.sealer)))
+            ops.append(("codes", key, self._vector_bytes(memory.id, memory.sensitive, "code", codes[i].tobytes())))
             if self.originals_dtype is not None and originals is not None:
-                ops.append(("originals", key, originals[i].astype(self.originals_dtype).tobytes()))
+                raw = originals[i].astype(self.originals_dtype).tobytes()
+                ops.append(("originals", key, self._vector_bytes(memory.id, memory.sensitive, "original", raw)))
         return ops
 
-    @staticmethod
-    def record_ops(memories: Iterable[Memory]) -> list[Op]:
-        return [("records", _key(memory.id), pack_record(memory)) for memory in memories]
+    def _vector_bytes(self, memory_id: str, sensitive: bool, field: str, raw: bytes) -> bytes:
+        # Embeddings can be inverted back to text: a sensitive memory's code and original are
+        # sealed like its text. Sealed values are OVERHEAD bytes longer, which is how reads
+        # tell them apart without reading the record.
+        if not sensitive:
+            return raw
+        if self.sealer is None:
+            raise EncryptionRequiredError(f"memory {memory_id!r} is sensitive: open the store with encryption_key=")
+        return self.sealer.seal(raw, f"{field}:{memory_id}".encode())
+
+    def _plain_vector_bytes(self, memory_id: str, field: str, stored: bytes, plain_size: int) -> bytes:
+        if len(stored) == plain_size:
+            return stored
+        if self.sealer is None:
+            raise EncryptionRequiredError(f"memory {memory_id!r} is sealed: open the store with its encryption_key")
+        return self.sealer.open(stored, f"{field}:{memory_id}".encode())
+
+    def code_ops(self, memory_ids: list[str], sensitive: list[bool], codes: np.ndarray) -> list[Op]:
+        """Puts of new int8 codes only (re-calibration)."""
+        return [("codes", _key(memory_id), self._vector_bytes(memory_id, sealed, "code", code.tobytes()))
+                for memory_id, sealed, code in zip(memory_ids, sensitive, codes)]
+
+    def record_ops(self, memories: Iterable[Memory]) -> list[Op]:
+        return [("records", _key(memory.id), pack_record(memory, self.sealer)) for memory in memories]
 
     @staticmethod
     def delete_ops(memory_ids: Iterable[str]) -> list[Op]:
@@ -169,12 +197,12 @@ class ColdTier:
 
     def get(self, memory_id: str) -> Memory | None:
         data = self._read("records", memory_id)
-        return None if data is None else unpack_record(data)
+        return None if data is None else unpack_record(data, self.sealer)
 
     def get_many(self, memory_ids: Iterable[str]) -> list[Memory | None]:
         with self.env.begin(db=self.dbs["records"]) as txn:
             found = [txn.get(_key(memory_id)) for memory_id in memory_ids]
-        return [None if data is None else unpack_record(data) for data in found]
+        return [None if data is None else unpack_record(data, self.sealer) for data in found]
 
     def vector(self, memory_id: str) -> np.ndarray | None:
         """The best float vector kept: the original if stored, else the decoded code."""
@@ -184,6 +212,7 @@ class ColdTier:
         code = self._read("codes", memory_id)
         if code is None:
             return None
+        code = self._plain_vector_bytes(memory_id, "code", code, self.dimension)
         return self.quantizer.decode(np.frombuffer(code, dtype=np.int8).reshape(1, -1))[0]
 
     def fetch(self, memory_ids: list[str], originals: bool) -> list[tuple[Memory | None, np.ndarray | None]]:
@@ -195,11 +224,12 @@ class ColdTier:
             for memory_id in memory_ids:
                 key = _key(memory_id)
                 data = txn.get(key, db=records)
-                memory = None if data is None else unpack_record(data)
+                memory = None if data is None else unpack_record(data, self.sealer)
                 vector = None
                 if want_originals and memory is not None:
                     raw = txn.get(key, db=kept)
                     if raw is not None:
+                        raw = self._plain_vector_bytes(memory_id, "original", raw, self._original_size)
                         vector = np.frombuffer(raw, dtype=self.originals_dtype).astype(np.float32)
                 out.append((memory, vector))
         return out
@@ -214,6 +244,7 @@ class ColdTier:
                 data = txn.get(_key(memory_id))
                 if data is None:
                     return None
+                data = self._plain_vector_bytes(memory_id, "original", data, self._original_size)
                 out[i] = np.frombuffer(data, dtype=self.originals_dtype)
         return out
 
@@ -253,7 +284,8 @@ class ColdTier:
                 code = codes.get(key)
                 if code is None:
                     raise StorageError(f"memory {bytes(key)!r} has a record but no code; the store is damaged")
-                yield unpack_record(data), code
+                memory = unpack_record(data, self.sealer)
+                yield memory, self._plain_vector_bytes(memory.id, "code", bytes(code), self.dimension)
 
     def meta_get(self, name: str, default: Any = None) -> Any:
         with self.env.begin(db=self.dbs["meta"]) as txn:

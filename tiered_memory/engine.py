@@ -28,11 +28,13 @@ from cachetools import LRUCache
 from .catalog import COLD, Catalog
 from .cold import ColdTier
 from .config import MemoryConfig
+from .crypto import Sealer
 from .dirlock import DirectoryLock
 from .encoders import Encoder, MiniLMEncoder, as_unit_vectors, encode_checked
 from .errors import (
     ConfigError,
     EncoderError,
+    EncryptionRequiredError,
     InvalidFilterError,
     InvalidInputError,
     MemoryNotFoundError,
@@ -120,6 +122,7 @@ class TieredMemory(SearchMixin, TierManagerMixin):
         dimension: int | None = None,
         clock: Callable[[], float] = time.time,
         read_only: bool = False,
+        encryption_key: bytes | None = None,
         **settings: Any,
     ) -> None:
         config = config or MemoryConfig()
@@ -129,6 +132,7 @@ class TieredMemory(SearchMixin, TierManagerMixin):
         self.read_only = read_only
         self._closed = True
         self.encoder = self._resolve_encoder(encoder)
+        self._sealer = Sealer(encryption_key) if encryption_key is not None else None
         if read_only:
             if not (self.path / "cold" / "data.mdb").is_file():
                 raise StoreClosedError(f"no tiered_memory store at {self.path} to open read-only")
@@ -141,6 +145,7 @@ class TieredMemory(SearchMixin, TierManagerMixin):
             self.cold = ColdTier(self.path / "cold", self.config, read_only=read_only)
             self.dimension = self._resolve_dimension(dimension)
             self.cold.use_dimension(self.dimension)
+            self._check_key()
             self._open()
         except BaseException:
             if hasattr(self, "cold"):
@@ -150,6 +155,18 @@ class TieredMemory(SearchMixin, TierManagerMixin):
         self._closed = False
 
     # -- opening ---------------------------------------------------------------------------
+
+    def _check_key(self) -> None:
+        """With a key: verify it against the store's key check (written on first use)."""
+        self.cold.sealer = self._sealer
+        check = self.cold.meta_get("key_check")
+        if self._sealer is None:
+            return
+        if check is None:
+            if not self.read_only:
+                self.cold.write([self.cold.meta_op("key_check", self._sealer.key_check())])
+        else:
+            self._sealer.verify(check)
 
     @staticmethod
     def _resolve_encoder(encoder: Any) -> Encoder | None:
@@ -200,6 +217,8 @@ class TieredMemory(SearchMixin, TierManagerMixin):
         self.hot = HotTier(config.hot_capacity, on_evict=self._hot_evicted)
         self.warm = WarmTier(self.dimension, config.warm_capacity, config.hnsw_m, config.hnsw_ef_construction,
                              config.hnsw_ef_search)
+        self.warm.sealer = self._sealer
+        self._sealed_namespaces: set[str] = set(self.cold.meta_get("sealed_namespaces", []))
         self.topics: dict[str, TopicModel] = {}
         # Called (last registered first) by close(), before it takes the write lock for the final
         # persist: features with background work (e.g. prefetch workers) stop and join here.
@@ -280,14 +299,16 @@ class TieredMemory(SearchMixin, TierManagerMixin):
         created_at: float | Any = None,
         vector: Any = None,
         id: str | None = None,
+        sensitive: bool = False,
     ) -> str:
-        """Store one memory durably; returns its id. ``vector=`` skips encoding the text."""
+        """Store one memory durably; returns its id. ``vector=`` skips encoding the text;
+        ``sensitive=True`` seals its text, metadata and vectors at rest (needs encryption_key)."""
         vectors = None if vector is None else as_unit_vectors(vector, self.dimension)
         if vectors is not None and len(vectors) != 1:
             raise InvalidInputError(f"add() takes one vector, got {len(vectors)}; use add_many()")
         return self.add_many([text], namespace=namespace, kind=kind, metadata=None if metadata is None else [metadata],
                              importance=importance, created_at=created_at, vectors=vectors,
-                             ids=None if id is None else [id])[0]
+                             ids=None if id is None else [id], sensitive=sensitive)[0]
 
     def add_many(
         self,
@@ -300,6 +321,7 @@ class TieredMemory(SearchMixin, TierManagerMixin):
         created_at: Any = None,
         vectors: Any = None,
         ids: Sequence[str] | None = None,
+        sensitive: bool = False,
     ) -> list[str]:
         """Store many memories in one durable transaction (all or none); returns their ids.
 
@@ -311,7 +333,7 @@ class TieredMemory(SearchMixin, TierManagerMixin):
         n = len(texts)
         if n == 0:
             return []
-        memories = self._new_memories(texts, namespace, kind, metadata, importance, created_at, ids)
+        memories = self._new_memories(texts, namespace, kind, metadata, importance, created_at, ids, sensitive)
         if vectors is not None:
             matrix = as_unit_vectors(vectors, self.dimension)
             if len(matrix) != n:
@@ -325,10 +347,16 @@ class TieredMemory(SearchMixin, TierManagerMixin):
         return [memory.id for memory in memories]
 
     def _new_memories(self, texts: Sequence[str], namespace: str, kind: Any, metadata: Any, importance: Any,
-                      created_at: Any, ids: Sequence[str] | None) -> list[Memory]:
+                      created_at: Any, ids: Sequence[str] | None, sensitive: bool) -> list[Memory]:
         config = self.config
         n = len(texts)
         namespace = check_label(namespace, "namespace")
+        if not isinstance(sensitive, bool):
+            raise InvalidInputError(f"sensitive must be True or False, got {sensitive!r}")
+        sensitive = sensitive or namespace in self._sealed_namespaces
+        if sensitive and self._sealer is None:
+            raise EncryptionRequiredError("sensitive memories are sealed at rest: open the store with "
+                                          "encryption_key= (16, 24 or 32 bytes you keep outside the store)")
         kinds = _per_item(kind, n, "kind", str)
         metas = _per_item(metadata, n, "metadata", Mapping)
         importances = _per_item(importance, n, "importance", (int, float))
@@ -357,8 +385,32 @@ class TieredMemory(SearchMixin, TierManagerMixin):
                 importance=check_importance(importances[i]),
                 topic=-1,
                 tier=Tier.WARM,
+                sensitive=sensitive,
             ))
         return memories
+
+    def seal_namespace(self, namespace: str) -> None:
+        """Make every memory added to `namespace` from now on sensitive (sealed at rest).
+
+        Only for a namespace that holds no unsealed memory yet: rewriting existing ones would
+        leave their old plaintext in LMDB's free pages until reused."""
+        self._check_writable()
+        namespace = check_label(namespace, "namespace")
+        if self._sealer is None:
+            raise EncryptionRequiredError("sealing a namespace needs the store opened with encryption_key=")
+        with self._rw.write:
+            catalog = self.catalog
+            ns = catalog.namespaces.codes.get(namespace)
+            if ns is not None:
+                slots = catalog.slots(namespace=ns)
+                plain = int(len(slots) - np.asarray(catalog.sensitive)[slots].sum()) if len(slots) else 0
+                if plain:
+                    raise InvalidInputError(
+                        f"namespace {namespace!r} already holds {plain} unsealed memories; seal a namespace "
+                        "before writing to it (or add its memories with sensitive=True)")
+            sealed = sorted(self._sealed_namespaces | {namespace})
+            self.cold.write([self.cold.meta_op("sealed_namespaces", sealed)])
+            self._sealed_namespaces = set(sealed)
 
     def encode_query(self, text: str) -> np.ndarray:
         """The query embedding of a text, from the query cache or freshly encoded (and cached).
@@ -570,7 +622,7 @@ class TieredMemory(SearchMixin, TierManagerMixin):
                 metadata if metadata is not None else dict(old.metadata), current.created_at, now,
                 current.last_accessed, current.access_count,
                 importance if importance is not None else current.importance, current.topic, current.tier,
-                current.version + 1,
+                current.version + 1, old.sensitive,
             )
             model = self.topics.get(old.namespace)
             if new_vector is not None:

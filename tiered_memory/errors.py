@@ -84,3 +84,7 @@ class QuotaExceededError(TieredMemoryError):
 
 class DecryptionError(TieredMemoryError):
     """A sealed memory could not be opened: wrong key, or the bytes were altered."""
+
+
+class EncryptionRequiredError(TieredMemoryError):
+    """A sensitive memory was written or read without the store's encryption key."""

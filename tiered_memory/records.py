@@ -12,8 +12,10 @@ from typing import Any, NamedTuple
 
 import msgpack
 
+from .crypto import Sealer
 from .errors import (
     EmptyTextError,
+    EncryptionRequiredError,
     InvalidInputError,
     InvalidTextError,
     MetadataError,
@@ -54,6 +56,7 @@ class Memory:
     topic: int  # topic (and cold partition) within the namespace; -1 before the namespace has topics
     tier: Tier
     version: int = 1  # bumped by every update
+    sensitive: bool = False  # text, metadata and vectors sealed at rest (needs the store's encryption key)
 
 
 class Hit(NamedTuple):
@@ -64,16 +67,26 @@ class Hit(NamedTuple):
     tier: Tier
 
 
-def pack_record(memory: Memory) -> bytes:
-    """Serialize a memory for the cold tier (schema version first, positional fields after)."""
+def pack_record(memory: Memory, sealer: Sealer | None = None) -> bytes:
+    """Serialize a memory for the cold tier (schema version first, positional fields after).
+
+    A sensitive memory's text and metadata travel only inside the sealed blob (last field)."""
+    text, metadata, sealed = memory.text, memory.metadata, None
+    if memory.sensitive:
+        if sealer is None:
+            raise EncryptionRequiredError(
+                f"memory {memory.id!r} is sensitive: open the store with encryption_key= to store it"
+            )
+        inner = msgpack.packb([memory.text, memory.metadata], use_bin_type=True)
+        text, metadata, sealed = "", {}, sealer.seal(inner, b"record:" + memory.id.encode("utf-8"))
     return msgpack.packb(
         [
             SCHEMA_VERSION,
             memory.id,
             memory.namespace,
-            memory.text,
+            text,
             memory.kind,
-            memory.metadata,
+            metadata,
             memory.created_at,
             memory.updated_at,
             memory.last_accessed,
@@ -82,12 +95,13 @@ def pack_record(memory: Memory) -> bytes:
             memory.topic,
             TIER_CODES[memory.tier],
             memory.version,
+            sealed,
         ],
         use_bin_type=True,
     )
 
 
-def unpack_record(data: bytes) -> Memory:
+def unpack_record(data: bytes, sealer: Sealer | None = None) -> Memory:
     """Inverse of :func:`pack_record`; refuses records written by a newer schema."""
     fields = msgpack.unpackb(data, raw=False, strict_map_key=False)
     version = fields[0]
@@ -97,9 +111,16 @@ def unpack_record(data: bytes) -> Memory:
             f"(reads version {SCHEMA_VERSION}); upgrade tiered_memory"
         )
     (_, mid, namespace, text, kind, metadata, created, updated, accessed, count, importance, topic,
-     tier_code, record_version) = fields
+     tier_code, record_version, sealed) = fields
+    if sealed is not None:
+        if sealer is None:
+            raise EncryptionRequiredError(
+                f"memory {mid!r} is sealed: open the store with the encryption_key it was written with"
+            )
+        text, metadata = msgpack.unpackb(sealer.open(sealed, b"record:" + mid.encode("utf-8")), raw=False,
+                                         strict_map_key=False)
     return Memory(mid, namespace, text, kind, metadata, created, updated, accessed, count, importance,
-                  topic, TIERS_BY_CODE[tier_code], record_version)
+                  topic, TIERS_BY_CODE[tier_code], record_version, sealed is not None)
 
 
 def new_id() -> str:

@@ -300,7 +300,7 @@ class TierManagerMixin:
         quantizer = self.cold.quantizer
         quantizer.fit(sample)
         codes = quantizer.encode(existing) if len(existing) else np.zeros((0, self.dimension), dtype=np.int8)
-        ops: list[Op] = [("codes", memory_id.encode("utf-8"), code.tobytes()) for memory_id, code in zip(ids, codes)]
+        ops: list[Op] = self.cold.code_ops(ids, [bool(catalog.sensitive[slot]) for slot in slots.tolist()], codes)
         ops.append(self.cold.quantizer_op())
         ops.append(self.cold.meta_op("calibrated_on", len(sample)))
         self.cold.write(ops)

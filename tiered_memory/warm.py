@@ -15,6 +15,7 @@ import logging
 import os
 import zlib
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,8 @@ import hnswlib
 import msgpack
 import numpy as np
 
+from .crypto import Sealer
+from .errors import EncryptionRequiredError, TieredMemoryError
 from .records import Memory
 
 log = logging.getLogger(__name__)
@@ -128,6 +131,7 @@ class WarmTier:
         self.ef_search = ef_search
         self.graphs: dict[str, Graph] = {}
         self.dirty: set[str] = set()  # namespaces changed since the last save
+        self.sealer: Sealer | None = None  # with a key, saved graph files are sealed
         self._size = 0
 
     def graph(self, namespace: str) -> Graph:
@@ -239,7 +243,15 @@ class WarmTier:
 
     def _save_graph(self, graph: Graph, index_path: Path, meta_path: Path, generation: int, stamp: str) -> None:
         tmp = index_path.with_suffix(".hnsw.tmp")
-        graph.index.save_index(str(tmp))
+        if self.sealer is None:
+            graph.index.save_index(str(tmp))
+        else:
+            # The graph holds (dequantized) embeddings, which can leak content: with a key the file
+            # is sealed whole. hnswlib only writes to paths, so it writes into an anonymous
+            # in-memory file first; plaintext never reaches the disk.
+            with _memory_file() as path:
+                graph.index.save_index(path)
+                tmp.write_bytes(self.sealer.seal(Path(path).read_bytes(), b"warm:" + graph.namespace.encode()))
         crc, size = _crc32(tmp)
         _fsync(tmp)
         os.replace(tmp, index_path)
@@ -255,8 +267,20 @@ class WarmTier:
             "size": size,
             "generation": generation,
             "stamp": stamp,
+            "sealed": self.sealer is not None,
         }
         _write_atomic(meta_path, msgpack.packb(meta, use_bin_type=True))
+
+    def _load_index(self, index: hnswlib.Index, index_path: Path, meta: dict[str, Any]) -> None:
+        if not meta.get("sealed"):
+            index.load_index(str(index_path), max_elements=meta["max_elements"], allow_replace_deleted=True)
+            return
+        if self.sealer is None:
+            raise EncryptionRequiredError("the file is sealed and the store was opened without its key")
+        plain = self.sealer.open(index_path.read_bytes(), b"warm:" + meta["namespace"].encode())
+        with _memory_file() as path:
+            Path(path).write_bytes(plain)
+            index.load_index(path, max_elements=meta["max_elements"], allow_replace_deleted=True)
 
     def load(self, directory: Path) -> dict[str, dict[str, Any]]:
         """Load every graph whose file is intact; returns {namespace: meta} of those loaded.
@@ -277,8 +301,8 @@ class WarmTier:
                 continue
             index = hnswlib.Index(space="ip", dim=self.dimension)
             try:
-                index.load_index(str(index_path), max_elements=meta["max_elements"], allow_replace_deleted=True)
-            except (RuntimeError, MemoryError, ValueError) as err:
+                self._load_index(index, index_path, meta)
+            except (RuntimeError, MemoryError, ValueError, TieredMemoryError) as err:
                 log.warning("warm index %s failed to load (%s); it will be rebuilt", index_path.name, err)
                 continue
             if index.dim != self.dimension or index.M != self.m:
@@ -294,6 +318,16 @@ class WarmTier:
             self._size += len(graph)
             loaded[graph.namespace] = meta
         return loaded
+
+
+@contextmanager
+def _memory_file() -> Iterator[str]:
+    """A path to an anonymous file in RAM (Linux memfd), removed on exit."""
+    fd = os.memfd_create("tiered-memory-warm")
+    try:
+        yield f"/proc/self/fd/{fd}"
+    finally:
+        os.close(fd)
 
 
 def _check_files(meta: dict[str, Any], index_path: Path) -> str | None:

@@ -1,0 +1,135 @@
+"""Encryption at rest: sensitive memories' text, metadata and vectors never reach the disk in clear."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import msgpack
+import numpy as np
+import pytest
+
+from tiered_memory import (
+    ConfigError,
+    DecryptionError,
+    EncryptionRequiredError,
+    InvalidInputError,
+    TieredMemory,
+)
+from tiered_memory.crypto import OVERHEAD, Sealer
+
+from .conftest import DIM, unit_rows
+
+KEY = bytes(range(32))
+SECRET_TEXT = "The launch code is PELICAN-7731"
+SECRET_META = {"owner": "zebra-accountant", "pin": "8812-secret"}
+
+
+def all_bytes(directory: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file())
+
+
+def open_keyed(path: Path, key: bytes | None = KEY, **settings) -> TieredMemory:
+    return TieredMemory(path, encoder=None, dimension=DIM, encryption_key=key, **settings)
+
+
+def fill(path: Path, vectors: np.ndarray) -> list[str]:
+    with open_keyed(path) as mem:
+        ids = mem.add_many([f"public note {i}" for i in range(40)], vectors=vectors[:40])
+        ids.append(mem.add(SECRET_TEXT, metadata=SECRET_META, vector=vectors[40], sensitive=True))
+        mem.get(ids[-1])  # hot too
+        mem.maintain()  # flush statistics and save the (sealed) warm graph
+    return ids
+
+
+def test_no_plaintext_of_a_sensitive_memory_on_disk(tmp_path: Path) -> None:
+    vectors = unit_rows(41)
+    ids = fill(tmp_path / "s", vectors)
+    data = all_bytes(tmp_path / "s")
+    for secret in (SECRET_TEXT, "PELICAN", "zebra-accountant", "8812-secret", "owner"):
+        assert secret.encode() not in data, secret
+    assert b"public note 3" in data  # the check can find plaintext: non-sensitive text is stored as is
+    # the vectors too: neither the float16 original nor the float32 row the graph holds appears
+    with open_keyed(tmp_path / "s") as mem:
+        code = mem.catalog.blocks.code(mem.catalog.slot_of[ids[-1]])
+        dequantized = mem.cold.quantizer.decode(code[None, :])[0]
+    assert vectors[40].astype(np.float16).tobytes()[:16] not in data
+    assert dequantized.astype(np.float32).tobytes()[:16] not in data
+    assert code.tobytes()[:16] not in data
+
+
+def test_sensitive_memories_work_normally_with_the_key(tmp_path: Path) -> None:
+    vectors = unit_rows(41)
+    ids = fill(tmp_path / "s", vectors)
+    with open_keyed(tmp_path / "s") as mem:
+        got = mem.get(ids[-1])
+        assert got.text == SECRET_TEXT and got.metadata == SECRET_META and got.sensitive
+        hit = mem.search(vector=vectors[40], k=1, where={"owner": "zebra-accountant"})[0]
+        assert hit.memory.id == ids[-1]
+        changed = mem.update(ids[-1], metadata={"owner": "someone-else"})
+        assert changed.sensitive
+    assert b"someone-else" not in all_bytes(tmp_path / "s")
+
+
+def test_wrong_key_is_refused_at_open(tmp_path: Path) -> None:
+    fill(tmp_path / "s", unit_rows(41))
+    before = all_bytes(tmp_path / "s" / "cold")
+    with pytest.raises(DecryptionError, match="wrong encryption key"):
+        open_keyed(tmp_path / "s", key=os.urandom(32))
+    assert all_bytes(tmp_path / "s" / "cold") == before
+
+
+def test_missing_key_is_refused_clearly(tmp_path: Path) -> None:
+    fill(tmp_path / "s", unit_rows(41))
+    with pytest.raises(EncryptionRequiredError, match="encryption_key"):
+        open_keyed(tmp_path / "s", key=None)
+    with TieredMemory(tmp_path / "plain", encoder=None, dimension=DIM) as mem:
+        with pytest.raises(EncryptionRequiredError, match="encryption_key"):
+            mem.add("secret", vector=unit_rows(1)[0], sensitive=True)
+        assert len(mem) == 0
+
+
+def test_tampered_record_fails_to_open_instead_of_giving_garbage(tmp_path: Path) -> None:
+    ids = fill(tmp_path / "s", unit_rows(41))
+    with open_keyed(tmp_path / "s") as mem:
+        key = ids[-1].encode()
+        with mem.cold.env.begin(write=True) as txn:
+            fields = msgpack.unpackb(txn.get(key, db=mem.cold.dbs["records"]), raw=False)
+            blob = bytearray(fields[-1])
+            blob[-1] ^= 1
+            fields[-1] = bytes(blob)
+            txn.put(key, msgpack.packb(fields, use_bin_type=True), db=mem.cold.dbs["records"])
+    with pytest.raises(DecryptionError, match="altered"):
+        open_keyed(tmp_path / "s")
+
+
+def test_sealed_codes_carry_the_gcm_overhead(tmp_path: Path) -> None:
+    ids = fill(tmp_path / "s", unit_rows(41))
+    with open_keyed(tmp_path / "s") as mem, mem.cold.env.begin() as txn:
+        assert len(txn.get(ids[-1].encode(), db=mem.cold.dbs["codes"])) == DIM + OVERHEAD
+        assert len(txn.get(ids[0].encode(), db=mem.cold.dbs["codes"])) == DIM
+        assert len(txn.get(ids[-1].encode(), db=mem.cold.dbs["originals"])) == 2 * DIM + OVERHEAD
+
+
+def test_sealed_namespace(tmp_path: Path) -> None:
+    vectors = unit_rows(3)
+    with open_keyed(tmp_path / "s") as mem:
+        mem.seal_namespace("team/secrets")
+        mid = mem.add("quarterly numbers are bad", namespace="team/secrets", vector=vectors[0])
+        assert mem.get(mid).sensitive
+        mem.add("hello", namespace="public", vector=vectors[1])
+        with pytest.raises(InvalidInputError, match="unsealed"):
+            mem.seal_namespace("public")
+    with open_keyed(tmp_path / "s") as mem:
+        assert mem.get(mem.add("more", namespace="team/secrets", vector=vectors[2])).sensitive
+    assert b"quarterly numbers" not in all_bytes(tmp_path / "s")
+
+
+def test_sealer_rejects_bad_keys_and_swapped_contexts() -> None:
+    with pytest.raises(ConfigError, match="32"):
+        Sealer(b"short")
+    sealer = Sealer(KEY)
+    blob = sealer.seal(b"data", b"record:a")
+    assert sealer.open(blob, b"record:a") == b"data"
+    with pytest.raises(DecryptionError):
+        sealer.open(blob, b"record:b")  # moved to another memory: refused
