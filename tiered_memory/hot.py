@@ -45,7 +45,7 @@ class HotTier:
     def __init__(self, capacity: int, on_evict: Callable[[str, HotEntry], None] | None = None) -> None:
         self.capacity = capacity
         self._evicted_hook = on_evict
-        self._cache = _CountingLRU(capacity, self._evicted)
+        self.cache = _CountingLRU(capacity, self._evicted)
         self._bytes = 0
 
     def _evicted(self, memory_id: str, entry: HotEntry) -> None:
@@ -54,49 +54,49 @@ class HotTier:
             self._evicted_hook(memory_id, entry)
 
     def put(self, memory: Memory, vector: np.ndarray) -> None:
-        old = self._cache.get(memory.id)
+        old = self.cache.get(memory.id)
         if old is not None:
             self._bytes -= entry_bytes(old)
         entry = HotEntry(memory, vector)
-        self._cache[memory.id] = entry  # may evict the least recently used entry
+        self.cache[memory.id] = entry  # may evict the least recently used entry
         self._bytes += entry_bytes(entry)
 
     def get(self, memory_id: str) -> HotEntry | None:
         """The entry, marked as most recently used; None if absent."""
         try:
-            return self._cache[memory_id]  # one lookup; Cache.get() would make two
+            return self.cache[memory_id]  # one lookup; Cache.get() would make two
         except KeyError:
             return None
 
     def peek(self, memory_id: str) -> HotEntry | None:
         """The entry without changing its recency."""
-        if memory_id not in self._cache:
+        if memory_id not in self.cache:
             return None
-        return Cache.__getitem__(self._cache, memory_id)  # the base class does not touch LRU order
+        return Cache.__getitem__(self.cache, memory_id)  # the base class does not touch LRU order
 
     def vector(self, memory_id: str) -> np.ndarray | None:
         entry = self.peek(memory_id)
         return None if entry is None else entry.vector
 
     def discard(self, memory_id: str) -> bool:
-        entry = self._cache.pop(memory_id, None)
+        entry = self.cache.pop(memory_id, None)
         if entry is None:
             return False
         self._bytes -= entry_bytes(entry)
         return True
 
     def __contains__(self, memory_id: object) -> bool:
-        return memory_id in self._cache
+        return memory_id in self.cache
 
     def __len__(self) -> int:
-        return len(self._cache)
+        return len(self.cache)
 
     def ids(self) -> Iterator[str]:
-        return iter(list(self._cache.keys()))
+        return iter(list(self.cache.keys()))
 
     def nbytes(self) -> int:
         return self._bytes
 
     def clear(self) -> None:
-        self._cache.clear()
+        self.cache.clear()
         self._bytes = 0

@@ -172,6 +172,14 @@ class SearchMixin:
         ns = catalog.namespaces.codes.get(namespace)
         if ns is None or not catalog.count_by_ns.get(ns):
             return []
+        if kinds is None and predicate is None and only_ids is None and \
+                catalog.count_by_ns[ns] > self.config.exact_search_max and not catalog.blocks.cold_count.get(ns):
+            # The common case, taken straight: no filter, everything in the warm graph.
+            graph = self.warm.graphs.get(namespace)
+            result = graph.search(q, k) if graph is not None else None
+            if result is not None:
+                slot_of = catalog.slot_of
+                return [(slot_of[memory_id], score) for memory_id, score in zip(result[0], result[1].tolist())]
         rows = RowFilter.build(catalog, ns, kinds, predicate, only_ids)
         if rows.eligible == 0:
             return []
