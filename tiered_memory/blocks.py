@@ -37,6 +37,17 @@ class Block:
         self.size += 1
         return row
 
+    def extend(self, slots: np.ndarray, codes: np.ndarray) -> None:
+        needed = self.size + len(slots)
+        if needed > len(self.slots):
+            capacity = max(needed, 2 * len(self.slots))
+            self.codes = np.concatenate([self.codes[: self.size], np.zeros((capacity - self.size, self.codes.shape[1]),
+                                                                           dtype=np.int8)])
+            self.slots = np.concatenate([self.slots[: self.size], np.zeros(capacity - self.size, dtype=np.int64)])
+        self.codes[self.size:needed] = codes
+        self.slots[self.size:needed] = slots
+        self.size = needed
+
     def pop_row(self, row: int) -> int | None:
         """Remove a row by moving the last row into it; returns the slot that moved, if any."""
         last = self.size - 1
@@ -67,6 +78,23 @@ class CodeBlocks:
         self.place[slot] = (key, block.append(slot, code))
         if key[2]:
             self.cold_count[key[0]] += 1
+
+    def add_many(self, slots: list[int], keys: list[BlockKey], codes: np.ndarray) -> None:
+        """Bulk add (opening a store): one concatenation per block instead of one append per row."""
+        groups: dict[BlockKey, list[int]] = defaultdict(list)
+        for i, key in enumerate(keys):
+            groups[key].append(i)
+        for key, rows in groups.items():
+            block = self.blocks.get(key)
+            if block is None:
+                block = self.blocks[key] = Block(self.dimension)
+                self.keys_by_ns[key[0]].add(key)
+            start = block.size
+            block.extend(np.asarray([slots[i] for i in rows], dtype=np.int64), codes[rows])
+            for offset, i in enumerate(rows):
+                self.place[slots[i]] = (key, start + offset)
+            if key[2]:
+                self.cold_count[key[0]] += len(rows)
 
     def remove(self, slot: int) -> np.ndarray:
         """Take a slot's code out; returns the code."""

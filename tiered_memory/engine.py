@@ -241,8 +241,8 @@ class TieredMemory(SearchMixin, TierManagerMixin):
         self._clipped = 0.0  # clipped values among codes written since the last calibration
         self._coded = 0
         self._calibrated_on = self.cold.meta_get("calibrated_on", 0)
-        for memory, code in self.cold.load_all():
-            self.catalog.insert(memory, np.frombuffer(code, dtype=np.int8))
+        memories, codes = self.cold.load_all()
+        self.catalog.load(memories, codes)
         for namespace in self.catalog.namespaces.names:
             state = self.cold.meta_get(f"topics/{namespace}")
             if state is not None:

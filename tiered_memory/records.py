@@ -23,7 +23,7 @@ from .errors import (
     TextTooLargeError,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: sealed text+metadata blob appended (v1 records are read as unsealed)
 
 
 class Tier(enum.StrEnum):
@@ -105,10 +105,12 @@ def unpack_record(data: bytes, sealer: Sealer | None = None) -> Memory:
     """Inverse of :func:`pack_record`; refuses records written by a newer schema."""
     fields = msgpack.unpackb(data, raw=False, strict_map_key=False)
     version = fields[0]
-    if version != SCHEMA_VERSION:
+    if version == 1:  # v1 had no sealed field: nothing in it is sealed
+        fields.append(None)
+    elif version != SCHEMA_VERSION:
         raise SchemaVersionError(
             f"record schema version {version} is not readable by this tiered_memory "
-            f"(reads version {SCHEMA_VERSION}); upgrade tiered_memory"
+            f"(reads versions 1 to {SCHEMA_VERSION}); upgrade tiered_memory"
         )
     (_, mid, namespace, text, kind, metadata, created, updated, accessed, count, importance, topic,
      tier_code, record_version, sealed) = fields
