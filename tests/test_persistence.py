@@ -87,18 +87,18 @@ def test_nothing_acknowledged_is_lost_without_close(tmp_path: Path) -> None:
 
 
 def test_clean_reopen_loads_the_saved_index(open_store, tmp_path: Path, caplog) -> None:
-    mem = open_store()
+    mem = open_store(exact_search_max=16)
     mem.add_many([f"m{i}" for i in range(100)], vectors=unit_rows(100))
     mem.close()
     with caplog.at_level(logging.WARNING, logger="tiered_memory"):
-        again = open_store()
+        again = open_store(exact_search_max=16)
     assert not [r for r in caplog.records if "repaired" in r.getMessage() or "unusable" in r.getMessage()]
     assert len(again.warm) == 100
 
 
 @pytest.mark.parametrize("damage", ["delete", "truncate", "garbage"])
 def test_missing_or_damaged_index_is_rebuilt_from_cold(open_store, tmp_path: Path, caplog, damage: str) -> None:
-    mem = open_store()
+    mem = open_store(exact_search_max=16)
     vectors = unit_rows(300)
     ids = mem.add_many([f"m{i}" for i in range(300)], vectors=vectors)
     mem.close()
@@ -110,14 +110,14 @@ def test_missing_or_damaged_index_is_rebuilt_from_cold(open_store, tmp_path: Pat
     else:
         index_file.write_bytes(np.random.default_rng(0).bytes(index_file.stat().st_size))
     with caplog.at_level(logging.WARNING, logger="tiered_memory"):
-        again = open_store()
+        again = open_store(exact_search_max=16)
     assert any("rebuilt" in r.getMessage() or "repaired" in r.getMessage() for r in caplog.records)
     assert len(again.warm) == 300
     assert again.search(vector=vectors[123], k=1)[0].memory.id == ids[123]
 
 
 def test_stale_index_is_repaired_vector_by_vector(open_store, tmp_path: Path) -> None:
-    mem = open_store()
+    mem = open_store(exact_search_max=16)
     vectors = unit_rows(100)
     ids = mem.add_many([f"m{i}" for i in range(100)], vectors=vectors)
     mem.maintain()  # index saved at this generation
@@ -130,7 +130,7 @@ def test_stale_index_is_repaired_vector_by_vector(open_store, tmp_path: Path) ->
     mem.close()
     for name, data in saved.items():  # put the older index back, as after a crash
         (warm_dir / name).write_bytes(data)
-    again = open_store()
+    again = open_store(exact_search_max=16)
     graph = again.warm.graphs["default"]
     assert ids[1] not in graph.label_of and added in graph.label_of
     assert again.search(vector=new[0], k=1)[0].memory.id == ids[0]

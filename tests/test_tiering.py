@@ -94,14 +94,14 @@ def test_capacity_pressure_demotes_lowest_scores_first(open_store, clock) -> Non
     cold = [i for i in ids if mem.tier_of(i) is Tier.COLD]
     assert cold == ids[:2]
     assert mem.tier_of(extra) is Tier.WARM
-    assert len(mem.warm) == 99
+    assert mem.stats().warm.count == 99
 
 
 def test_demoted_memories_are_still_found(open_store) -> None:
     mem = open_store(warm_capacity=50, hot_capacity=5)
     vectors = unit_rows(200, seed=11)
     ids = mem.add_many([f"m{i}" for i in range(200)], vectors=vectors)
-    assert len(mem.warm) <= 50
+    assert mem.stats().warm.count <= 50
     cold = [i for i, memory_id in enumerate(ids) if mem.tier_of(memory_id) is Tier.COLD]
     assert len(cold) >= 150
     for i in cold[:20]:
@@ -175,12 +175,24 @@ def test_top_by_decay_ranks_by_decayed_importance(open_store, clock) -> None:
 
 
 def test_a_batch_larger_than_warm_room_sends_the_rest_to_cold(open_store) -> None:
-    mem = open_store(warm_capacity=100, hot_capacity=10)
+    mem = open_store(warm_capacity=100, hot_capacity=10, exact_search_max=64)
     vectors = unit_rows(500, seed=12)
     importance = [0.9 if i % 5 == 0 else 0.1 for i in range(500)]
     ids = mem.add_many([f"m{i}" for i in range(500)], vectors=vectors, importance=importance)
     warm = [i for i, memory_id in enumerate(ids) if mem.tier_of(memory_id) is Tier.WARM]
-    assert len(warm) == 100 == len(mem.warm)
+    assert len(warm) == 100 == len(mem.warm) == mem.stats().warm.count
     assert all(i % 5 == 0 for i in warm)  # the important fifth got the room
     assert mem.warm.graphs["default"].index.element_count == 100  # never inserted then dropped
     assert mem.search(vector=vectors[3], k=1)[0].memory.id == ids[3]  # the rest is found in cold
+
+
+def test_small_namespaces_have_no_graph_until_they_grow(open_store) -> None:
+    mem = open_store(exact_search_max=50)
+    vectors = unit_rows(120, seed=13)
+    ids = mem.add_many([f"m{i}" for i in range(50)], vectors=vectors[:50])
+    assert "default" not in mem.warm.graphs and mem.stats().warm.count == 50
+    assert mem.search(vector=vectors[7], k=1)[0].memory.id == ids[7]  # exact scan
+    ids += mem.add_many([f"m{i}" for i in range(50, 120)], vectors=vectors[50:])
+    graph = mem.warm.graphs["default"]  # crossed the threshold: built from every warm memory
+    assert len(graph) == 120 and set(graph.label_of) == set(ids)
+    assert mem.search(vector=vectors[77], k=1)[0].memory.id == ids[77]

@@ -59,6 +59,7 @@ class Catalog:
         self.count_by_ns: dict[int, int] = defaultdict(int)
         self.count_by_kind: dict[tuple[int, int], int] = defaultdict(int)  # (namespace, kind) -> memories
         self.dirty: set[int] = set()  # slots whose record changed in RAM since the last flush to cold
+        self.tier_counts = [0, 0, 0]  # memories per tier code (COLD, WARM, HOT)
 
     def __len__(self) -> int:
         return len(self.slot_of)
@@ -88,6 +89,7 @@ class Catalog:
             for column, value in zip(self._columns(), values):
                 column.append(value)
         self.slot_of[memory.id] = slot
+        self.tier_counts[tier] += 1
         self.count_by_ns[ns] += 1
         self.count_by_kind[ns, kind] += 1
         self.blocks.add(slot, (ns, memory.topic, tier == COLD), code)
@@ -114,15 +116,17 @@ class Catalog:
         self.tier.extend(tiers)
         self.version.extend(m.version for m in memories)
         self.sensitive.extend(int(m.sensitive) for m in memories)
-        for ns, kind in zip(ns_codes, kind_codes):
+        for ns, kind, tier in zip(ns_codes, kind_codes, tiers):
             self.count_by_ns[ns] += 1
             self.count_by_kind[ns, kind] += 1
+            self.tier_counts[tier] += 1
         keys = [(ns, m.topic, tier == COLD) for ns, m, tier in zip(ns_codes, memories, tiers)]
         self.blocks.add_many(list(range(len(memories))), keys, codes)
 
     def remove(self, memory_id: str) -> int:
         slot = self.slot_of.pop(memory_id)
         self.blocks.remove(slot)
+        self.tier_counts[self.tier[slot]] -= 1
         self.count_by_ns[self.ns[slot]] -= 1
         self.count_by_kind[self.ns[slot], self.kind[slot]] -= 1
         self.ids[slot] = None
@@ -135,6 +139,8 @@ class Catalog:
             return
         if (self.tier[slot] == COLD) != (tier == COLD):
             self.blocks.move(slot, (self.ns[slot], self.topic[slot], tier == COLD))
+        self.tier_counts[self.tier[slot]] -= 1
+        self.tier_counts[tier] += 1
         self.tier[slot] = tier
         self.dirty.add(slot)
 
@@ -155,6 +161,11 @@ class Catalog:
         key = self.blocks.key_of(slot)
         self.blocks.remove(slot)
         self.blocks.add(slot, key, code)
+
+    @property
+    def warm_count(self) -> int:
+        """Memories in the warm tier, hot ones included (hot is a subset of warm)."""
+        return self.tier_counts[WARM] + self.tier_counts[HOT]
 
     def touch(self, slot: int, now: float) -> None:
         """Record one use; runs on every get and every search hit."""

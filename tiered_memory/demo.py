@@ -93,7 +93,8 @@ def run_demo(path: Path, fresh: bool = True) -> dict[str, object]:
         stats = mem.stats()
         for tier in ("hot", "warm", "cold"):
             s = getattr(stats, tier)
-            print(f"  {tier:4}: {s.count:3} memories, {s.bytes:>10,} bytes, {s.hits} hits, {s.misses} misses")
+            print(f"  {tier:4}: {s.count:3} memories, {s.bytes:>9,} B in RAM, {s.disk_bytes:>9,} B on disk, "
+                  f"{s.hits} hits, {s.misses} misses")
         print(f"  promotions {stats.promotions}, demotions {stats.demotions}")
         out["memories"] = stats.memories
 

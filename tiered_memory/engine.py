@@ -63,6 +63,7 @@ from .topics import TopicModel
 from .warm import WarmTier
 
 if TYPE_CHECKING:
+    from .agents import AgentHub
     from .conversation import Conversation
 
 log = logging.getLogger(__name__)
@@ -83,10 +84,11 @@ DEFAULT_ENCODER: Any = _DefaultEncoder()
 @dataclass
 class TierStats:
     count: int
-    bytes: int
+    bytes: int  # RAM
     hits: int
     misses: int
     capacity: int | None = None
+    disk_bytes: int = 0  # allocated on disk (LMDB file; saved warm graphs)
 
 
 @dataclass
@@ -459,8 +461,7 @@ class TieredMemory(SearchMixin, TierManagerMixin):
         if model is not None:
             model.absorb(vectors, topics)
         chosen = np.flatnonzero(to_warm)
-        if len(chosen):
-            self.warm.put_many(namespace, [memories[i].id for i in chosen], quantizer.decode(codes[chosen]))
+        self._warm_put(namespace, [slots[i] for i in chosen])
         self._enforce_warm_capacity(protect={slots[i] for i in chosen})
 
     def _warm_admissions(self, memories: list[Memory]) -> np.ndarray:
@@ -470,7 +471,7 @@ class TieredMemory(SearchMixin, TierManagerMixin):
         A batch larger than the room left sends only its most important (then newest) memories
         to warm and the rest straight to cold: inserting into hnswlib only to demote right after
         would cost a graph insertion per memory for nothing."""
-        room = max(self.config.warm_capacity - len(self.warm), 0)
+        room = max(self.config.warm_capacity - self.catalog.warm_count, 0)
         admit = np.ones(len(memories), dtype=bool)
         if len(memories) > room + self.config.warm_capacity // 100:
             order = sorted(range(len(memories)), key=lambda i: (-memories[i].importance, -memories[i].created_at))
@@ -657,7 +658,7 @@ class TieredMemory(SearchMixin, TierManagerMixin):
                 if entry is not None:
                     self.hot.put(changed, new_vector[0] if new_vector is not None else entry.vector)
             if new_vector is not None and catalog.tier[slot] != COLD:
-                self.warm.put_many(old.namespace, [memory_id], self.cold.quantizer.decode(code))
+                self._warm_put(old.namespace, [slot])
             result = catalog.memory(slot, changed)
         self._after_ops(1)
         return result
@@ -721,16 +722,22 @@ class TieredMemory(SearchMixin, TierManagerMixin):
         self._check_open()
         with self._rw.read, self._mutex:
             catalog = self.catalog
-            codes_bytes = sum(block.codes.nbytes for block in catalog.blocks.blocks.values())
+            # Every memory's int8 code is in RAM (the blocks searches scan): warm rows count
+            # with the warm tier, cold rows with the cold tier, beside its LMDB file on disk.
+            codes = {True: 0, False: 0}
+            for key, block in catalog.blocks.blocks.items():
+                codes[key[2]] += block.codes.nbytes + block.slots.nbytes
+            warm_files = sum(p.stat().st_blocks * 512 for p in (self.path / "warm").glob("*")) \
+                if (self.path / "warm").is_dir() else 0
             return StoreStats(
                 memories=len(catalog),
                 namespaces=sum(1 for count in catalog.count_by_ns.values() if count),
                 hot=TierStats(len(self.hot), self.hot.nbytes(), self._hits["hot"], self._misses["hot"],
                               self.config.hot_capacity),
-                warm=TierStats(len(self.warm), self.warm.nbytes(), self._hits["warm"], self._misses["warm"],
-                               self.config.warm_capacity),
-                cold=TierStats(len(catalog), self.cold.nbytes() + codes_bytes, self._hits["cold"],
-                               self._misses["cold"]),
+                warm=TierStats(catalog.warm_count, self.warm.nbytes() + codes[False], self._hits["warm"],
+                               self._misses["warm"], self.config.warm_capacity, warm_files),
+                cold=TierStats(len(catalog), codes[True], self._hits["cold"], self._misses["cold"], None,
+                               self.cold.nbytes()),
                 promotions=dict(self._promotions),
                 demotions=dict(self._demotions),
                 quantizer={"scheme": self.cold.quantizer.name, "calibrated": self.cold.quantizer.calibrated,
@@ -773,6 +780,13 @@ class TieredMemory(SearchMixin, TierManagerMixin):
         from .conversation import Conversation
 
         return Conversation(self, namespace, max_tokens, **options)
+
+    def agents(self, user: str = "default", *, seal_shared: bool = False) -> AgentHub:
+        """The coordinator of one user's agents over this store: private and shared memories,
+        grants, coordinated updates, notifications. See :mod:`tiered_memory.agents`."""
+        from .agents import hub_for
+
+        return hub_for(self, user, seal_shared=seal_shared)
 
 
 

@@ -191,6 +191,8 @@ class SearchMixin:
         graph = self.warm.graphs.get(namespace)
         if graph is not None and len(graph):
             results.update(self._warm_search(namespace, ns, q, k, rows, lookup))
+        elif graph is None and catalog.blocks.cold_count.get(ns, 0) < catalog.count_by_ns[ns]:
+            results.update(self._scan(ns, q, k, rows, lookup, cold_only=False, warm_only=True))
         cold_count = catalog.blocks.cold_count.get(ns, 0)
         if cold_count:
             topics = None
