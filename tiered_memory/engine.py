@@ -656,7 +656,7 @@ class TieredMemory(SearchMixin, TierManagerMixin):
                     catalog.set_code(slot, code[0])
                     catalog.set_topic(slot, changed.topic)
                 if entry is not None:
-                    self.hot.put(changed, new_vector[0] if new_vector is not None else entry.vector)
+                    self.hot.put(changed, entry.vector if new_vector is None else self._as_stored(slot, new_vector[0]))
             if new_vector is not None and catalog.tier[slot] != COLD:
                 self._warm_put(old.namespace, [slot])
             result = catalog.memory(slot, changed)

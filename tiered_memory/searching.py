@@ -109,20 +109,17 @@ class SearchMixin:
         """Build the hits, count the accesses and promote: warm -> hot now, cold via `promote`."""
         catalog = self.catalog
         ids, tiers = catalog.ids, catalog.tier
-        # Warm and cold hits go to the hot tier: read their records in one go, with the float
-        # originals only when rescoring will use them (else the decoded code will do).
+        # Warm and cold hits go to the hot tier with their records and best float vectors (the
+        # original as stored, else the decoded code): read them from cold in one transaction.
         needing = [slot for slot, _ in ranked if tiers[slot] != HOT]
         vectors: dict[int, np.ndarray] = {}
         if needing:
-            fetched = self.cold.fetch([ids[slot] for slot in needing], originals=self.config.rescore)
-            decoded = None if self.config.rescore else self._decoded(needing)
-            for i, (slot, (content, original)) in enumerate(zip(needing, fetched)):
+            fetched = self.cold.fetch([ids[slot] for slot in needing], originals=True)
+            for slot, (content, original) in zip(needing, fetched):
                 if content is not None:
                     lookup.contents.setdefault(slot, content)
                 if original is not None:
                     vectors[slot] = original
-                elif decoded is not None:
-                    vectors[slot] = decoded[i]
         hits = []
         now = self.clock()
         hot_get, uses, accessed, dirty = self.hot.get, catalog.uses, catalog.accessed, catalog.dirty

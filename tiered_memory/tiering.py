@@ -114,6 +114,15 @@ class TierManagerMixin:
         ids = [self.catalog.ids[slot] for slot in slots]
         self.warm.rebuild(namespace, ids, self._decoded(slots) if slots else np.zeros((0, self.dimension)))
 
+    def _as_stored(self, slot: int, vector: np.ndarray) -> np.ndarray:
+        """The float vector a memory has after a round trip through cold: its original in the
+        kept precision, or its decoded code. Hot copies hold exactly this, so a hot entry and a
+        reopened store agree."""
+        dtype = self.cold.originals_dtype
+        if dtype is None:
+            return self._decoded([slot])[0]
+        return vector.astype(dtype).astype(np.float32)
+
     def _decoded(self, slots: Sequence[int]) -> np.ndarray:
         return self.cold.quantizer.decode(self.catalog.blocks.codes(slots))
 
