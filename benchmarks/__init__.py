@@ -1,0 +1,1 @@
+"""pytest-benchmark suite (run: pytest benchmarks/ --benchmark-only)."""
