@@ -1,6 +1,10 @@
 """tiered_memory: an agent's memory in three tiers (hot LRU, warm hnswlib over int8, cold LMDB)."""
 
+from .agents import AgentHub, SharedInfo, Version
+from .agents_handle import Agent, Entry
+from .agents_store import Notification
 from .config import MemoryConfig
+from .conversation import Conversation, ConversationBuffer, Message, MessageTooLargeError
 from .encoders import Encoder, MiniLMEncoder
 from .engine import (
     DEFAULT_ENCODER,
@@ -12,10 +16,10 @@ from .engine import (
 from .errors import (
     ConfigError,
     DecryptionError,
-    EncryptionRequiredError,
     DimensionMismatchError,
     EmptyTextError,
     EncoderError,
+    EncryptionRequiredError,
     InvalidFilterError,
     InvalidInputError,
     InvalidTextError,
@@ -31,6 +35,7 @@ from .errors import (
     TextTooLargeError,
     TieredMemoryError,
 )
+from .prefetch import PrefetchConfig, PrefetchStats
 from .quantization import (
     BinaryQuantizer,
     Float16Quantizer,
@@ -41,10 +46,26 @@ from .quantization import (
     make_quantizer,
 )
 from .records import Hit, Memory, Tier
+from .tokens import TokenizerDataError, UnknownEncodingError, count_tokens
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Agent",
+    "AgentHub",
+    "Entry",
+    "Notification",
+    "SharedInfo",
+    "Version",
+    "Conversation",
+    "ConversationBuffer",
+    "Message",
+    "MessageTooLargeError",
+    "PrefetchConfig",
+    "PrefetchStats",
+    "TokenizerDataError",
+    "UnknownEncodingError",
+    "count_tokens",
     "DEFAULT_ENCODER",
     "BinaryQuantizer",
     "ConfigError",

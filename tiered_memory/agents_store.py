@@ -1,0 +1,321 @@
+"""The agent hub's persisted state: records in the cold tier's ``extra`` database, mirrored in RAM.
+
+Every record lives under ``hub/<user>/`` (so two users' hubs never read each other's records)::
+
+    a/<agent>                 agent settings
+    k/<agent>/<entry id>      one private key-value entry: [key, value, metadata, updated_at]
+    m/<memory id>             a shared memory: owner, key, sensitive, last_updated_by, updated_at
+    g/<memory id>/<agent>     a grant: "read" or "read-write"
+    h/<memory id>/<version>   a version of a shared memory: text, metadata, kind, importance, by, at
+    n/<agent>/<seq>           an undelivered (un-acked) notification
+    s/<agent>                 the last notification sequence number issued to an agent
+    p/<memory id>             an intent: hub records to write once an engine write has happened
+
+Values are envelopes, ``msgpack([sealed, payload])``; a sealed payload is AES-GCM with the record's
+own key as associated data, so a sealed value copied under another key fails to open. RAM holds
+exactly what the records say: :meth:`HubState.apply` is used both to load them at open and to
+follow each committed write, so the two can never disagree.
+
+A hub change that goes with an engine write (share, update, delete of a shared memory) is made
+crash-consistent with an intent: (1) the intent, holding every hub record to write and the
+memory's version the engine write will leave, is committed; (2) the engine writes; (3) the hub
+records are committed and the intent removed, in one transaction. At open, an intent whose
+expected version is what the engine holds is completed, any other is dropped: a crash at any
+point leaves either the whole change or none of it, and running the recovery twice is harmless.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import msgpack
+
+from .errors import EncryptionRequiredError, StorageError
+from .records import Memory
+
+if TYPE_CHECKING:
+    from .engine import TieredMemory
+
+Op = tuple[str, bytes, bytes | None]
+
+
+def pack(value: Any) -> bytes:
+    return msgpack.packb(value, use_bin_type=True)
+
+
+def unpack(data: bytes) -> Any:
+    return msgpack.unpackb(data, raw=False, strict_map_key=False)
+
+
+def memory_bytes(text: str, metadata: Mapping[str, Any] | None) -> int:
+    """What a private memory counts against its agent's quota: its text and metadata, serialized."""
+    return len(pack([text, dict(metadata or {})]))
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    """A change to a shared memory an agent can see: event is shared, updated, revoked or deleted."""
+
+    seq: int
+    memory_id: str
+    event: str
+    version: int
+    by: str | None
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Version:
+    """One version of a shared memory, and who made it."""
+
+    version: int
+    text: str
+    metadata: dict[str, Any]
+    kind: str
+    importance: float
+    by: str | None
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class SharedInfo:
+    """Who owns a shared memory, who may see it, and its last change."""
+
+    memory_id: str
+    owner: str
+    key: str | None
+    sensitive: bool
+    grants: dict[str, str]
+    last_updated_by: str | None
+    updated_at: float
+
+
+@dataclass
+class AgentRecord:
+    capabilities: list[str]
+    private_quota_bytes: int | None
+    shared_access: str  # "read-write", "read-only" or "none"
+    created_at: float
+
+
+@dataclass
+class SharedRecord:
+    owner: str
+    key: str | None
+    sensitive: bool
+    last_updated_by: str | None
+    updated_at: float
+
+
+@dataclass
+class HubState:
+    """The RAM mirror of one user's hub records."""
+
+    agents: dict[str, AgentRecord] = field(default_factory=dict)
+    kv: dict[str, dict[str, tuple[str, bytes]]] = field(default_factory=dict)  # agent -> key -> (entry id, packed)
+    kv_keys: dict[tuple[str, str], str] = field(default_factory=dict)  # (agent, entry id) -> key
+    shared: dict[str, SharedRecord] = field(default_factory=dict)
+    shared_keys: dict[str, str] = field(default_factory=dict)  # key -> memory id
+    grants: dict[str, dict[str, str]] = field(default_factory=dict)  # memory id -> agent -> access
+    visible: dict[str, set[str]] = field(default_factory=dict)  # agent -> shared memory ids granted
+    queues: dict[str, dict[int, Notification]] = field(default_factory=dict)  # agent -> seq -> notification
+    last_seq: dict[str, int] = field(default_factory=dict)
+
+    def apply(self, kind: str, parts: list[str], value: Any) -> None:
+        """Follow one record (value None: deleted); ``parts`` are the key's fields after its type."""
+        if kind == "a":
+            if value is None:
+                self.agents.pop(parts[0], None)
+            else:
+                self.agents[parts[0]] = AgentRecord(*value)
+        elif kind == "k":
+            self._apply_kv(parts[0], parts[1], value)
+        elif kind == "m":
+            self._apply_shared(parts[0], value)
+        elif kind == "g":
+            memory_id, agent = parts
+            if value is None:
+                self.grants.get(memory_id, {}).pop(agent, None)
+                self.visible.get(agent, set()).discard(memory_id)
+            else:
+                self.grants.setdefault(memory_id, {})[agent] = value
+                self.visible.setdefault(agent, set()).add(memory_id)
+        elif kind == "n":
+            agent, seq = parts[0], int(parts[1], 16)
+            if value is None:
+                self.queues.get(agent, {}).pop(seq, None)
+            else:
+                self.queues.setdefault(agent, {})[seq] = Notification(seq, *value)
+        elif kind == "s":
+            self.last_seq[parts[0]] = value
+
+    def _apply_kv(self, agent: str, entry_id: str, value: Any) -> None:
+        entries = self.kv.setdefault(agent, {})
+        old_key = self.kv_keys.pop((agent, entry_id), None)
+        if old_key is not None:
+            entries.pop(old_key, None)
+        if value is not None:
+            key = value[0]
+            entries[key] = (entry_id, pack(value))
+            self.kv_keys[(agent, entry_id)] = key
+
+    def _apply_shared(self, memory_id: str, value: Any) -> None:
+        old = self.shared.pop(memory_id, None)
+        if old is not None and old.key is not None:
+            self.shared_keys.pop(old.key, None)
+        if value is not None:
+            record = SharedRecord(*value)
+            self.shared[memory_id] = record
+            if record.key is not None:
+                self.shared_keys[record.key] = memory_id
+
+
+class HubStore:
+    """Reads and writes one user's hub records; keeps :class:`HubState` in step with them."""
+
+    def __init__(self, mem: TieredMemory, user: str) -> None:
+        self.mem = mem
+        self.prefix = f"hub/{user}/".encode()
+        self.state = HubState()
+        self.unsettled: str | None = None  # a shared memory whose coordinated change failed half-way
+
+    # -- keys and envelopes ----------------------------------------------------------------
+
+    def key(self, kind: str, *parts: str) -> bytes:
+        return self.prefix + "/".join((kind, *parts)).encode()
+
+    def _split(self, key: bytes) -> tuple[str, list[str]]:
+        # Every field is "/"-free: agent names are checked, memory and entry ids are hub-made hex.
+        kind, _, rest = key[len(self.prefix):].decode().partition("/")
+        return kind, rest.split("/")
+
+    def envelope(self, key: bytes, value: Any, sealed: bool) -> bytes:
+        """A record value, sealed (bound to its key) when asked."""
+        if not sealed:
+            return pack([False, pack(value)])
+        sealer = self.mem._sealer
+        if sealer is None:
+            raise EncryptionRequiredError("sealed hub records need the store opened with encryption_key=")
+        return pack([True, sealer.seal(pack(value), key)])
+
+    def open_envelope(self, key: bytes, data: bytes) -> Any:
+        sealed, payload = unpack(data)
+        if sealed:
+            sealer = self.mem._sealer
+            if sealer is None:
+                raise EncryptionRequiredError(
+                    f"the agent hub holds sealed records ({key.decode()!r}): open the store with its encryption_key")
+            payload = sealer.open(payload, key)
+        return unpack(payload)
+
+    def op(self, kind: str, parts: tuple[str, ...], value: Any, sealed: bool = False) -> Op:
+        key = self.key(kind, *parts)
+        return ("extra", key, None if value is None else self.envelope(key, value, sealed))
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def items(self, kind: str, *parts: str) -> list[tuple[bytes, Any]]:
+        """Decoded records of one type (and key prefix), in key order."""
+        prefix = self.key(kind, *parts) + (b"/" if parts else b"")
+        with self.mem._rw.read:
+            self.mem._check_open()
+            raw = list(self.mem.cold.extra_items(prefix))
+        return [(key, self.open_envelope(key, data)) for key, data in raw]
+
+    def load(self) -> None:
+        """Complete or drop pending intents, then mirror every record in RAM."""
+        unsettled = self._recover()
+        self.state = HubState()
+        with self.mem._rw.read:
+            raw = list(self.mem.cold.extra_items(self.prefix))
+        for key, data in raw:
+            kind, parts = self._split(key)
+            if kind not in ("h", "p"):  # history is read on demand; intents were settled above
+                self.state.apply(kind, parts, self.open_envelope(key, data))
+        self._follow(unsettled)
+
+    def engine_version(self, memory_id: str) -> int:
+        """The version the engine holds for a memory, 0 if it holds none."""
+        with self.mem._rw.read:
+            slot = self.mem.catalog.slot_of.get(memory_id)
+            return 0 if slot is None else int(self.mem.catalog.version[slot])
+
+    def record(self, memory_id: str) -> Memory | None:
+        """A memory as stored, without counting an access or promoting it."""
+        with self.mem._rw.read:
+            self.mem._check_open()
+            return self.mem.cold.get(memory_id)
+
+    def namespace_of(self, memory_id: str) -> str | None:
+        with self.mem._rw.read:
+            catalog = self.mem.catalog
+            slot = catalog.slot_of.get(memory_id) if isinstance(memory_id, str) else None
+            return None if slot is None else catalog.namespaces.names[catalog.ns[slot]]
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def commit(self, ops: Iterable[Op]) -> None:
+        """Write records in one durable transaction, then follow them in RAM."""
+        ops = list(ops)
+        self._write(ops)
+        self._follow(ops)
+
+    def _write(self, ops: list[Op]) -> None:
+        if self.unsettled is not None:
+            raise StorageError(f"an earlier change to shared memory {self.unsettled!r} failed half-way; close and "
+                               "reopen the store, which completes or undoes it, before changing the hub again")
+        with self.mem._rw.write:
+            self.mem._check_writable()
+            self.mem.cold.write(ops)
+
+    def _follow(self, ops: list[Op]) -> None:
+        for _, key, data in ops:
+            kind, parts = self._split(key)
+            if kind not in ("h", "p"):
+                self.state.apply(kind, parts, None if data is None else self.open_envelope(key, data))
+
+    def coordinated(self, memory_id: str, expect_version: int, ops: list[Op], engine_write: Callable[[], Any]) -> Any:
+        """Commit hub records with one engine write that leaves the memory at ``expect_version``
+        (0: deleted), crash-consistently: intent, engine write, records (see the module doc)."""
+        intent = ("extra", self.key("p", memory_id), pack([expect_version, [[key, data] for _, key, data in ops]]))
+        self._write([intent])
+        # Until the intent is settled RAM may lack what the disk will hold after recovery (and
+        # later notifications would reuse its sequence numbers): refuse hub writes meanwhile.
+        self.unsettled = memory_id
+        try:
+            result = engine_write()
+        except BaseException:
+            written = self.engine_version(memory_id) == expect_version  # e.g. maintenance failed after it
+            self._settle(memory_id, ops if written else [])
+            raise
+        self._settle(memory_id, ops)
+        return result
+
+    def _settle(self, memory_id: str, ops: list[Op]) -> None:
+        with self.mem._rw.write:
+            self.mem.cold.write([*ops, ("extra", self.key("p", memory_id), None)])
+        self.unsettled = None
+        self._follow(ops)
+
+    def _recover(self) -> list[Op]:
+        """Settle intents; returns the records of completed ones a read-only opener could not write."""
+        unsettled: list[Op] = []
+        with self.mem._rw.read:
+            pending = list(self.mem.cold.extra_items(self.key("p", "")))
+        for key, data in pending:
+            memory_id = self._split(key)[1][0]
+            try:
+                expect, records = unpack(data)
+            except (ValueError, msgpack.UnpackException) as err:
+                raise StorageError(f"the agent hub's intent {key.decode()!r} is unreadable; the store is "
+                                   "damaged (restore it from a backup)") from err
+            ops: list[Op] = [("extra", bytes(k), None if v is None else bytes(v)) for k, v in records]
+            done = self.engine_version(memory_id) == expect
+            if self.mem.read_only:
+                unsettled.extend(ops if done else [])  # seen in RAM now, written by the next writer
+                continue
+            with self.mem._rw.write:
+                self.mem.cold.write([*(ops if done else []), ("extra", key, None)])
+        return unsettled
