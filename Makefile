@@ -24,5 +24,9 @@ test: setup
 test-all: setup
 	$(PY) -m pytest
 
+# The committed recall-vs-quantization report (DailyDialog + LoCoMo from ../shared/datasets).
+report: setup
+	$(VENV)/bin/tiered-memory report quantization --out benchmarks/reports/
+
 clean:
 	rm -rf $(VENV) demo_memory .pytest_cache .benchmarks

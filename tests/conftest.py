@@ -59,6 +59,9 @@ def open_store(tmp_path: Path, clock: FakeClock) -> Iterator[Callable[..., Tiere
         settings.setdefault("encoder", None)
         settings.setdefault("dimension", DIM)
         settings.setdefault("clock", clock)
+        # Promotions inside the call, so tests see tiers change deterministically (the background
+        # promoter has its own tests).
+        settings.setdefault("promote_in_background", False)
         mem = TieredMemory(path or tmp_path / "store", **settings)  # type: ignore[arg-type]
         opened.append(mem)
         return mem

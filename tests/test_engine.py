@@ -24,7 +24,8 @@ def test_add_get_round_trip(open_store, clock) -> None:
     assert got.metadata == {"confidence": 0.9}
     assert got.importance == pytest.approx(0.8)
     assert got.created_at == clock.now and got.access_count == 1
-    assert got.tier is Tier.HOT  # get promotes
+    assert got.tier is Tier.WARM  # where this get served it from
+    assert mem.tier_of(mid) is Tier.HOT  # ... and the get promoted it
 
 
 def test_returned_memories_are_copies(open_store) -> None:
@@ -77,8 +78,9 @@ def test_search_tier_reports_where_it_was_served(open_store) -> None:
     mem.add_many([f"m{i}" for i in range(50)], vectors=vectors)
     first = mem.search(vector=vectors[0], k=1)[0]
     second = mem.search(vector=vectors[0], k=1)[0]
-    assert first.tier is Tier.WARM and first.memory.tier is Tier.HOT
-    assert second.tier is Tier.HOT
+    assert first.tier is Tier.WARM and first.memory.tier is Tier.WARM
+    assert mem.tier_of(first.memory.id) is Tier.HOT
+    assert second.tier is Tier.HOT and second.memory.tier is Tier.HOT
 
 
 def test_update_changes_fields_and_bumps_version(open_store, clock) -> None:

@@ -103,7 +103,8 @@ def test_only_ids_restricts_results(open_store, exact_search_max: int) -> None:
         hits = mem.search(vector=q, k=5, only_ids=allowed)
         assert len(hits) == 5 and all(h.memory.id in allowed and h.memory.id != other for h in hits)
         exact = vectors[100:120] @ q
-        assert hits[0].memory.id == ids[100 + int(np.argmax(exact))]
+        best = exact[ids[100:120].index(hits[0].memory.id)]
+        assert best >= exact.max() - 0.01  # the exact best, but for int8 rounding
     big = set(ids[:250])
     hits = mem.search(vector=vectors[260], k=3, only_ids=big)
     assert all(h.memory.id in big for h in hits) and len(hits) == 3

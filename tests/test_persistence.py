@@ -195,6 +195,7 @@ def test_statistics_flushed_by_maintain_survive_a_kill(tmp_path: Path) -> None:
         mem.add_many(["a", "b", "c"], vectors=vectors, ids=["a", "b", "c"])
         for _ in range(4):
             mem.get("b")
+        mem.wait_idle()  # the background promoter has moved "b" to hot
         mem.maintain()
         print('{{}}', flush=True)
         os._exit(0)

@@ -29,7 +29,7 @@ def test_get_promotes_cold_to_hot(open_store) -> None:
     mem.maintain()  # importance 0 decays below every threshold: all go cold
     assert {mem.tier_of(i) for i in ids} == {Tier.COLD}
     got = mem.get(ids[4])
-    assert got.tier is Tier.HOT and mem.tier_of(ids[4]) is Tier.HOT
+    assert got.tier is Tier.COLD and mem.tier_of(ids[4]) is Tier.HOT
     stats = mem.stats()
     assert stats.promotions == {"cold->warm": 1, "warm->hot": 1}
     assert stats.cold.hits == 1 and stats.warm.misses == 1
@@ -196,3 +196,30 @@ def test_small_namespaces_have_no_graph_until_they_grow(open_store) -> None:
     graph = mem.warm.graphs["default"]  # crossed the threshold: built from every warm memory
     assert len(graph) == 120 and set(graph.label_of) == set(ids)
     assert mem.search(vector=vectors[77], k=1)[0].memory.id == ids[77]
+
+
+def test_background_promotion_serves_at_once_and_promotes_soon(open_store) -> None:
+    mem = open_store(promote_in_background=True, exact_search_max=8)
+    vectors = unit_rows(60)
+    ids = mem.add_many([f"m{i}" for i in range(60)], vectors=vectors, importance=0.0)
+    mem.maintain()
+    assert mem.tier_of(ids[5]) is Tier.COLD
+    got = mem.get(ids[5])
+    assert got.tier is Tier.COLD and got.text == "m5"  # served from cold, not moved yet
+    hit = mem.search(vector=vectors[9], k=1)[0]
+    assert hit.tier is Tier.COLD and hit.memory.id == ids[9]
+    assert mem.wait_idle(timeout=10)
+    assert mem.tier_of(ids[5]) is Tier.HOT and mem.tier_of(ids[9]) is Tier.HOT
+    assert mem.stats().promotions == {"cold->warm": 2, "warm->hot": 2}
+    assert mem.search(vector=vectors[9], k=1)[0].tier is Tier.HOT
+
+
+def test_background_promoter_stops_on_close(open_store) -> None:
+    import threading
+
+    mem = open_store(promote_in_background=True)
+    ids = mem.add_many([f"m{i}" for i in range(10)], vectors=unit_rows(10))
+    mem.get(ids[0])
+    assert mem.wait_idle(timeout=10)
+    mem.close()
+    assert not [t for t in threading.enumerate() if t.name == "tiered-memory-promoter"]

@@ -25,11 +25,20 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--path", default="demo_memory", help="store directory (default: ./demo_memory)")
     demo.add_argument("--keep", action="store_true", help="reuse the directory instead of starting fresh")
     demo.set_defaults(run=_demo)
+
+    from .bench.cli import add_bench_parser
+
+    add_bench_parser(commands)
+
+    from .reports.cli import add_report_parser
+
+    add_report_parser(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # `bench` records the exact command
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     return int(args.run(args))
 

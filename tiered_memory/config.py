@@ -28,6 +28,10 @@ class MemoryConfig:
     # "async": committed to the OS before returning (survives a killed process, not a power cut).
     durability: Durability = "sync"
 
+    # Promotion on access runs in a background thread (a cold -> warm move is an hnswlib insertion,
+    # ~1 ms): the read returns at once and the memory is hot a moment later. False: inside the call.
+    promote_in_background: bool = True
+
     # Decay: score = importance * 0.5 ** (idle_s / half_life_s) * (1 + use_weight * ln(1 + uses)).
     half_life_s: float = 7 * DAY_S
     use_weight: float = 0.5
@@ -58,7 +62,9 @@ class MemoryConfig:
     rescore: bool = False  # re-rank candidates with the originals
     rescore_oversample: int = 4  # candidates fetched per requested result when rescoring
     calibration_size: int = 256  # memories before the int8 ranges are learned from data
-    clip_quantile: float = 0.999  # per-dimension range = [q(1 - p), q(p)] of the sample
+    # Per-dimension range = [q(1 - p), q(p)] of the sample. 0.9999 beat 0.999 on every DailyDialog
+    # sample tried (exact int8 recall@10 0.994-0.998 vs 0.988-0.993; benchmarks/reports/).
+    clip_quantile: float = 0.9999
     drift_clip_rate: float = 0.01  # share of clipped values in new codes that triggers re-calibration
 
     # Topics (per namespace): partitions for cold search and prefetch. 0 = about sqrt(n).

@@ -44,6 +44,7 @@ from .errors import (
 from .filters import compile_where
 from .hot import HotTier
 from .locks import RWLock
+from .promoter import Promoter
 from .records import (
     SCHEMA_VERSION,
     Hit,
@@ -230,6 +231,9 @@ class TieredMemory(SearchMixin, TierManagerMixin):
         # Called (last registered first) by close(), before it takes the write lock for the final
         # persist: features with background work (e.g. prefetch workers) stop and join here.
         self._closers: list[Callable[[], None]] = []
+        self._pending: dict[int, str] = {}  # slot -> id of memories served from warm/cold, to promote
+        self._promoter = Promoter(self._drain_promotions)
+        self._closers.append(self._promoter.stop)
         self._rw = RWLock()
         self._mutex = threading.Lock()
         self._query_cache: LRUCache = LRUCache(max(config.query_cache_size, 1))
@@ -513,20 +517,17 @@ class TieredMemory(SearchMixin, TierManagerMixin):
         with self._rw.read:
             self._check_open()
             slot = self.catalog.slot_of.get(memory_id, -1)
-            content, original = self.cold.fetch([memory_id], originals=True)[0] if slot >= 0 else (None, None)
+            content = self.cold.get(memory_id) if slot >= 0 else None
             if content is None or (namespace is not None and content.namespace != namespace):
                 with self._mutex:
                     for tier in ("hot", "warm", "cold"):
                         self._misses[tier] += 1
                 where = "" if namespace is None else f" in namespace {namespace!r}"
                 raise MemoryNotFoundError(f"no memory with id {memory_id!r}{where}")
-            vector = original if original is not None else self._decoded([slot])[0]
             with self._mutex:
-                tier = self._serve(slot, content, vector)
+                self._serve(slot)
                 memory = self.catalog.memory(slot, content)
-        if tier == COLD:
-            self._promote_from_cold({slot: (content, vector)})
-            memory.tier = self.catalog.tier_of(slot) if self.catalog.ids[slot] == memory_id else memory.tier
+        self._after_promotion_requests()
         self._after_ops(1)
         return memory
 
@@ -565,7 +566,6 @@ class TieredMemory(SearchMixin, TierManagerMixin):
             raise InvalidFilterError("only_ids takes a collection of memory ids (a set is fastest)")
         q = self._query_vector(query, vector)
         fetch = k * self.config.rescore_oversample if self.config.rescore else k
-        promote: dict[int, tuple[Memory, np.ndarray]] = {}
         with self._rw.read:
             self._check_open()
             lookup = Lookup(self)
@@ -579,13 +579,8 @@ class TieredMemory(SearchMixin, TierManagerMixin):
                 ranked = self._rescore(q, ranked)[:k]
             if min_score is not None:
                 ranked = [(slot, score) for slot, score in ranked if score >= min_score]
-            hits = self._serve_hits(ranked, lookup, promote)
-        if promote:
-            self._promote_from_cold(promote)
-            for hit in hits:
-                slot = self.catalog.slot_of.get(hit.memory.id)
-                if slot is not None:
-                    hit.memory.tier = self.catalog.tier_of(slot)
+            hits = self._serve_hits(ranked, lookup)
+        self._after_promotion_requests()
         self._after_ops(1)
         return hits
 

@@ -54,7 +54,7 @@ class Memory:
     access_count: int
     importance: float  # 0..1, set by the caller; decay is computed from it, never written over it
     topic: int  # topic (and cold partition) within the namespace; -1 before the namespace has topics
-    tier: Tier
+    tier: Tier  # in a get() or search() result: the tier that served it (it may move up right after)
     version: int = 1  # bumped by every update
     sensitive: bool = False  # text, metadata and vectors sealed at rest (needs the store's encryption key)
 

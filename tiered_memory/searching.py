@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .blocks import scan
-from .catalog import COLD, HOT, Catalog
+from .catalog import HOT, Catalog
 from .encoders import as_unit_vectors
 from .errors import InvalidInputError, TieredMemoryError
 from .filters import Predicate
@@ -104,22 +104,16 @@ class RowFilter:
 class SearchMixin:
     """Candidate generation and hit serving for TieredMemory."""
 
-    def _serve_hits(self, ranked: list[tuple[int, float]], lookup: Lookup,
-                    promote: dict[int, tuple[Memory, np.ndarray]]) -> list[Hit]:
-        """Build the hits, count the accesses and promote: warm -> hot now, cold via `promote`."""
+    def _serve_hits(self, ranked: list[tuple[int, float]], lookup: Lookup) -> list[Hit]:
+        """Build the hits and count the accesses; warm and cold hits are queued for promotion."""
         catalog = self.catalog
         ids, tiers = catalog.ids, catalog.tier
-        # Warm and cold hits go to the hot tier with their records and best float vectors (the
-        # original as stored, else the decoded code): read them from cold in one transaction.
-        needing = [slot for slot, _ in ranked if tiers[slot] != HOT]
-        vectors: dict[int, np.ndarray] = {}
+        # Records of warm and cold hits come from cold: read them in one transaction.
+        needing = [slot for slot, _ in ranked if tiers[slot] != HOT and slot not in lookup.contents]
         if needing:
-            fetched = self.cold.fetch([ids[slot] for slot in needing], originals=True)
-            for slot, (content, original) in zip(needing, fetched):
+            for slot, content in zip(needing, self.cold.get_many([ids[slot] for slot in needing])):
                 if content is not None:
-                    lookup.contents.setdefault(slot, content)
-                if original is not None:
-                    vectors[slot] = original
+                    lookup.contents[slot] = content
         hits = []
         now = self.clock()
         hot_get, uses, accessed, dirty = self.hot.get, catalog.uses, catalog.accessed, catalog.dirty
@@ -134,12 +128,7 @@ class SearchMixin:
                     tier = HOT
                 else:
                     content = lookup.content(slot)
-                    vector = vectors.get(slot)
-                    if vector is None:
-                        vector = vectors[slot] = self._decoded([slot])[0]
-                    tier = self._serve(slot, content, vector)
-                    if tier == COLD:
-                        promote[slot] = (content, vector)
+                    tier = self._serve(slot)
                 hits.append(Hit(catalog.memory(slot, content), float(score), TIERS_BY_CODE[tier]))
         return hits
 

@@ -21,7 +21,7 @@ from .cold import Op
 from .decay import decay_scores
 from .errors import InvalidInputError
 from .hot import HotEntry
-from .records import TIER_CODES, Memory, Tier
+from .records import TIER_CODES, Tier
 from .topics import TopicModel, topics_for
 
 log = logging.getLogger(__name__)
@@ -155,49 +155,62 @@ class TierManagerMixin:
             self.catalog.set_tier(slot, WARM)
             self._demotions["hot->warm"] += 1
 
-    def _serve(self, slot: int, content: Memory, vector: np.ndarray) -> int:
-        """Account one lookup and promote warm -> hot. Caller holds _mutex (and _rw shared)."""
+    def _serve(self, slot: int) -> int:
+        """Account one lookup of a slot and ask for its promotion to hot. Caller holds _mutex."""
         tier = self.catalog.tier[slot]
         self.catalog.touch(slot, self.clock())
         if tier == HOT:
             self._hits["hot"] += 1
-            self.hot.get(content.id)  # refresh recency
-        elif tier == WARM:
-            self._misses["hot"] += 1
+            self.hot.get(self.catalog.ids[slot])  # refresh recency
+            return tier
+        self._misses["hot"] += 1
+        if tier == WARM:
             self._hits["warm"] += 1
-            self._to_hot(slot, content, vector)
         else:
-            self._misses["hot"] += 1
             self._misses["warm"] += 1
             self._hits["cold"] += 1
+        self._pending[slot] = self.catalog.ids[slot]
         return tier
 
-    def _to_hot(self, slot: int, content: Memory, vector: np.ndarray) -> None:
-        self.catalog.set_tier(slot, HOT)  # before put: the put may evict (and demote) another entry
-        self.hot.put(content, vector)
-        self._promotions["warm->hot"] += 1
+    def _after_promotion_requests(self) -> None:
+        """Run what _serve() asked for: in the background thread, or now (promote_in_background=False)."""
+        if not self._pending:
+            return
+        if self.config.promote_in_background:
+            self._promoter.wake()
+        else:
+            self._drain_promotions()
 
-    def _promote_from_cold(self, items: dict[int, tuple[Memory, np.ndarray]]) -> None:
-        """cold -> warm -> hot for memories found in cold. Takes the write lock (hnswlib insert)."""
+    def _drain_promotions(self) -> bool:
+        """Move requested memories up to hot (cold -> warm -> hot); returns whether there were any."""
+        with self._mutex:
+            if not self._pending:
+                return False
+            batch, self._pending = self._pending, {}
         with self._rw.write:
             if self._closed:
-                return
+                return False
+            catalog = self.catalog
+            # A slot may have been deleted, reused or promoted since it was asked for.
+            live = [slot for slot, memory_id in batch.items()
+                    if catalog.ids[slot] == memory_id and catalog.tier[slot] != HOT]
             by_namespace: dict[str, list[int]] = {}
-            for slot, (content, _) in items.items():
-                if self.catalog.ids[slot] == content.id and self.catalog.tier[slot] == COLD:
-                    by_namespace.setdefault(content.namespace, []).append(slot)
+            for slot in live:
+                if catalog.tier[slot] == COLD:
+                    by_namespace.setdefault(catalog.namespaces.names[catalog.ns[slot]], []).append(slot)
             for namespace, slots in by_namespace.items():
                 with self._mutex:
                     for slot in slots:
-                        self.catalog.set_tier(slot, WARM)
+                        catalog.set_tier(slot, WARM)
                         self._promotions["cold->warm"] += 1
                 self._warm_put(namespace, slots)
-                with self._mutex:
-                    for slot in slots:
-                        content, vector = items[slot]
-                        self._to_hot(slot, content, vector)
-            protect = {slot for slots in by_namespace.values() for slot in slots}
-            self._enforce_warm_capacity(protect=protect)
+            self._fill_hot(live, count=True)
+            self._enforce_warm_capacity(protect=set(live))
+        return True
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until background promotions asked for so far are done; False if the timeout ends."""
+        return self._promoter.wait_idle(timeout) if self.config.promote_in_background else True
 
     def decay_scores(self, slots: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(slots, decayed importance) of the given or all live memories, at the clock's now."""
@@ -376,7 +389,9 @@ class TierManagerMixin:
     def promote(self, memory_ids: Iterable[str], tier: Tier = Tier.HOT) -> int:
         """Move memories up to `tier` ahead of use (prefetch); not counted as accesses.
 
-        Unknown ids are skipped. Returns how many memories moved."""
+        Use counts and hit statistics do not change, but each moved memory's idle clock restarts
+        (``last_accessed`` reads the move's time). Unknown ids are skipped. Returns how many
+        moves were made (cold -> warm -> hot counts two)."""
         self._check_writable()
         if tier not in (Tier.WARM, Tier.HOT):
             raise InvalidInputError(f"promote() moves memories to 'warm' or 'hot', not {tier!r}")
@@ -395,10 +410,22 @@ class TierManagerMixin:
                         self._promotions["cold->warm"] += 1
                 self._warm_put(namespace, group)
             moved = len(cold)
+            touched = set(cold)
             if tier is Tier.HOT:
                 warm = [slot for slot in slots if catalog.tier[slot] == WARM]
                 moved += len(warm)
+                touched.update(warm)
                 self._fill_hot(warm, count=True)
+            # Decay would still count a moved memory idle since its last real use, and the next
+            # maintain() would send it straight back to cold: replaying 8 DailyDialog sessions over
+            # 20k memories (benchmarks/prefetch_replay.py), that undid 3,007 of 3,487 prefetches,
+            # each leaving an hnswlib tombstone. So the idle clock restarts; the use count does not grow.
+            now = self.clock()
+            with self._mutex:
+                for slot in touched:
+                    if catalog.accessed[slot] < now:
+                        catalog.accessed[slot] = now
+                        catalog.dirty.add(slot)
             self._enforce_warm_capacity(protect=set(slots))
             return moved
 
