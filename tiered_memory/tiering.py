@@ -417,9 +417,10 @@ class TierManagerMixin:
                 touched.update(warm)
                 self._fill_hot(warm, count=True)
             # Decay would still count a moved memory idle since its last real use, and the next
-            # maintain() would send it straight back to cold: replaying 8 DailyDialog sessions over
-            # 20k memories (benchmarks/prefetch_replay.py), that undid 3,007 of 3,487 prefetches,
-            # each leaving an hnswlib tombstone. So the idle clock restarts; the use count does not grow.
+            # maintain() would send it straight back to cold, leaving an hnswlib tombstone: 3,007 of
+            # 3,487 memories prefetched in `benchmarks/prefetch_replay.py --sessions 8 --memories
+            # 20000 --hot-capacity 700 --warm-capacity 7000 --prefetch-hot 48 --no-locomo`. So the
+            # idle clock restarts; the use count does not grow.
             now = self.clock()
             with self._mutex:
                 for slot in touched:
@@ -439,9 +440,9 @@ class TierManagerMixin:
                      near_weight: float = 1.0) -> list[str]:
         """Ids of the namespace's memories (optionally of some topics) with the highest decayed
         importance, best first: what prefetch should warm up. With `near` (a unit vector) each
-        score gains ``near_weight`` x the memory's cosine to it (from its int8 code): on replayed
-        DailyDialog conversations, ranking a topic's members this way doubled the hot-tier hits
-        prefetch earned over decayed importance alone (benchmarks/results/prefetch/)."""
+        score gains ``near_weight`` x the memory's cosine to it (from its int8 code), so memories
+        close to a conversation come first (compare modes `prefetch` and `prefetch-decay` in
+        benchmarks/results/prefetch/)."""
         with self._rw.read:
             catalog = self.catalog
             ns = catalog.namespaces.codes.get(namespace)
