@@ -18,7 +18,7 @@ import msgpack
 import numpy as np
 
 from .config import MemoryConfig
-from .crypto import Sealer
+from .crypto import OVERHEAD, Sealer
 from .errors import EncryptionRequiredError, StorageError
 from .quantization import Quantizer, make_quantizer, quantizer_from_state
 from .records import Memory, pack_record, unpack_record
@@ -54,7 +54,9 @@ class ColdTier:
         try:
             self.env = lmdb.open(
                 str(path),
-                map_size=config.map_size_bytes,
+                # A reader maps the most the writer may ever grow to (address space, not memory):
+                # once the writer's map outgrows a reader's, every read fails with MDB_MAP_RESIZED.
+                map_size=config.max_map_size_bytes if read_only else config.map_size_bytes,
                 subdir=True,
                 max_dbs=len(_DATABASES),
                 max_readers=config.max_readers,
@@ -65,6 +67,7 @@ class ColdTier:
             )
         except lmdb.Error as err:
             raise StorageError(f"cannot open the cold tier at {path}: {err}") from err
+        self._check_file_size()
         # A process killed while reading leaves its reader slot taken; free such slots now.
         self.env.reader_check()
         # Another process may have grown the map; LMDB adopts the larger size at open.
@@ -77,6 +80,17 @@ class ColdTier:
         self.originals_dtype = {"none": None, "float16": np.float16, "float32": np.float32}[config.keep_originals]
         self.quantizer: Quantizer = make_quantizer("int8", 1)
         self.sealer: Sealer | None = None  # set by the engine when the store has an encryption key
+
+    def _check_file_size(self) -> None:
+        """LMDB maps data.mdb and trusts it: pages past the end of a truncated file kill the
+        process with SIGBUS on first touch. The meta page says how many pages are in use."""
+        info, page_size = self.env.info(), self.env.stat()["psize"]
+        needed = (info["last_pgno"] + 1) * page_size
+        actual = os.stat(self.path / "data.mdb").st_size
+        if actual < needed:
+            self.env.close()
+            raise StorageError(f"{self.path / 'data.mdb'} is truncated ({actual:,} bytes, {needed:,} in use): "
+                               "the store is damaged; restore it from a backup")
 
     def use_dimension(self, dimension: int) -> None:
         """Fix the vector dimension and load the quantizer persisted with the store (if any)."""
@@ -161,6 +175,9 @@ class ColdTier:
     def _plain_vector_bytes(self, memory_id: str, field: str, stored: bytes, plain_size: int) -> bytes:
         if len(stored) == plain_size:
             return stored
+        if len(stored) != plain_size + OVERHEAD:
+            raise StorageError(f"the stored {field} of memory {memory_id!r} has {len(stored)} bytes, neither "
+                               f"{plain_size} nor {plain_size + OVERHEAD} (sealed): the store is damaged")
         if self.sealer is None:
             raise EncryptionRequiredError(f"memory {memory_id!r} is sealed: open the store with its encryption_key")
         return self.sealer.open(stored, f"{field}:{memory_id}".encode())
@@ -298,7 +315,13 @@ class ColdTier:
     def meta_get(self, name: str, default: Any = None) -> Any:
         with self.env.begin(db=self.dbs["meta"]) as txn:
             data = txn.get(name.encode())
-        return default if data is None else msgpack.unpackb(data, raw=False, strict_map_key=False)
+        if data is None:
+            return default
+        try:
+            return msgpack.unpackb(data, raw=False, strict_map_key=False)
+        except (ValueError, msgpack.UnpackException) as err:
+            raise StorageError(f"the store's {name!r} entry is not readable ({err!r}): the store is damaged; "
+                               "restore it from a backup") from err
 
     def extra_items(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
         """Entries of the ``extra`` database whose key starts with prefix, in key order."""

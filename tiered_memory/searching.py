@@ -31,23 +31,23 @@ class Lookup:
         self.engine = engine
         self.contents: dict[int, Memory] = {}
 
-    def content(self, slot: int) -> Memory:
-        content = self.contents.get(slot)
-        if content is None:
-            engine = self.engine
-            memory_id = engine.catalog.ids[slot]
-            entry = engine.hot.peek(memory_id)
-            if entry is not None:
-                content = entry.memory
-            else:
-                content = engine.cold.get(memory_id)
-                if content is None:
-                    raise TieredMemoryError(f"memory {memory_id!r} is in the catalog but not in cold storage")
-            self.contents[slot] = content
+    def content(self, slot: int) -> Memory | None:
+        """The record of a slot; None if cold no longer has it (a read-only opener whose writer
+        deleted it since: such a memory is left out of results)."""
+        if slot in self.contents:
+            return self.contents[slot]
+        engine = self.engine
+        memory_id = engine.catalog.ids[slot]
+        entry = engine.hot.peek(memory_id)
+        content = entry.memory if entry is not None else engine.cold.get(memory_id)
+        if content is None and not engine.read_only:
+            raise TieredMemoryError(f"memory {memory_id!r} is in the catalog but not in cold storage")
+        self.contents[slot] = content
         return content
 
     def metadata(self, slot: int) -> Mapping[str, Any]:
-        return self.content(slot).metadata
+        content = self.content(slot)
+        return {} if content is None else content.metadata  # a gone memory is dropped when served
 
 
 
@@ -112,7 +112,7 @@ class SearchMixin:
         needing = [slot for slot, _ in ranked if tiers[slot] != HOT and slot not in lookup.contents]
         if needing:
             for slot, content in zip(needing, self.cold.get_many([ids[slot] for slot in needing])):
-                if content is not None:
+                if content is not None or self.read_only:
                     lookup.contents[slot] = content
         hits = []
         now = self.clock()
@@ -128,6 +128,8 @@ class SearchMixin:
                     tier = HOT
                 else:
                     content = lookup.content(slot)
+                    if content is None:
+                        continue
                     tier = self._serve(slot)
                 hits.append(Hit(catalog.memory(slot, content), float(score), TIERS_BY_CODE[tier]))
         return hits
