@@ -120,22 +120,23 @@ class TestWarmTier(TierContract):
         assert all(int(memory_id[2:]) < 10 for memory_id in ids)
         assert tier.search("missing", vectors[0], 3) == ([], pytest.approx(np.zeros(0)))
 
-    def test_deleted_slots_are_reused_and_labels_stay_unique(self, tier) -> None:
+    def test_deleted_nodes_become_tombstones_and_labels_stay_unique(self, tier) -> None:
         vectors = unit_rows(200, seed=5)
         for i in range(100):
             tier.put(memory(i), vectors[i])
         for i in range(50):
             tier.discard(f"id{i}")
         graph = tier.graphs["ns"]
-        assert graph.tombstones == 50
+        assert graph.tombstones == 50 and len(graph) == 50
         for i in range(100, 150):
             tier.put(memory(i), vectors[i])
-        assert graph.tombstones == 0  # new elements took the deleted slots
-        assert graph.index.element_count == 100
+        assert graph.index.element_count == 150  # tombstones stay as stepping stones
         labels = list(graph.label_of.values())
         assert len(labels) == len(set(labels)) == 100
         ids, _ = tier.search("ns", vectors[120], 1)
         assert ids == ["id120"]
+        found, _ = tier.search("ns", vectors[10], 100)
+        assert not any(int(memory_id[2:]) < 50 for memory_id in found)  # never a deleted one
 
     def test_grows_past_its_initial_size(self, tier) -> None:
         vectors = unit_rows(2_500, seed=9)

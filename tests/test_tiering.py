@@ -223,3 +223,20 @@ def test_background_promoter_stops_on_close(open_store) -> None:
     assert mem.wait_idle(timeout=10)
     mem.close()
     assert not [t for t in threading.enumerate() if t.name == "tiered-memory-promoter"]
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_graphs_full_of_tombstones_are_compacted(open_store, background: bool) -> None:
+    mem = open_store(exact_search_max=8, promote_in_background=background)
+    vectors = unit_rows(3_000, seed=14)
+    ids = mem.add_many([f"m{i}" for i in range(3_000)], vectors=vectors)
+    for memory_id in ids[:2_000]:
+        mem.delete(memory_id)
+    graph = mem.warm.graphs["default"]
+    assert graph.tombstones == 2_000 and graph.needs_compaction
+    mem.maintain()
+    assert mem.wait_idle(timeout=60)
+    compacted = mem.warm.graphs["default"]
+    assert compacted is not graph and compacted.tombstones == 0
+    assert set(compacted.label_of) == set(ids[2_000:])
+    assert mem.search(vector=vectors[2_500], k=1)[0].memory.id == ids[2_500]

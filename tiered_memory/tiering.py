@@ -19,7 +19,7 @@ import numpy as np
 from .catalog import COLD, HOT, WARM
 from .cold import Op
 from .decay import decay_scores
-from .errors import InvalidInputError
+from .errors import InvalidInputError, StorageError
 from .hot import HotEntry
 from .records import TIER_CODES, Tier
 from .topics import TopicModel, topics_for
@@ -272,7 +272,10 @@ class TierManagerMixin:
         report.demoted_to_cold = len(to_cold) + self._enforce_warm_capacity()
         report.topics_fitted = self._fit_topics()
         report.recalibrated = self._recalibrate_if_drifted()
-        report.graphs_compacted = self._compact_graphs()
+        if not self.config.promote_in_background:
+            report.graphs_compacted = self._compact_graphs()
+        elif any(graph.needs_compaction for graph in self.warm.graphs.values()):
+            self._promoter.wake()
         self._persist(report)
         self._ops = 0
         self._last_maintain = self.clock()
@@ -299,13 +302,49 @@ class TierManagerMixin:
         return fitted
 
     def _compact_graphs(self) -> int:
+        """Rebuild, under the write lock, every graph whose tombstones outnumber its live nodes
+        (without a background promoter; with one, it compacts in the background instead)."""
         compacted = 0
         for namespace, graph in list(self.warm.graphs.items()):
-            if graph.tombstones > max(1_000, len(graph)):
-                ids = list(graph.label_of)
-                self._rebuild_graph(namespace, [self.catalog.slot_of[i] for i in ids])
+            if graph.needs_compaction:
+                self._rebuild_graph(namespace, [self.catalog.slot_of[i] for i in graph.label_of])
                 compacted += 1
         return compacted
+
+    def _compact_one_in_background(self) -> bool:
+        """Build a compacted copy of one graph without blocking searches, then swap it in.
+
+        The copy is built from a snapshot taken under the shared lock; changes to the graph while
+        it builds are logged (Graph.touched) and replayed on the copy under the write lock."""
+        with self._rw.read:
+            if self._closed:
+                return False
+            graph = next((g for g in self.warm.graphs.values() if g.needs_compaction and g.touched is None), None)
+            if graph is None:
+                return False
+            ids = list(graph.label_of)
+            vectors = self._decoded([self.catalog.slot_of[i] for i in ids])
+            graph.touched = set()
+        fresh = self.warm.new_graph(graph.namespace)
+        fresh.put_many(ids, vectors)  # hnswlib builds outside any lock: searches go on meanwhile
+        with self._rw.write:
+            touched, graph.touched = graph.touched or set(), None
+            if self._closed or self.warm.graphs.get(graph.namespace) is not graph:
+                return True  # dropped or rebuilt meanwhile: this copy is stale
+            catalog = self.catalog
+            changed = [i for i in touched if i in graph.label_of]
+            for memory_id in touched:
+                if memory_id not in graph.label_of:
+                    fresh.discard(memory_id)
+            if changed:
+                fresh.put_many(changed, self._decoded([catalog.slot_of[i] for i in changed]))
+            self.warm.swap(fresh)
+        log.info("compacted the warm graph of %r: %d live nodes", graph.namespace, len(fresh))
+        return True
+
+    def _background_work(self) -> bool:
+        """One round of the promoter thread: pending promotions first, then a compaction."""
+        return self._drain_promotions() or self._compact_one_in_background()
 
     def _calibrate_if_due(self, incoming: np.ndarray) -> None:
         """Learn int8 ranges once the store (with this batch) reaches calibration_size memories,
@@ -382,7 +421,13 @@ class TierManagerMixin:
             ops.append(self.cold.meta_op(f"topics/{namespace}", model.state()))
         generation = self.cold.write(ops)
         report.flushed = len(dirty)
-        self.warm.save(self.path / "warm", generation, self._quantizer_stamp())
+        try:
+            self.warm.save(self.path / "warm", generation, self._quantizer_stamp())
+        except OSError as err:  # disk full, a file where the warm/ folder should be, permissions
+            raise StorageError(
+                f"saving the warm index to {self.path / 'warm'} failed ({err}); every memory is safe in the "
+                "cold tier and the index will be rebuilt from it at the next open. Free disk space and retry"
+            ) from err
 
     # -- hooks for prefetching -------------------------------------------------------------
 
