@@ -98,13 +98,22 @@ def as_unit_vectors(vectors: object, dimension: int) -> np.ndarray:
                 f"vector has dimension {len(vectors)} but this store holds {dimension}-d vectors; "
                 "use the same encoder as the store, or open a new directory"
             )
-        squared = float(vectors @ vectors)
+        # Squared in float64: float32 squares overflow above ~1e19 (a RuntimeWarning, then a
+        # finite vector refused) and vanish below ~1e-19; any finite nonzero vector has a direction.
+        wide = vectors.astype(np.float64)
+        squared = float(wide @ wide)
         if math.isfinite(squared) and squared > 0:
-            return (vectors / np.float32(math.sqrt(squared))).reshape(1, dimension)
+            return (wide / math.sqrt(squared)).astype(np.float32).reshape(1, dimension)
     try:
-        array = np.asarray(vectors, dtype=np.float32)
+        raw = np.asarray(vectors)
+        complex_values = raw.dtype.kind == "c"
+        array = raw.real.astype(np.float64) if complex_values else raw.astype(np.float64)
     except (TypeError, ValueError) as err:
         raise InvalidVectorError(f"vectors must be numeric arrays: {err}") from err
+    if complex_values:
+        raise InvalidVectorError("vectors must hold real numbers, got complex values")
+    if array.ndim == 0:
+        raise InvalidVectorError("vectors must be 1-D or 2-D, got a single number")
     if array.ndim == 1:
         array = array[None, :]
     if array.ndim != 2:
@@ -117,11 +126,13 @@ def as_unit_vectors(vectors: object, dimension: int) -> np.ndarray:
     if not np.isfinite(array).all():
         bad = int(np.flatnonzero(~np.isfinite(array).all(axis=1))[0])
         raise InvalidVectorError(f"vector {bad} contains NaN or infinity; check the encoder's output")
-    norms = np.linalg.norm(array, axis=1)
-    if (norms == 0).any():
-        bad = int(np.flatnonzero(norms == 0)[0])
+    # Scaled by the largest coordinate first, so the norm neither overflows (1e300) nor vanishes.
+    peaks = np.abs(array).max(axis=1)
+    if (peaks == 0).any():
+        bad = int(np.flatnonzero(peaks == 0)[0])
         raise InvalidVectorError(f"vector {bad} is all zeros and has no direction to compare")
-    return np.ascontiguousarray(array / norms[:, None], dtype=np.float32)
+    array /= peaks[:, None]
+    return np.ascontiguousarray(array / np.linalg.norm(array, axis=1, keepdims=True), dtype=np.float32)
 
 
 def encode_checked(encoder: Encoder, texts: Sequence[str]) -> np.ndarray:

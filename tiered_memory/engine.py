@@ -232,7 +232,7 @@ class TieredMemory(SearchMixin, TierManagerMixin):
         # persist: features with background work (e.g. prefetch workers) stop and join here.
         self._closers: list[Callable[[], None]] = []
         self._pending: dict[int, str] = {}  # slot -> id of memories served from warm/cold, to promote
-        self._promoter = Promoter(self._background_work, lambda: bool(self._pending))
+        self._promoter = Promoter(self._background_work, self._has_background_work)
         self._closers.append(self._promoter.stop)
         self._rw = RWLock()
         self._mutex = threading.Lock()

@@ -56,23 +56,28 @@ _OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
 }
 
 
-def compile_where(where: Mapping[str, Any] | None) -> Predicate | None:
+MAX_NESTING = 32  # $and/$or levels: far beyond any real filter, far below Python's recursion limit
+
+
+def compile_where(where: Mapping[str, Any] | None, depth: int = 0) -> Predicate | None:
     """Turn a ``where`` mapping into a predicate on metadata; None means no filter."""
     if where is None:
         return None
+    if depth > MAX_NESTING:
+        raise InvalidFilterError(f"where is nested more than {MAX_NESTING} $and/$or levels deep; flatten it")
     if not isinstance(where, Mapping) or not where:
         raise InvalidFilterError(f"where must be a non-empty mapping such as {{'project': 'rag'}}, got {where!r}")
-    clauses = [_compile_clause(key, spec) for key, spec in where.items()]
+    clauses = [_compile_clause(key, spec, depth) for key, spec in where.items()]
     if len(clauses) == 1:
         return clauses[0]
     return lambda metadata: all(clause(metadata) for clause in clauses)
 
 
-def _compile_clause(key: object, spec: Any) -> Predicate:
+def _compile_clause(key: object, spec: Any, depth: int) -> Predicate:
     if key in ("$and", "$or"):
         if not isinstance(spec, list) or not spec:
             raise InvalidFilterError(f"{key} takes a non-empty list of filters, got {spec!r}")
-        parts = [compile_where(part) for part in spec]
+        parts = [compile_where(part, depth + 1) for part in spec]
         combine = all if key == "$and" else any
         return lambda metadata: combine(part(metadata) for part in parts)  # type: ignore[misc]
     if not isinstance(key, str) or key.startswith("$"):

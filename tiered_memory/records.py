@@ -20,6 +20,7 @@ from .errors import (
     InvalidTextError,
     MetadataError,
     SchemaVersionError,
+    StorageError,
     TextTooLargeError,
 )
 
@@ -103,8 +104,12 @@ def pack_record(memory: Memory, sealer: Sealer | None = None) -> bytes:
 
 def unpack_record(data: bytes, sealer: Sealer | None = None) -> Memory:
     """Inverse of :func:`pack_record`; refuses records written by a newer schema."""
-    fields = msgpack.unpackb(data, raw=False, strict_map_key=False)
-    version = fields[0]
+    try:
+        fields = msgpack.unpackb(data, raw=False, strict_map_key=False)
+        version = fields[0]
+    except (ValueError, TypeError, IndexError, KeyError, msgpack.UnpackException) as err:
+        raise StorageError(f"a record in the cold tier is not readable ({err!r}): the store is damaged; "
+                           "restore it from a backup") from err
     if version == 1:  # v1 had no sealed field: nothing in it is sealed
         fields.append(None)
     elif version != SCHEMA_VERSION:
@@ -112,8 +117,12 @@ def unpack_record(data: bytes, sealer: Sealer | None = None) -> Memory:
             f"record schema version {version} is not readable by this tiered_memory "
             f"(reads versions 1 to {SCHEMA_VERSION}); upgrade tiered_memory"
         )
-    (_, mid, namespace, text, kind, metadata, created, updated, accessed, count, importance, topic,
-     tier_code, record_version, sealed) = fields
+    try:
+        (_, mid, namespace, text, kind, metadata, created, updated, accessed, count, importance, topic,
+         tier_code, record_version, sealed) = fields
+    except (ValueError, TypeError) as err:
+        raise StorageError(f"a record in the cold tier has {len(fields)} fields, not 15: the store is damaged; "
+                           "restore it from a backup") from err
     if sealed is not None:
         if sealer is None:
             raise EncryptionRequiredError(

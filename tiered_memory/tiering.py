@@ -23,6 +23,7 @@ from .errors import InvalidInputError, StorageError
 from .hot import HotEntry
 from .records import TIER_CODES, Tier
 from .topics import TopicModel, topics_for
+from .warm import Graph
 
 log = logging.getLogger(__name__)
 
@@ -66,31 +67,39 @@ class TierManagerMixin:
             if ns is None or self.catalog.count_by_ns.get(ns, 0) <= self.config.exact_search_max:
                 self.warm.drop(namespace)  # small (or emptied): exact scans serve it; the file goes at save
                 continue
-            ids = [self.catalog.ids[slot] for slot in slots]
             meta = loaded.get(namespace)
             graph = self.warm.graphs.get(namespace)
             if graph is None or meta is None or meta.get("stamp") != stamp:
                 self._rebuild_graph(namespace, slots)
                 repaired += len(slots)
                 continue
-            wanted = set(ids)
-            for memory_id in [i for i in graph.label_of if i not in wanted]:
-                self.warm.discard(memory_id, namespace)
-                repaired += 1
-            missing = [slot for slot, memory_id in zip(slots, ids) if memory_id not in graph.label_of]
-            if meta.get("generation") != generation:
-                present = [slot for slot, memory_id in zip(slots, ids) if memory_id in graph.label_of]
-                if present:
-                    stored = graph.vectors([self.catalog.ids[slot] for slot in present])
-                    expected_vectors = self._decoded(present)
-                    differs = ~np.isclose(stored, expected_vectors, atol=1e-5).all(axis=1)
-                    missing.extend(np.asarray(present)[differs].tolist())
-            if missing:
-                self.warm.put_many(namespace, [self.catalog.ids[s] for s in missing], self._decoded(missing))
-                repaired += len(missing)
+            try:
+                repaired += self._repair_graph(namespace, graph, slots, stale=meta.get("generation") != generation)
+            except RuntimeError as err:  # hnswlib disagrees with the sidecar: trust neither
+                log.warning("warm index of %r could not be repaired (%s); rebuilding it", namespace, err)
+                self._rebuild_graph(namespace, slots)
+                repaired += len(slots)
         if repaired:
             log.warning("warm index of %s repaired from the cold tier: %d memories re-indexed or removed",
                         self.path, repaired)
+
+    def _repair_graph(self, namespace: str, graph: Graph, slots: list[int], stale: bool) -> int:
+        """Make a loaded graph hold exactly these slots' vectors; returns how many entries changed."""
+        ids = [self.catalog.ids[slot] for slot in slots]
+        wanted = set(ids)
+        extra = [i for i in graph.label_of if i not in wanted]
+        for memory_id in extra:
+            self.warm.discard(memory_id, namespace)
+        missing = [slot for slot, memory_id in zip(slots, ids) if memory_id not in graph.label_of]
+        if stale:  # saved before the last write: a vector may have changed since
+            present = [slot for slot, memory_id in zip(slots, ids) if memory_id in graph.label_of]
+            if present:
+                stored = graph.vectors([self.catalog.ids[slot] for slot in present])
+                differs = ~np.isclose(stored, self._decoded(present), atol=1e-5).all(axis=1)
+                missing.extend(np.asarray(present)[differs].tolist())
+        if missing:
+            self.warm.put_many(namespace, [self.catalog.ids[s] for s in missing], self._decoded(missing))
+        return len(extra) + len(missing)
 
     def _graph_wanted(self, namespace: str) -> bool:
         """Small namespaces get no hnswlib graph: an exact scan of their codes is as fast, and
@@ -341,6 +350,9 @@ class TierManagerMixin:
             self.warm.swap(fresh)
         log.info("compacted the warm graph of %r: %d live nodes", graph.namespace, len(fresh))
         return True
+
+    def _has_background_work(self) -> bool:
+        return bool(self._pending) or any(g.needs_compaction and g.touched is None for g in self.warm.graphs.values())
 
     def _background_work(self) -> bool:
         """One round of the promoter thread: pending promotions first, then a compaction."""

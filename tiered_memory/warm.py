@@ -17,7 +17,7 @@ import zlib
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import hnswlib
 import msgpack
@@ -64,6 +64,8 @@ class Graph:
     def put_many(self, memory_ids: list[str], vectors: np.ndarray) -> None:
         """Insert these memories; a memory already present gets a new label and its old element
         becomes a tombstone."""
+        if not memory_ids:  # hnswlib's add_items raises IndexError on an empty batch
+            return
         for memory_id in memory_ids:
             if memory_id in self.label_of:
                 self.discard(memory_id)
@@ -298,16 +300,39 @@ class WarmTier:
         }
         _write_atomic(meta_path, msgpack.packb(meta, use_bin_type=True))
 
-    def _load_index(self, index: hnswlib.Index, index_path: Path, meta: dict[str, Any]) -> None:
-        if not meta.get("sealed"):
-            index.load_index(str(index_path), max_elements=meta["max_elements"])
-            return
-        if self.sealer is None:
-            raise EncryptionRequiredError("the file is sealed and the store was opened without its key")
-        plain = self.sealer.open(index_path.read_bytes(), b"warm:" + meta["namespace"].encode())
-        with _memory_file() as path:
-            Path(path).write_bytes(plain)
-            index.load_index(path, max_elements=meta["max_elements"])
+    def _load_checked(self, index: hnswlib.Index, index_path: Path, meta: dict[str, Any] | None) -> str | None:
+        """Load a graph file into `index` if it is the one its sidecar describes; else say why not.
+
+        One open file serves the check and the load: a writer saving meanwhile replaces the path
+        with a new file, while this descriptor keeps the bytes whose checksum was checked. hnswlib
+        reads a file only after its size and CRC-32 match: its loader trusts the header and can
+        overrun its buffers on a damaged file."""
+        if meta is None:
+            return "its .meta file is missing or unreadable"
+        if meta.get("version") != _FILE_VERSION:
+            return f"file version {meta.get('version')!r}"
+        try:
+            fd = os.open(index_path, os.O_RDONLY)
+        except FileNotFoundError:
+            return "the index file is missing"
+        try:
+            with os.fdopen(os.dup(fd), "rb") as f:
+                data = f.read() if meta.get("sealed") else None
+                crc, size = (zlib.crc32(data), len(data)) if data is not None else _crc32(f)
+            if size != meta.get("size") or crc != meta.get("crc32"):
+                return "size or checksum differs from what was saved"
+            if data is None:
+                index.load_index(f"/proc/self/fd/{fd}", max_elements=meta["max_elements"])
+                return None
+            if self.sealer is None:
+                raise EncryptionRequiredError("the file is sealed and the store was opened without its key")
+            plain = self.sealer.open(data, b"warm:" + meta["namespace"].encode())
+            with _memory_file() as path:
+                Path(path).write_bytes(plain)
+                index.load_index(path, max_elements=meta["max_elements"])
+            return None
+        finally:
+            os.close(fd)
 
     def load(self, directory: Path) -> dict[str, dict[str, Any]]:
         """Load every graph whose file is intact; returns {namespace: meta} of those loaded.
@@ -321,16 +346,14 @@ class WarmTier:
         for meta_path in sorted(directory.glob("*.meta")):
             index_path = meta_path.with_suffix(".hnsw")
             meta = _read_meta(meta_path)
-            problem = "its .meta file is missing or unreadable" if meta is None else _check_files(meta, index_path)
+            index = hnswlib.Index(space="ip", dim=self.dimension)
+            try:
+                problem = self._load_checked(index, index_path, meta)
+            except (RuntimeError, MemoryError, ValueError, OSError, TieredMemoryError) as err:
+                problem = f"it failed to load: {err}"
             if meta is None or problem is not None:
                 log.warning("warm index %s is unusable (%s); it will be rebuilt from the cold tier",
                             index_path.name, problem)
-                continue
-            index = hnswlib.Index(space="ip", dim=self.dimension)
-            try:
-                self._load_index(index, index_path, meta)
-            except (RuntimeError, MemoryError, ValueError, TieredMemoryError) as err:
-                log.warning("warm index %s failed to load (%s); it will be rebuilt", index_path.name, err)
                 continue
             if index.dim != self.dimension or index.M != self.m:
                 log.warning("warm index %s was built with other settings; it will be rebuilt", index_path.name)
@@ -357,17 +380,6 @@ def _memory_file() -> Iterator[str]:
         os.close(fd)
 
 
-def _check_files(meta: dict[str, Any], index_path: Path) -> str | None:
-    if meta.get("version") != _FILE_VERSION:
-        return f"file version {meta.get('version')!r}"
-    if not index_path.is_file():
-        return "the index file is missing"
-    crc, size = _crc32(index_path)
-    if size != meta.get("size") or crc != meta.get("crc32"):
-        return "size or checksum differs from what was saved"
-    return None
-
-
 def _read_meta(path: Path) -> dict[str, Any] | None:
     try:
         meta = msgpack.unpackb(path.read_bytes(), raw=False, strict_map_key=False)
@@ -376,12 +388,14 @@ def _read_meta(path: Path) -> dict[str, Any] | None:
     return meta if isinstance(meta, dict) else None
 
 
-def _crc32(path: Path) -> tuple[int, int]:
+def _crc32(source: Path | BinaryIO) -> tuple[int, int]:
+    if isinstance(source, Path):
+        with open(source, "rb") as f:
+            return _crc32(f)
     crc, size = 0, 0
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            crc = zlib.crc32(chunk, crc)
-            size += len(chunk)
+    while chunk := source.read(1 << 20):
+        crc = zlib.crc32(chunk, crc)
+        size += len(chunk)
     return crc, size
 
 

@@ -1,0 +1,415 @@
+"""Damaged files, stale state, a second process, and running out of room.
+
+Complements tests/test_persistence.py (which deletes, truncates and garbles a warm index file,
+restores a stale one, and refuses a second writer): here the sidecar files, leftovers of a save
+that was cut short, graphs built with other settings, stale LOCK and LMDB reader slots, damaged
+cold records, a reader process alongside a growing writer, a full map and a full disk.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import lmdb
+import numpy as np
+import pytest
+
+from tiered_memory import MemoryNotFoundError, StorageError, TieredMemory, TieredMemoryError
+
+from .conftest import DIM, unit_rows
+from .invariants import check_invariants
+
+ROOT = Path(__file__).resolve().parent.parent
+N = 200
+
+
+@pytest.fixture
+def saved(open_store, tmp_path: Path):
+    """A closed store of N memories in two namespaces, each with a saved warm graph."""
+    mem = open_store(exact_search_max=0)
+    vectors = unit_rows(N, seed=5)
+    ids = mem.add_many([f"a{i}" for i in range(N // 2)], vectors=vectors[: N // 2], namespace="a")
+    ids += mem.add_many([f"b{i}" for i in range(N // 2)], vectors=vectors[N // 2:], namespace="b")
+    mem.close()
+    return tmp_path / "store", ids, vectors
+
+
+def _all_found(mem: TieredMemory, ids: list[str], vectors: np.ndarray) -> None:
+    for i in range(0, len(ids), 17):
+        namespace = "a" if i < len(ids) // 2 else "b"
+        assert mem.search(vector=vectors[i], namespace=namespace, k=1)[0].memory.id == ids[i]
+    check_invariants(mem)
+
+
+def _repairs(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "rebuilt" in r.getMessage() or "repaired" in r.getMessage()]
+
+
+# -- warm index files ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "empty", "not msgpack of a dict", "deleted"])
+def test_damaged_sidecar_is_rebuilt_from_cold(saved, open_store, caplog, damage: str) -> None:
+    path, ids, vectors = saved
+    meta = sorted((path / "warm").glob("*.meta"))[0]
+    data = meta.read_bytes()
+    damaged = {"garbage": np.random.default_rng(1).bytes(len(data)), "truncated": data[: len(data) // 2],
+               "empty": b"", "not msgpack of a dict": b"\x93\x01\x02\x03", "deleted": None}[damage]
+    if damaged is None:
+        meta.unlink()
+    else:
+        meta.write_bytes(damaged)
+    with caplog.at_level(logging.WARNING, logger="tiered_memory"):
+        mem = open_store(path, exact_search_max=0)
+    assert _repairs(caplog)
+    _all_found(mem, ids, vectors)
+
+
+def test_leftovers_of_an_interrupted_save_are_harmless(saved, open_store, caplog) -> None:
+    """A kill between writing a temp file and renaming it leaves *.tmp files behind."""
+    path, ids, vectors = saved
+    warm = path / "warm"
+    for original in list(warm.iterdir()):
+        (warm / (original.name + ".tmp")).write_bytes(original.read_bytes()[:100])
+    (warm / "0123456789abcdef0123.hnsw.tmp").write_bytes(b"half of a graph")
+    with caplog.at_level(logging.WARNING, logger="tiered_memory"):
+        mem = open_store(path, exact_search_max=0)
+    assert not _repairs(caplog)  # the real files are intact: nothing to rebuild
+    _all_found(mem, ids, vectors)
+    mem.add("after", vector=unit_rows(1, seed=9)[0], namespace="a")
+    mem.maintain()  # the next save replaces the temp files of live graphs
+    mem.close()
+    mem = open_store(path, exact_search_max=0)
+    _all_found(mem, ids, vectors)
+
+
+def test_graph_files_swapped_between_namespaces_are_rebuilt(saved, open_store, caplog) -> None:
+    path, ids, vectors = saved
+    first, second = sorted((path / "warm").glob("*.hnsw"))
+    first_bytes = first.read_bytes()
+    first.write_bytes(second.read_bytes())
+    second.write_bytes(first_bytes)
+    with caplog.at_level(logging.WARNING, logger="tiered_memory"):
+        mem = open_store(path, exact_search_max=0)
+    assert len(_repairs(caplog)) >= 2
+    _all_found(mem, ids, vectors)
+
+
+def test_graph_saved_with_other_settings_is_rebuilt(saved, open_store, caplog) -> None:
+    path, ids, vectors = saved
+    mem = open_store(path, exact_search_max=0, hnsw_m=8)  # rebuilt with M=8, saved at close
+    mem.close()
+    with caplog.at_level(logging.WARNING, logger="tiered_memory"):
+        mem = open_store(path, exact_search_max=0, hnsw_m=16)
+    assert any("other settings" in message for message in _repairs(caplog))
+    _all_found(mem, ids, vectors)
+
+
+def test_warm_directory_replaced_by_a_file(saved, open_store) -> None:
+    path, ids, vectors = saved
+    shutil.rmtree(path / "warm")
+    (path / "warm").write_bytes(b"not a directory")
+    mem = open_store(path, exact_search_max=0)
+    _all_found(mem, ids, vectors)  # the graphs were rebuilt from cold
+    with pytest.raises(StorageError, match="warm index"):
+        mem.maintain()  # nowhere to save them: a clear error, and every memory is still in cold
+    (path / "warm").unlink()
+    mem.maintain()
+    mem.close()
+    _all_found(open_store(path, exact_search_max=0), ids, vectors)
+
+
+# -- stale state after a crash --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("content", [b"", b"not a pid", b"1", str(2**22 + 1).encode()])
+def test_a_stale_lock_file_never_blocks_reopening(saved, open_store, content: bytes) -> None:
+    path, ids, vectors = saved
+    (path / "LOCK").write_bytes(content)  # what a dead writer leaves: flock, not the content, decides
+    _all_found(open_store(path, exact_search_max=0), ids, vectors)
+
+
+def _child(code: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          timeout=120, env=env, cwd=ROOT)
+
+
+def test_a_reader_killed_inside_a_transaction_leaves_no_stale_slot(saved, open_store) -> None:
+    path, ids, vectors = saved
+    result = _child(f"""
+        import os, signal
+        from tiered_memory import TieredMemory
+        reader = TieredMemory({str(path)!r}, encoder=None, dimension={DIM}, read_only=True)
+        txn = reader.cold.env.begin()  # a read in progress
+        txn.get(b"anything")
+        print(os.getpid(), flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    assert result.returncode == -signal.SIGKILL, result.stderr
+    dead = result.stdout.strip()
+    mem = open_store(path, exact_search_max=0)  # opening checks the reader table
+    assert f" {dead} " not in f" {mem.cold.env.readers()} "
+    mem.add_many([f"x{i}" for i in range(50)], vectors=unit_rows(50, seed=8), namespace="a")
+    _all_found(mem, ids, vectors)
+
+
+# -- damaged cold tier -----------------------------------------------------------------------------
+
+
+def _put_raw(path: Path, database: bytes, key: bytes, value: bytes) -> None:
+    env = lmdb.open(str(path / "cold"), max_dbs=8)
+    try:
+        handle = env.open_db(database)  # before begin(): open_db takes LMDB's write lock itself
+        with env.begin(write=True) as txn:
+            txn.put(key, value, db=handle)
+    finally:
+        env.close()
+
+
+def test_a_garbage_lmdb_file_is_a_clear_error(saved) -> None:
+    path, _, _ = saved
+    (path / "cold" / "data.mdb").write_bytes(np.random.default_rng(2).bytes(64 * 1024))
+    with pytest.raises(StorageError, match="cannot open the cold tier"):
+        TieredMemory(path, encoder=None, dimension=DIM)
+    TieredMemory(path.parent / "elsewhere", encoder=None, dimension=DIM).close()  # the lock was released
+
+
+@pytest.mark.parametrize("database, key", [(b"records", "record"), (b"meta", "quantizer")])
+def test_a_damaged_value_in_cold_is_a_storage_error(saved, database: bytes, key: str) -> None:
+    path, ids, _ = saved
+    _put_raw(path, database, (ids[3] if key == "record" else key).encode(), b"\xc1 not msgpack")
+    with pytest.raises(StorageError, match="damaged"):
+        TieredMemory(path, encoder=None, dimension=DIM)
+
+
+def test_a_code_of_the_wrong_length_is_reported_as_damage(saved) -> None:
+    path, ids, _ = saved
+    _put_raw(path, b"codes", ids[3].encode(), b"\x01\x02")
+    with pytest.raises(StorageError, match="damaged"):
+        TieredMemory(path, encoder=None, dimension=DIM)
+
+
+def test_a_truncated_lmdb_file_is_a_clear_error(saved) -> None:
+    path, _, _ = saved
+    data_file = path / "cold" / "data.mdb"
+    data_file.write_bytes(data_file.read_bytes()[: data_file.stat().st_size // 3])
+    # In a child process: without a size check, LMDB reading past the end of the file is a SIGBUS.
+    result = _child(f"""
+        from tiered_memory import StorageError, TieredMemory
+        try:
+            TieredMemory({str(path)!r}, encoder=None, dimension={DIM})
+        except StorageError as err:
+            print("StorageError", err)
+    """)
+    assert result.returncode == 0 and result.stdout.startswith("StorageError"), (result.returncode, result.stderr)
+
+
+# -- a second process ------------------------------------------------------------------------------
+
+
+def _reader(path: Path, script: str, settings: str = "") -> subprocess.Popen:
+    """A read-only process that opens the store, says "ready", waits for a line, then runs script."""
+    code = textwrap.dedent(f"""
+        import json, sys
+        import numpy as np
+        from tiered_memory import TieredMemory
+        reader = TieredMemory({str(path)!r}, encoder=None, dimension={DIM}, read_only=True, {settings})
+        print("ready", flush=True)
+        sys.stdin.readline()
+    """) + textwrap.dedent(script)
+    return subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+
+
+def _after_writes(reader: subprocess.Popen, write) -> str:
+    assert reader.stdout.readline().strip() == "ready"
+    write()
+    out, err = reader.communicate("go\n", timeout=120)
+    assert reader.returncode == 0, err
+    return out.strip()
+
+
+def test_a_reader_keeps_reading_while_the_writer_grows_the_map(open_store, tmp_path: Path) -> None:
+    """The writer doubles its LMDB map past the size the reader mapped at open."""
+    mem = open_store(map_size_bytes=2**20)
+    vectors = unit_rows(40, seed=4)
+    ids = mem.add_many([f"m{i}" for i in range(40)], vectors=vectors)
+    mem.maintain()
+    reader = _reader(tmp_path / "store", f"""
+        hit = reader.search(vector=np.array({vectors[7].tolist()!r}, dtype=np.float32), k=1)[0]
+        print(json.dumps([reader.get({ids[3]!r}).text, hit.memory.id, len(reader)]))
+        reader.close()
+    """, settings="map_size_bytes=2**20")  # both processes run with the same settings
+
+    def grow() -> None:
+        filler = unit_rows(300, seed=6)
+        for i in range(300):
+            mem.add("y" * 5_000, vector=filler[i])
+        assert mem.cold.env.info()["map_size"] > 2**20
+
+    assert _after_writes(reader, grow) == f'["m3", "{ids[7]}", 40]'
+
+
+def test_a_reader_leaves_out_what_the_writer_deleted_since(open_store, tmp_path: Path) -> None:
+    """A read-only opener keeps the catalog of its open but reads records live: memories deleted
+    since are dropped from its results (not an error), the others are still served."""
+    mem = open_store()
+    vectors = unit_rows(40, seed=4)
+    ids = mem.add_many([f"m{i}" for i in range(40)], vectors=vectors)
+    reader = _reader(tmp_path / "store", f"""
+        from tiered_memory import MemoryNotFoundError
+        hits = reader.search(vector=np.array({vectors[7].tolist()!r}, dtype=np.float32), k=40)
+        try:
+            reader.get({ids[7]!r})
+            gone = False
+        except MemoryNotFoundError:
+            gone = True
+        print(json.dumps([[hit.memory.id for hit in hits], gone]))
+        reader.close()
+    """)
+
+    def delete() -> None:
+        for memory_id in ids[:20]:
+            mem.delete(memory_id)
+
+    found, gone = json.loads(_after_writes(reader, delete))
+    assert gone and sorted(found) == sorted(ids[20:])
+
+
+# -- out of room ---------------------------------------------------------------------------------
+
+
+def _fill(mem: TieredMemory, start: int = 0) -> tuple[list[str], str, StorageError]:
+    """Add 5 kB memories until the store refuses one; returns the stored ids, the refused id, the error."""
+    stored = []
+    vectors = unit_rows(4_000, seed=start + 1)
+    for i in range(4_000):
+        memory_id = f"fill-{start + i}"
+        try:
+            mem.add(f"{memory_id} " + "z" * 5_000, vector=vectors[i], id=memory_id)
+        except StorageError as err:
+            return stored, memory_id, err
+        stored.append(memory_id)
+    raise AssertionError("the store never filled up")
+
+
+def test_a_full_map_refuses_writes_cleanly(open_store, tmp_path: Path) -> None:
+    settings = dict(map_size_bytes=2**20, max_map_size_bytes=2**21)
+    mem = open_store(**settings)
+    stored, refused, error = _fill(mem)
+    assert "full" in str(error) and "max_map_size_bytes" in str(error)
+    assert refused not in mem and len(mem) == len(stored)
+    with pytest.raises(MemoryNotFoundError):
+        mem.get(refused)
+    before = len(mem)
+    with pytest.raises(StorageError):
+        mem.add_many(["big " + "z" * 5_000] * 5, vectors=unit_rows(5, seed=99))  # all or nothing
+    assert len(mem) == before
+    for memory_id in stored[:10]:  # deleting frees room: the way out the error message names
+        mem.delete(memory_id)
+    mem.add("fits again", vector=unit_rows(1, seed=98)[0], id="after")
+    check_invariants(mem)
+    try:
+        mem.close()
+    except StorageError:
+        pass  # statistics may not fit; they are not memories
+    again = TieredMemory(tmp_path / "store", encoder=None, dimension=DIM, **settings)
+    try:
+        assert set(again.ids()) == set(stored[10:]) | {"after"}
+        assert again.get(stored[-1]).text.startswith(stored[-1])
+        check_invariants(again)
+    finally:
+        again.close()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A 2 MiB tmpfs: a real "no space left on device". Skips where mounting is not permitted."""
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("a size-limited tmpfs needs root and mount(8); the map-full test covers the logic")
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount_point)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({result.stderr.strip()}); the map-full test covers the logic")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], capture_output=True)
+
+
+def test_a_full_disk_refuses_writes_cleanly(small_disk: Path) -> None:
+    path = small_disk / "store"
+    mem = TieredMemory(path, encoder=None, dimension=DIM, exact_search_max=0)
+    try:
+        stored, refused, error = _fill(mem)
+        assert "nothing of this call was stored" in str(error)
+        assert refused not in mem and len(mem) == len(stored) > 50
+        with pytest.raises(StorageError):
+            mem.maintain()  # saving statistics and the warm index needs room too
+    finally:
+        try:
+            mem.close()
+        except StorageError:
+            pass
+    subprocess.run(["mount", "-o", "remount,size=16m", str(small_disk)], check=True)
+    again = TieredMemory(path, encoder=None, dimension=DIM, exact_search_max=0)
+    try:
+        assert set(again.ids()) == set(stored)
+        vectors = unit_rows(4_000, seed=1)
+        assert again.search(vector=vectors[len(stored) - 1], k=1)[0].memory.id == stored[-1]
+        assert refused not in again
+        again.add("room again", vector=vectors[-1])
+        check_invariants(again)
+    finally:
+        again.close()
+
+
+def test_errors_out_of_room_are_tiered_memory_errors() -> None:
+    assert issubclass(StorageError, TieredMemoryError)
+
+
+def test_a_graph_replaced_between_check_and_load_is_rebuilt(saved, open_store, monkeypatch) -> None:
+    """Seen with a read-only opener beside a writer that saves its graphs (maintain, close): the
+    checked bytes must be the loaded bytes, whatever the writer renames into place meanwhile."""
+    path, ids, vectors = saved
+    mem = open_store(path, exact_search_max=0)
+    for memory_id in ids[:30]:  # the writer moves on: its next save differs from the one on disk
+        mem.delete(memory_id)
+    mem.add_many([f"n{i}" for i in range(30)], vectors=unit_rows(30, seed=12), namespace="a")
+    warm = path / "warm"
+    older = {p.name: p.read_bytes() for p in warm.iterdir()}
+    mem.maintain()
+    newer = {p.name: p.read_bytes() for p in warm.iterdir() if p.suffix == ".hnsw"}
+    mem.close()
+    for name, data in older.items():
+        (warm / name).write_bytes(data)
+
+    import tiered_memory.warm as warm_module
+
+    checksum = warm_module._crc32
+    replaced = []
+
+    def checksum_then_writer_saves(source):
+        result = checksum(source)
+        for name, data in newer.items():  # the writer saves as it does: a new file renamed into place
+            tmp = warm / (name + ".tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, warm / name)
+            replaced.append(name)
+        return result
+
+    monkeypatch.setattr(warm_module, "_crc32", checksum_then_writer_saves)
+    reader = open_store(path, exact_search_max=0, read_only=True)
+    assert replaced
+    check_invariants(reader)
