@@ -196,3 +196,12 @@ def test_empty_store_search_is_empty(open_store) -> None:
     mem = open_store()
     assert mem.search(vector=unit_rows(1)[0]) == []
     assert mem.add_many([], vectors=np.zeros((0, DIM))) == []
+
+
+def test_fresh_ids_grow_with_time_so_batches_append_to_the_archive(open_store) -> None:
+    mem = open_store()
+    first = mem.add_many([f"m{i}" for i in range(200)], vectors=unit_rows(200, seed=3))
+    later = mem.add("later", vector=unit_rows(1, seed=4)[0])
+    assert first == sorted(first) and len(set(first)) == 200
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in first)
+    assert later > first[-1]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import enum
 import math
-import uuid
+import secrets
+import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -134,9 +136,23 @@ def unpack_record(data: bytes, sealer: Sealer | None = None) -> Memory:
                   topic, TIERS_BY_CODE[tier_code], record_version, sealed is not None)
 
 
+_id_lock = threading.Lock()
+_last_id_us = 0
+
+
 def new_id() -> str:
-    """A fresh memory id: 32 hex characters, random."""
-    return uuid.uuid4().hex
+    """A fresh memory id: 32 hex characters, microseconds since the epoch then 72 random bits.
+
+    Ids are LMDB keys. Random keys (uuid4) scatter each batch over the whole B-tree: at 400k
+    memories every commit rewrote a page per key per database and inserts fell to 6k/s, against
+    55-60k/s for keys that grow with time, which land on the tree's rightmost pages. The clock part
+    increases strictly within a process; the random part keeps ids of different processes apart.
+    """
+    global _last_id_us
+    with _id_lock:
+        _last_id_us = max(time.time_ns() // 1000, _last_id_us + 1)
+        stamp = _last_id_us
+    return f"{stamp:014x}{secrets.token_hex(9)}"
 
 
 def check_id(memory_id: object) -> str:

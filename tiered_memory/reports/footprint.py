@@ -1,6 +1,6 @@
 """Bytes per memory, counted where they really go: LMDB pages on disk, hnswlib's allocation, RAM.
 
-LMDB entries are measured by writing them (with random 32-hex keys, as memory ids are) into a
+LMDB entries are measured by writing them (with fresh memory ids as keys, as the engine makes them) into a
 scratch environment and counting its pages, so B-tree overhead and page fill are included. The
 warm graph is measured as the engine's ``Graph`` reports it and, in a fresh process, as the
 growth of the resident set while it is built (``rss_probe``).

@@ -104,7 +104,7 @@ def footprint_section(data: dict[str, Any]) -> str:
         f"- RAM, hot memory: warm plus the LRU entry, {fp['hot_entry_bytes']:,.0f} B on average here: hot entries "
         "always carry a float32 vector, whatever the codes.",
         f"- Disk: LMDB pages per entry (B-tree overhead and page fill included), measured by writing "
-        f"{fp['sample']:,} entries with random 32-hex keys: code {codes}; float16 original "
+        f"{fp['sample']:,} entries keyed by fresh memory ids (time-ordered): code {codes}; float16 original "
         f"{cold['original']['float16']:,.0f}; float32 original {cold['original']['float32']:,.0f}{records}",
     ]
     probe = fp.get("rss_probe")
