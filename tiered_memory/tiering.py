@@ -94,7 +94,7 @@ class TierManagerMixin:
         if stale:  # saved before the last write: a vector may have changed since
             present = [slot for slot, memory_id in zip(slots, ids) if memory_id in graph.label_of]
             if present:
-                stored = graph.vectors([self.catalog.ids[slot] for slot in present])
+                stored = graph.vectors([memory_id for memory_id in ids if memory_id in graph.label_of])
                 differs = ~np.isclose(stored, self._decoded(present), atol=1e-5).all(axis=1)
                 missing.extend(np.asarray(present)[differs].tolist())
         if missing:
@@ -283,7 +283,7 @@ class TierManagerMixin:
         report.recalibrated = self._recalibrate_if_drifted()
         if not self.config.promote_in_background:
             report.graphs_compacted = self._compact_graphs()
-        elif any(graph.needs_compaction for graph in self.warm.graphs.values()):
+        elif self._graph_to_compact() is not None:
             self._promoter.wake()
         self._persist(report)
         self._ops = 0
@@ -328,7 +328,7 @@ class TierManagerMixin:
         with self._rw.read:
             if self._closed:
                 return False
-            graph = next((g for g in self.warm.graphs.values() if g.needs_compaction and g.touched is None), None)
+            graph = self._graph_to_compact()
             if graph is None:
                 return False
             ids = list(graph.label_of)
@@ -351,8 +351,12 @@ class TierManagerMixin:
         log.info("compacted the warm graph of %r: %d live nodes", graph.namespace, len(fresh))
         return True
 
+    def _graph_to_compact(self) -> Graph | None:
+        """A graph that needs compaction and is not being compacted already."""
+        return next((g for g in self.warm.graphs.values() if g.needs_compaction and g.touched is None), None)
+
     def _has_background_work(self) -> bool:
-        return bool(self._pending) or any(g.needs_compaction and g.touched is None for g in self.warm.graphs.values())
+        return bool(self._pending) or self._graph_to_compact() is not None
 
     def _background_work(self) -> bool:
         """One round of the promoter thread: pending promotions first, then a compaction."""
