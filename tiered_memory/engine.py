@@ -41,6 +41,7 @@ from .errors import (
     SchemaVersionError,
     StoreClosedError,
 )
+from .extra import ExtraStore
 from .filters import compile_where
 from .hot import HotTier
 from .locks import RWLock
@@ -768,6 +769,68 @@ class TieredMemory(SearchMixin, TierManagerMixin):
         if slot is None:
             raise MemoryNotFoundError(f"no memory with id {memory_id!r}")
         return self.catalog.tier_of(slot)
+
+    # -- the surface features build on (agents, conversations, prefetch) -------------------
+
+    def check_open(self) -> None:
+        """Raise StoreClosedError if the store is closed."""
+        self._check_open()
+
+    def check_writable(self) -> None:
+        """Raise if the store is closed or open read-only."""
+        self._check_writable()
+
+    def on_close(self, callback: Callable[[], None]) -> None:
+        """Run `callback` when the store closes (last registered first), before the final persist,
+        without the store's lock held: background workers stop and join here."""
+        self._closers.append(callback)
+
+    def cancel_on_close(self, callback: Callable[[], None]) -> None:
+        if callback in self._closers:
+            self._closers.remove(callback)
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """Unit vectors of texts with the store's encoder (EncoderError if it has none)."""
+        return self._encode(texts)
+
+    def is_sealed(self, namespace: str) -> bool:
+        """Whether every memory added to `namespace` is sealed at rest."""
+        return namespace in self._sealed_namespaces
+
+    @property
+    def has_key(self) -> bool:
+        """Whether the store was opened with an encryption key."""
+        return self._sealer is not None
+
+    def record(self, memory_id: str) -> Memory | None:
+        """A memory as stored in cold, without counting an access or promoting it; None if unknown."""
+        check_id(memory_id)
+        with self._rw.read:
+            self._check_open()
+            return self.cold.get(memory_id)
+
+    def version_of(self, memory_id: str) -> int:
+        """The version the store holds for a memory, 0 if it holds none."""
+        record = self.record(memory_id)
+        return 0 if record is None else record.version
+
+    def namespace_of(self, memory_id: str) -> str | None:
+        """The namespace of a memory, None if unknown."""
+        if not isinstance(memory_id, str):
+            return None
+        record = self.record(memory_id)
+        return None if record is None else record.namespace
+
+    def vector(self, memory_id: str) -> np.ndarray | None:
+        """The best float vector kept for a memory (its original, else its decoded code)."""
+        check_id(memory_id)
+        with self._rw.read:
+            self._check_open()
+            return self.cold.vector(memory_id)
+
+    def extra(self, prefix: bytes) -> ExtraStore:
+        """A key-value store of this store's cold tier, scoped to keys starting with `prefix`."""
+        return ExtraStore(prefix, self.cold, self._rw, self._sealer, self._check_open, self._check_writable)
 
     def conversation(self, namespace: str = DEFAULT_NAMESPACE, max_tokens: int = 4000, **options: Any) -> Conversation:
         """Working memory bound to this store: a token-budgeted window whose evicted messages become
