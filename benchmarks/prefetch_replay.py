@@ -289,6 +289,7 @@ def topic_quality(trace: Trace, base: Path, ks: list[int]) -> dict[str, Any]:
     dialogue_labels[dialogue_index] = labels
     mem = TieredMemory(base, encoder=None, dimension=vectors.shape[1], read_only=True)
     try:
+        mem.preload(trace.memory_namespaces[0])  # namespaces (and their topic models) load on use
         models = {"engine": mem.topics[trace.memory_namespaces[0]]}
     finally:
         mem.close()

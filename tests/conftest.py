@@ -55,7 +55,9 @@ def open_store(tmp_path: Path, clock: FakeClock) -> Iterator[Callable[..., Tiere
     """Open (and at teardown close) vector-only stores in tmp_path; settings as keywords."""
     opened: list[TieredMemory] = []
 
-    def _open(path: Path | None = None, **settings: object) -> TieredMemory:
+    def _open(path: Path | None = None, preload: bool = True, **settings: object) -> TieredMemory:
+        """preload=True loads every namespace after opening (as the first use of each would), so
+        tests that look at warm graphs or the catalog see them; tests of lazy loading pass False."""
         settings.setdefault("encoder", None)
         settings.setdefault("dimension", DIM)
         settings.setdefault("clock", clock)
@@ -64,6 +66,8 @@ def open_store(tmp_path: Path, clock: FakeClock) -> Iterator[Callable[..., Tiere
         settings.setdefault("promote_in_background", False)
         mem = TieredMemory(path or tmp_path / "store", **settings)  # type: ignore[arg-type]
         opened.append(mem)
+        if preload:
+            mem.preload(mem.namespaces())
         return mem
 
     yield _open

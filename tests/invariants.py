@@ -50,8 +50,13 @@ def _catalog_against_cold(mem: TieredMemory, problems: list[str]) -> None:
     live = [i for i in catalog.ids if i is not None]
     if len(live) != len(catalog.slot_of):
         problems.append(f"{len(live)} live slots but {len(catalog.slot_of)} ids in slot_of")
+    # Only loaded namespaces are in the catalog; the rest of the archive is cold and costs no RAM.
     records, codes = mem.cold.load_all()
-    stored = {memory.id: (memory, code) for memory, code in zip(records, codes)}
+    stored = {memory.id: (memory, code) for memory, code in zip(records, codes) if memory.namespace in mem.registry}
+    loaded_ns = {catalog.namespaces.codes[name] for name in mem.registry.loaded}
+    outside = sorted(i for i, slot in catalog.slot_of.items() if catalog.ns[slot] not in loaded_ns)[:5]
+    if outside:
+        problems.append(f"the catalog holds memories of namespaces that are not loaded: {outside}")
     if set(stored) != set(catalog.slot_of):
         only_cold = sorted(set(stored) - set(catalog.slot_of))[:5]
         only_catalog = sorted(set(catalog.slot_of) - set(stored))[:5]
@@ -181,11 +186,14 @@ def _stats(mem: TieredMemory, problems: list[str]) -> None:
     stats = mem.stats()
     tiers = tier_sets(mem)
     counts = (stats.memories, stats.cold.count, stats.warm.count, stats.hot.count)
-    expected = (len(mem.catalog), len(mem.catalog), len(tiers[WARM]) + len(tiers[HOT]), len(tiers[HOT]))
+    total = len(mem.cold)
+    expected = (total, total, len(tiers[WARM]) + len(tiers[HOT]), len(tiers[HOT]))
     if counts != expected:
         problems.append(f"stats (memories, cold, warm, hot) = {counts}, tiers say {expected}")
-    if sum(len(ids) for ids in tiers.values()) != stats.memories:
-        problems.append("tier accounting does not add up to the number of memories")
+    if sum(len(ids) for ids in tiers.values()) != len(mem.catalog):
+        problems.append("tier accounting does not add up to the number of loaded memories")
+    if stats.loaded["loaded"] != len(mem.registry) or stats.loaded["bytes"] > 0 and not len(mem.registry):
+        problems.append(f"stats report {stats.loaded} loaded namespaces, the registry has {len(mem.registry)}")
 
 
 class LoggedErrors(logging.Handler):

@@ -9,6 +9,7 @@ import msgpack
 import numpy as np
 import pytest
 
+from tiered_memory.cold import row_key
 from tiered_memory import (
     ConfigError,
     DecryptionError,
@@ -51,6 +52,7 @@ def test_no_plaintext_of_a_sensitive_memory_on_disk(tmp_path: Path) -> None:
     assert b"public note 3" in data  # the check can find plaintext: non-sensitive text is stored as is
     # the vectors too: neither the float16 original nor the float32 row the graph holds appears
     with open_keyed(tmp_path / "s") as mem:
+        mem.preload(mem.namespaces())
         code = mem.catalog.blocks.code(mem.catalog.slot_of[ids[-1]])
         dequantized = mem.cold.quantizer.decode(code[None, :])[0]
     assert vectors[40].astype(np.float16).tobytes()[:16] not in data
@@ -73,10 +75,11 @@ def test_sensitive_memories_work_normally_with_the_key(tmp_path: Path) -> None:
 
 def test_wrong_key_is_refused_at_open(tmp_path: Path) -> None:
     fill(tmp_path / "s", unit_rows(41))
-    before = all_bytes(tmp_path / "s" / "cold")
+    data_file = tmp_path / "s" / "cold" / "data.mdb"  # lock.mdb holds reader slots, which every open touches
+    before = data_file.read_bytes()
     with pytest.raises(DecryptionError, match="wrong encryption key"):
         open_keyed(tmp_path / "s", key=os.urandom(32))
-    assert all_bytes(tmp_path / "s" / "cold") == before
+    assert data_file.read_bytes() == before
 
 
 def test_missing_key_is_refused_clearly(tmp_path: Path) -> None:
@@ -99,15 +102,16 @@ def test_tampered_record_fails_to_open_instead_of_giving_garbage(tmp_path: Path)
             blob[-1] ^= 1
             fields[-1] = bytes(blob)
             txn.put(key, msgpack.packb(fields, use_bin_type=True), db=mem.cold.dbs["records"])
-    with pytest.raises(DecryptionError, match="altered"):
-        open_keyed(tmp_path / "s")
+    with open_keyed(tmp_path / "s") as mem, pytest.raises(DecryptionError, match="altered"):
+        mem.get(ids[-1])  # records are read when used, not at open
 
 
 def test_sealed_codes_carry_the_gcm_overhead(tmp_path: Path) -> None:
     ids = fill(tmp_path / "s", unit_rows(41))
     with open_keyed(tmp_path / "s") as mem, mem.cold.env.begin() as txn:
-        assert len(txn.get(ids[-1].encode(), db=mem.cold.dbs["codes"])) == DIM + OVERHEAD
-        assert len(txn.get(ids[0].encode(), db=mem.cold.dbs["codes"])) == DIM
+        ns_id = mem.cold.namespace_id(mem.record(ids[-1]).namespace)
+        assert len(txn.get(row_key(ns_id, ids[-1]), db=mem.cold.dbs["nscodes"])) == DIM + OVERHEAD
+        assert len(txn.get(row_key(ns_id, ids[0]), db=mem.cold.dbs["nscodes"])) == DIM
         assert len(txn.get(ids[-1].encode(), db=mem.cold.dbs["originals"])) == 2 * DIM + OVERHEAD
 
 

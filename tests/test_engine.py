@@ -55,7 +55,7 @@ def test_add_many_with_per_item_values(open_store) -> None:
 def test_add_with_own_id_and_duplicate_rejected(open_store) -> None:
     mem = open_store()
     assert mem.add("x", id="fixed-1", vector=unit_rows(1)[0]) == "fixed-1"
-    with pytest.raises(ValueError, match="exists"):
+    with pytest.raises(ValueError, match="is taken"):
         mem.add("y", id="fixed-1", vector=unit_rows(1)[0])
     assert mem.get("fixed-1").text == "x"
 

@@ -46,8 +46,9 @@ def test_semantic_search_finds_the_preference(mem) -> None:
 
 def test_query_embeddings_are_cached(mem) -> None:
     mem.search("where does the user live?", namespace="user_123")
-    assert "where does the user live?" in mem._query_cache
-    cached = mem._query_cache["where does the user live?"]
+    assert len(mem._query_cache) == 1
+    assert "where does the user live?" not in mem._query_cache  # keyed by a digest, not by the text
+    (cached,) = mem._query_cache.values()
     assert mem._query_vector("where does the user live?", None) is cached
 
 

@@ -42,6 +42,7 @@ def test_reopen_in_a_new_process_restores_everything(open_store, tmp_path: Path,
         import json, numpy as np
         from tiered_memory import TieredMemory
         mem = TieredMemory({str(tmp_path / "store")!r}, encoder=None, dimension={DIM})
+        mem.preload(mem.namespaces())
         out = {{"count": len(mem), "state": {{}}, "texts": {{}}, "meta": {{}}}}
         for memory_id in mem.ids():
             slot = mem.catalog.slot_of[memory_id]
@@ -202,6 +203,8 @@ def test_statistics_flushed_by_maintain_survive_a_kill(tmp_path: Path) -> None:
     """)
     mem = TieredMemory(store, encoder=None, dimension=DIM)
     try:
+        assert mem.tier_of("b") is Tier.COLD  # nothing is loaded at open
+        mem.preload("default")
         assert mem.tier_of("b") is Tier.HOT
         assert mem.catalog.uses[mem.catalog.slot_of["b"]] == 4
     finally:

@@ -238,21 +238,14 @@ class HubStore:
 
     def engine_version(self, memory_id: str) -> int:
         """The version the engine holds for a memory, 0 if it holds none."""
-        with self.mem._rw.read:
-            slot = self.mem.catalog.slot_of.get(memory_id)
-            return 0 if slot is None else int(self.mem.catalog.version[slot])
+        return self.mem.version_of(memory_id)
 
     def record(self, memory_id: str) -> Memory | None:
         """A memory as stored, without counting an access or promoting it."""
-        with self.mem._rw.read:
-            self.mem._check_open()
-            return self.mem.cold.get(memory_id)
+        return self.mem.record(memory_id)
 
     def namespace_of(self, memory_id: str) -> str | None:
-        with self.mem._rw.read:
-            catalog = self.mem.catalog
-            slot = catalog.slot_of.get(memory_id) if isinstance(memory_id, str) else None
-            return None if slot is None else catalog.namespaces.names[catalog.ns[slot]]
+        return self.mem.namespace_of(memory_id)
 
     # -- writing ---------------------------------------------------------------------------
 

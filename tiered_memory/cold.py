@@ -3,12 +3,31 @@
 This is the source of truth. Every write is one LMDB transaction, committed (and, with
 ``durability="sync"``, fsync'ed) before the call that asked for it returns; LMDB never exposes a
 half-written transaction, so a crash leaves either all of a write or none of it.
+
+Layout (store schema 3). A namespace is the unit that is loaded into RAM, so everything a load
+needs sits under one key prefix, the namespace's fixed-size id (4 bytes, big-endian): one range
+read per database, never a scan of the archive.
+
+- ``records``: memory id -> msgpack record (text, metadata, ...); read per memory, on demand.
+- ``rows``: ns id + memory id -> the memory's catalog row (kind, importance, timestamps, use
+  count, topic, tier, version, sensitive): what search and decay need, without the text.
+- ``nscodes``: ns id + memory id -> int8 code (sealed for sensitive memories).
+- ``originals``: memory id -> float16/32 original (rescoring, re-calibration).
+- ``namespaces``: ``n`` + name -> ns id; ``i`` + ns id -> [name, count, generation]. The
+  generation counts writes to that namespace: a saved warm graph remembers the one it matches.
+- ``meta``: store-level state (dimension, quantizer, key check, per-namespace topic models keyed
+  by ns id); ``extra``: features' records (agent hubs).
+
+Stores of schema 2 (codes keyed by memory id, no rows) are migrated once, in one transaction,
+by the first read-write open.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
+import struct
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,22 +40,85 @@ from .config import MemoryConfig
 from .crypto import OVERHEAD, Sealer
 from .errors import EncryptionRequiredError, StorageError
 from .quantization import Quantizer, make_quantizer, quantizer_from_state
-from .records import Memory, pack_record, unpack_record
+from .records import TIER_CODES, TIERS_BY_CODE, Memory, pack_record, unpack_record
 
 log = logging.getLogger(__name__)
 
-# (database, key, value or None to delete)
+# (database, key, value or None to delete); database "nscount" carries (ns id, count delta).
 Op = tuple[str, bytes, bytes | None]
 
-_DATABASES = ("records", "codes", "originals", "meta", "extra")
+STORE_SCHEMA = 3
+_DATABASES = ("records", "codes", "originals", "meta", "extra", "rows", "nscodes", "namespaces")
+_NS_ID = struct.Struct(">I")
 
 
 def _key(memory_id: str) -> bytes:
     return memory_id.encode("utf-8")
 
 
+def ns_prefix(ns_id: int) -> bytes:
+    return _NS_ID.pack(ns_id)
+
+
+def row_key(ns_id: int, memory_id: str) -> bytes:
+    return _NS_ID.pack(ns_id) + memory_id.encode("utf-8")
+
+
+class NamespaceRows:
+    """What one range read of a namespace returns: ids, catalog columns, int8 codes."""
+
+    __slots__ = ("ids", "kinds", "importance", "created", "updated", "accessed", "uses", "topic", "tier",
+                 "version", "sensitive", "codes")
+
+    def __init__(self, dimension: int, count: int) -> None:
+        self.ids: list[str] = []
+        self.kinds: list[str] = []
+        self.importance: list[float] = []
+        self.created: list[float] = []
+        self.updated: list[float] = []
+        self.accessed: list[float] = []
+        self.uses: list[int] = []
+        self.topic: list[int] = []
+        self.tier: list[int] = []
+        self.version: list[int] = []
+        self.sensitive: list[int] = []
+        self.codes = np.empty((count, dimension), dtype=np.int8)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def pack_row(kind: str, importance: float, created: float, updated: float, accessed: float, uses: int,
+             topic: int, tier: int, version: int, sensitive: bool) -> bytes:
+    return msgpack.packb([kind, importance, created, updated, accessed, uses, topic, tier, version,
+                          bool(sensitive)], use_bin_type=True)
+
+
+def memory_row(memory: Memory) -> bytes:
+    return pack_row(memory.kind, memory.importance, memory.created_at, memory.updated_at, memory.last_accessed,
+                    memory.access_count, memory.topic, TIER_CODES[memory.tier], memory.version, memory.sensitive)
+
+
+def _unpack_row(key: bytes, data: bytes) -> list[Any]:
+    """A catalog row, every field checked: a damaged row is reported by id, never a raw error."""
+    try:
+        row = msgpack.unpackb(data, raw=False)
+        kind, importance, created, updated, accessed, uses, topic, tier, version, sensitive = row
+        ok = (isinstance(kind, str) and kind and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                     and math.isfinite(v)
+                                                     for v in (importance, created, updated, accessed))
+              and all(isinstance(v, int) and not isinstance(v, bool) for v in (uses, topic, tier, version))
+              and tier in (0, 1, 2) and version >= 1 and uses >= 0 and isinstance(sensitive, bool))
+    except (ValueError, TypeError, msgpack.UnpackException):
+        ok = False
+    if not ok:
+        raise StorageError(f"the catalog row of memory {bytes(key[4:]).decode('utf-8', 'replace')!r} is damaged; "
+                           "restore the store from a backup (or delete that memory)")
+    return row
+
+
 class ColdTier:
-    """LMDB environment with sub-databases: records, codes, originals, meta, extra.
+    """LMDB environment with the sub-databases described in the module doc.
 
     ``extra`` belongs to features layered on the engine (agent grants, histories, topic
     models); they write to it through :meth:`write` so their state commits atomically with
@@ -80,6 +162,7 @@ class ColdTier:
         self.originals_dtype = {"none": None, "float16": np.float16, "float32": np.float32}[config.keep_originals]
         self.quantizer: Quantizer = make_quantizer("int8", 1)
         self.sealer: Sealer | None = None  # set by the engine when the store has an encryption key
+        self._ns_ids: dict[str, int] = {}  # names seen so far -> ns id (ids never change once given)
 
     def _check_file_size(self) -> None:
         """LMDB maps data.mdb and trusts it: pages past the end of a truncated file kill the
@@ -122,7 +205,9 @@ class ColdTier:
             try:
                 with self.env.begin(write=True) as txn:
                     for db, key, value in ops:
-                        if value is None:
+                        if db == "nscount":
+                            self._count_in(txn, key, int.from_bytes(value or b"", "big", signed=True))
+                        elif value is None:
                             txn.delete(key, db=self.dbs[db])
                         else:
                             txn.put(key, value, db=self.dbs[db])
@@ -138,6 +223,122 @@ class ColdTier:
                     "stored. Free disk space or check permissions, then retry"
                 ) from err
 
+    def _count_in(self, txn: lmdb.Transaction, ns_key: bytes, delta: int) -> None:
+        """Inside a write: add delta to a namespace's count and bump its generation."""
+        db = self.dbs["namespaces"]
+        data = txn.get(b"i" + ns_key, db=db)
+        if data is None:
+            raise StorageError(f"namespace id {ns_key.hex()} is not in the store: the store is damaged")
+        name, count, generation = msgpack.unpackb(data, raw=False)
+        txn.put(b"i" + ns_key, msgpack.packb([name, count + delta, generation + 1], use_bin_type=True), db=db)
+
+    @staticmethod
+    def count_op(ns_id: int, delta: int) -> Op:
+        """Counts a namespace's memories up or down (and marks it written) in the same transaction."""
+        return ("nscount", ns_prefix(ns_id), delta.to_bytes(8, "big", signed=True))
+
+    # -- namespaces --------------------------------------------------------------------------
+
+    def namespace_id(self, name: str, create: bool = False) -> int | None:
+        """The fixed-size id of a namespace; with create=True a new namespace gets one (durably)."""
+        ns_id = self._ns_ids.get(name)
+        if ns_id is not None:
+            return ns_id
+        with self.env.begin(db=self.dbs["namespaces"]) as txn:
+            data = txn.get(b"n" + name.encode("utf-8"))
+        if data is not None:
+            ns_id = _NS_ID.unpack(data)[0]
+        elif create:
+            ns_id = self.meta_get("next_namespace_id", 1)
+            self.write([
+                ("namespaces", b"n" + name.encode("utf-8"), _NS_ID.pack(ns_id)),
+                ("namespaces", b"i" + _NS_ID.pack(ns_id), msgpack.packb([name, 0, 0], use_bin_type=True)),
+                self.meta_op("next_namespace_id", ns_id + 1),
+            ])
+        else:
+            return None
+        self._ns_ids[name] = ns_id
+        return ns_id
+
+    def namespace_info(self, ns_id: int) -> tuple[str, int, int]:
+        """(name, memory count, generation) of a namespace id."""
+        with self.env.begin(db=self.dbs["namespaces"]) as txn:
+            data = txn.get(b"i" + _NS_ID.pack(ns_id))
+        if data is None:
+            raise StorageError(f"namespace id {ns_id} is not in the store: the store is damaged")
+        name, count, generation = msgpack.unpackb(data, raw=False)
+        return name, count, generation
+
+    def namespace_counts(self) -> list[tuple[str, int]]:
+        """(name, memory count) of every namespace the store has seen, in id order."""
+        out = []
+        with self.env.begin(db=self.dbs["namespaces"]) as txn:
+            cursor = txn.cursor()
+            if cursor.set_range(b"i"):
+                for key, data in cursor:
+                    if not bytes(key).startswith(b"i"):
+                        break
+                    name, count, _ = msgpack.unpackb(data, raw=False)
+                    out.append((name, count))
+        return out
+
+    def load_namespace(self, ns_id: int, count_hint: int = 0) -> NamespaceRows:
+        """Every catalog row and int8 code of one namespace: one range read of each database,
+        the two cursors walking side by side (both hold the same keys in the same order)."""
+        prefix = ns_prefix(ns_id)
+        with self.env.begin(buffers=True) as txn:
+            rows_cursor = txn.cursor(db=self.dbs["rows"])
+            codes_cursor = txn.cursor(db=self.dbs["nscodes"])
+            found = NamespaceRows(self.dimension, count_hint)
+            if not rows_cursor.set_range(prefix):
+                found.codes = found.codes[:0]
+                return found
+            codes_cursor.set_range(prefix)
+            code_items = iter(codes_cursor)
+            codes = found.codes
+            for key, data in rows_cursor:
+                key = bytes(key)
+                if not key.startswith(prefix):
+                    break
+                code_key, code = next(code_items, (None, None))
+                if code_key is None or bytes(code_key) != key:
+                    raise StorageError(f"memory {key[4:].decode('utf-8', 'replace')!r} has a catalog row but no "
+                                       "code; the store is damaged (restore it from a backup)")
+                kind, importance, created, updated, accessed, uses, topic, tier, version, sensitive = \
+                    _unpack_row(key, data)
+                memory_id = key[4:].decode("utf-8")
+                i = len(found.ids)
+                if i == len(codes):
+                    codes = found.codes = np.concatenate([codes, np.empty((max(16, i), self.dimension), np.int8)])
+                raw = self._plain_vector_bytes(memory_id, "code", bytes(code), self.dimension, key)
+                codes[i] = np.frombuffer(raw, dtype=np.int8)
+                found.ids.append(memory_id)
+                found.kinds.append(kind)
+                found.importance.append(importance)
+                found.created.append(created)
+                found.updated.append(updated)
+                found.accessed.append(accessed)
+                found.uses.append(uses)
+                found.topic.append(topic)
+                found.tier.append(tier)
+                found.version.append(version)
+                found.sensitive.append(int(sensitive))
+        found.codes = codes[: len(found.ids)]
+        return found
+
+    def namespace_ids(self, ns_id: int) -> list[str]:
+        """Ids of a namespace's memories in key order (keys only: no row is decoded)."""
+        prefix = ns_prefix(ns_id)
+        out = []
+        with self.env.begin(db=self.dbs["rows"]) as txn:
+            cursor = txn.cursor()
+            if cursor.set_range(prefix):
+                for key in cursor.iternext(keys=True, values=False):
+                    if not key.startswith(prefix):
+                        break
+                    out.append(key[4:].decode("utf-8"))
+        return out
+
     def _grow(self) -> None:
         # Called with the engine's write lock held, so no transaction of this process is open.
         new_size = min(self.map_size * 2, self.config.max_map_size_bytes)
@@ -150,29 +351,51 @@ class ColdTier:
         self.env.set_mapsize(new_size)
         self.map_size = new_size
 
-    def memory_ops(self, memories: list[Memory], codes: np.ndarray, originals: np.ndarray | None) -> list[Op]:
-        """Puts for whole memories: record, int8 code and (if kept) the float original."""
+    def memory_ops(self, ns_id: int, memories: list[Memory], codes: np.ndarray,
+                   originals: np.ndarray | None) -> list[Op]:
+        """Puts for whole new memories of one namespace: record, catalog row, int8 code, the float
+        original (if kept), and the namespace's count."""
         ops: list[Op] = []
         for i, memory in enumerate(memories):
-            key = _key(memory.id)
+            key, rkey = _key(memory.id), row_key(ns_id, memory.id)
             ops.append(("records", key, pack_record(memory, self.sealer)))
-            ops.append(("codes", key, self._vector_bytes(memory.id, memory.sensitive, "code", codes[i].tobytes())))
+            ops.append(("rows", rkey, memory_row(memory)))
+            ops.append(("nscodes", rkey, self._vector_bytes(memory.id, memory.sensitive, "code",
+                                                            codes[i].tobytes(), rkey)))
             if self.originals_dtype is not None and originals is not None:
                 raw = originals[i].astype(self.originals_dtype).tobytes()
                 ops.append(("originals", key, self._vector_bytes(memory.id, memory.sensitive, "original", raw)))
+        ops.append(self.count_op(ns_id, len(memories)))
         return ops
 
-    def _vector_bytes(self, memory_id: str, sensitive: bool, field: str, raw: bytes) -> bytes:
+    def vector_ops(self, ns_id: int, memory: Memory, code: np.ndarray, original: np.ndarray | None) -> list[Op]:
+        """Puts of a changed memory's code and original (an update with a new vector)."""
+        key, rkey = _key(memory.id), row_key(ns_id, memory.id)
+        ops: list[Op] = [("nscodes", rkey, self._vector_bytes(memory.id, memory.sensitive, "code",
+                                                              code.tobytes(), rkey))]
+        if self.originals_dtype is not None and original is not None:
+            raw = original.astype(self.originals_dtype).tobytes()
+            ops.append(("originals", key, self._vector_bytes(memory.id, memory.sensitive, "original", raw)))
+        return ops
+
+    def _vector_bytes(self, memory_id: str, sensitive: bool, field: str, raw: bytes,
+                      bound_to: bytes | None = None) -> bytes:
         # Embeddings can be inverted back to text: a sensitive memory's code and original are
         # sealed like its text. Sealed values are OVERHEAD bytes longer, which is how reads
-        # tell them apart without reading the record.
+        # tell them apart without reading the record. A code is bound to its row key (namespace
+        # id + memory id), so a sealed code moved into another namespace fails to open.
         if not sensitive:
             return raw
         if self.sealer is None:
             raise EncryptionRequiredError(f"memory {memory_id!r} is sensitive: open the store with encryption_key=")
-        return self.sealer.seal(raw, f"{field}:{memory_id}".encode())
+        return self.sealer.seal(raw, self._context(field, memory_id, bound_to))
 
-    def _plain_vector_bytes(self, memory_id: str, field: str, stored: bytes, plain_size: int) -> bytes:
+    @staticmethod
+    def _context(field: str, memory_id: str, bound_to: bytes | None) -> bytes:
+        return f"{field}:".encode() + (bound_to if bound_to is not None else memory_id.encode())
+
+    def _plain_vector_bytes(self, memory_id: str, field: str, stored: bytes, plain_size: int,
+                            bound_to: bytes | None = None) -> bytes:
         if len(stored) == plain_size:
             return stored
         if len(stored) != plain_size + OVERHEAD:
@@ -180,22 +403,31 @@ class ColdTier:
                                f"{plain_size} nor {plain_size + OVERHEAD} (sealed): the store is damaged")
         if self.sealer is None:
             raise EncryptionRequiredError(f"memory {memory_id!r} is sealed: open the store with its encryption_key")
-        return self.sealer.open(stored, f"{field}:{memory_id}".encode())
+        return self.sealer.open(stored, self._context(field, memory_id, bound_to))
 
-    def code_ops(self, memory_ids: list[str], sensitive: list[bool], codes: np.ndarray) -> list[Op]:
+    def code_ops(self, ns_id: int, memory_ids: list[str], sensitive: list[bool], codes: np.ndarray) -> list[Op]:
         """Puts of new int8 codes only (re-calibration)."""
-        return [("codes", _key(memory_id), self._vector_bytes(memory_id, sealed, "code", code.tobytes()))
-                for memory_id, sealed, code in zip(memory_ids, sensitive, codes)]
+        ops: list[Op] = []
+        for memory_id, sealed, code in zip(memory_ids, sensitive, codes):
+            rkey = row_key(ns_id, memory_id)
+            ops.append(("nscodes", rkey, self._vector_bytes(memory_id, sealed, "code", code.tobytes(), rkey)))
+        return ops
 
     def record_ops(self, memories: Iterable[Memory]) -> list[Op]:
         return [("records", _key(memory.id), pack_record(memory, self.sealer)) for memory in memories]
 
     @staticmethod
-    def delete_ops(memory_ids: Iterable[str]) -> list[Op]:
+    def row_ops(ns_id: int, memory_ids: Iterable[str], rows: Iterable[bytes]) -> list[Op]:
+        """Puts of catalog rows (statistics flushes): records and sealed blobs are left alone."""
+        return [("rows", row_key(ns_id, memory_id), row) for memory_id, row in zip(memory_ids, rows)]
+
+    def delete_ops(self, ns_id: int, memory_ids: list[str]) -> list[Op]:
         ops: list[Op] = []
         for memory_id in memory_ids:
-            key = _key(memory_id)
-            ops.extend((("records", key, None), ("codes", key, None), ("originals", key, None)))
+            key, rkey = _key(memory_id), row_key(ns_id, memory_id)
+            ops.extend((("records", key, None), ("originals", key, None), ("rows", rkey, None),
+                        ("nscodes", rkey, None)))
+        ops.append(self.count_op(ns_id, -len(memory_ids)))
         return ops
 
     def meta_op(self, name: str, value: Any) -> Op:
@@ -209,7 +441,17 @@ class ColdTier:
     def put(self, memory: Memory, vector: np.ndarray) -> None:
         """Store one memory durably (quantizing its vector with the store's quantizer)."""
         vectors = vector.reshape(1, -1).astype(np.float32)
-        self.write(self.memory_ops([memory], self.quantizer.encode(vectors), vectors))
+        ns_id = self.namespace_id(memory.namespace, create=True)
+        if memory.id in self:
+            self.discard(memory.id)
+        self.write(self.memory_ops(ns_id, [memory], self.quantizer.encode(vectors), vectors))
+
+    def discard(self, memory_id: str) -> bool:
+        memory = self.get(memory_id)
+        if memory is None:
+            return False
+        self.write(self.delete_ops(self.namespace_id(memory.namespace), [memory_id]))
+        return True
 
     def get(self, memory_id: str) -> Memory | None:
         data = self._read("records", memory_id)
@@ -225,10 +467,16 @@ class ColdTier:
         original = self.originals([memory_id])
         if original is not None:
             return original[0]
-        code = self._read("codes", memory_id)
+        memory = self.get(memory_id)
+        ns_id = None if memory is None else self.namespace_id(memory.namespace)
+        if ns_id is None:
+            return None
+        rkey = row_key(ns_id, memory_id)
+        with self.env.begin(db=self.dbs["nscodes"]) as txn:
+            code = txn.get(rkey)
         if code is None:
             return None
-        code = self._plain_vector_bytes(memory_id, "code", code, self.dimension)
+        code = self._plain_vector_bytes(memory_id, "code", code, self.dimension, rkey)
         return self.quantizer.decode(np.frombuffer(code, dtype=np.int8).reshape(1, -1))[0]
 
     def fetch(self, memory_ids: list[str], originals: bool) -> list[tuple[Memory | None, np.ndarray | None]]:
@@ -264,12 +512,6 @@ class ColdTier:
                 out[i] = np.frombuffer(data, dtype=self.originals_dtype)
         return out
 
-    def discard(self, memory_id: str) -> bool:
-        if memory_id not in self:
-            return False
-        self.write(self.delete_ops([memory_id]))
-        return True
-
     def __contains__(self, memory_id: object) -> bool:
         return isinstance(memory_id, str) and self._read("records", memory_id) is not None
 
@@ -293,24 +535,112 @@ class ColdTier:
     # -- reading in bulk ---------------------------------------------------------------------
 
     def load_all(self) -> tuple[list[Memory], np.ndarray]:
-        """Every memory and its int8 code (one row each), in key order: the catalog at open."""
+        """Every memory (statistics from its catalog row) and its int8 code, in key order.
+
+        A whole-archive pass for verification and export: opening a store never calls it."""
+        memories: list[Memory] = []
+        names = {}
+        with self.env.begin(db=self.dbs["namespaces"]) as txn:
+            for key, data in txn.cursor():
+                if bytes(key).startswith(b"i"):
+                    names[_NS_ID.unpack(bytes(key)[1:5])[0]] = msgpack.unpackb(data, raw=False)[0]
+        codes = []
+        for ns_id, name in sorted(names.items()):
+            rows = self.load_namespace(ns_id)
+            contents = self.get_many(rows.ids)
+            for i, memory in enumerate(contents):
+                if memory is None:
+                    raise StorageError(f"memory {rows.ids[i]!r} has a catalog row but no record: the store is damaged")
+                memories.append(Memory(memory.id, name, memory.text, rows.kinds[i], memory.metadata,
+                                       rows.created[i], rows.updated[i], rows.accessed[i], rows.uses[i],
+                                       rows.importance[i], rows.topic[i], TIERS_BY_CODE[rows.tier[i]],
+                                       rows.version[i], bool(rows.sensitive[i])))
+            codes.append(rows.codes)
+        order = sorted(range(len(memories)), key=lambda i: memories[i].id)
+        stacked = np.concatenate(codes) if codes else np.zeros((0, self.dimension), dtype=np.int8)
+        return [memories[i] for i in order], stacked[order] if len(order) else stacked
+
+    def schema(self) -> int:
+        """The store layout's schema: 3, or 2 for a store written before namespaces loaded lazily."""
+        stored = self.meta_get("store_schema")
+        if stored is not None:
+            return stored
         with self.env.begin() as txn:
-            count = int(txn.stat(self.dbs["records"])["entries"])
-            codes = np.empty((count, self.dimension), dtype=np.int8)
-            memories: list[Memory] = []
-            # Both databases hold the same keys, so two cursors walk them side by side: sequential
-            # reads of each file region instead of one B-tree descent per code (16x faster at 62k).
-            code_cursor = iter(txn.cursor(db=self.dbs["codes"]))
-            for key, data in txn.cursor(db=self.dbs["records"]):
-                code_key, code = next(code_cursor, (None, None))
-                if code_key != key:
-                    raise StorageError(f"memory {bytes(key)!r} has a record but no code; the store is damaged "
+            empty = int(txn.stat(self.dbs["records"])["entries"]) == 0
+        return STORE_SCHEMA if empty else 2
+
+    def migrate_from_schema_2(self) -> int:
+        """Re-key a schema-2 store (codes by memory id) into rows and codes by namespace, in one
+        transaction; returns how many memories moved. Sealed codes are re-sealed under their new
+        row keys, so a store with sealed memories needs its key here."""
+        moved = 0
+        next_id = self.meta_get("next_namespace_id", 1)
+        ns_ids: dict[str, int] = {}
+        counts: dict[int, int] = {}
+        sealed_any = False
+        with self.env.begin(write=True) as txn:
+            records, old_codes = self.dbs["records"], self.dbs["codes"]
+            for key, data in txn.cursor(db=records):
+                memory = unpack_record(bytes(data), self.sealer)
+                ns_id = ns_ids.get(memory.namespace)
+                if ns_id is None:
+                    ns_id = ns_ids[memory.namespace] = next_id
+                    next_id += 1
+                code = txn.get(bytes(key), db=old_codes)
+                if code is None:
+                    raise StorageError(f"memory {memory.id!r} has a record but no code; the store is damaged "
                                        "(restore it from a backup)")
-                memory = unpack_record(data, self.sealer)
-                codes[len(memories)] = np.frombuffer(
-                    self._plain_vector_bytes(memory.id, "code", code, self.dimension), dtype=np.int8)
-                memories.append(memory)
-        return memories, codes
+                plain = self._plain_vector_bytes(memory.id, "code", bytes(code), self.dimension)
+                rkey = row_key(ns_id, memory.id)
+                txn.put(rkey, memory_row(memory), db=self.dbs["rows"])
+                txn.put(rkey, self._vector_bytes(memory.id, memory.sensitive, "code", plain, rkey),
+                        db=self.dbs["nscodes"])
+                counts[ns_id] = counts.get(ns_id, 0) + 1
+                sealed_any = sealed_any or memory.sensitive
+                moved += 1
+            txn.drop(old_codes, delete=False)
+            for name, ns_id in ns_ids.items():
+                txn.put(b"n" + name.encode("utf-8"), _NS_ID.pack(ns_id), db=self.dbs["namespaces"])
+                txn.put(b"i" + _NS_ID.pack(ns_id), msgpack.packb([name, counts[ns_id], 1], use_bin_type=True),
+                        db=self.dbs["namespaces"])
+            meta = self.dbs["meta"]
+            for topics_key in [bytes(k) for k in txn.cursor(db=meta).iternext(values=False)
+                               if bytes(k).startswith(b"topics/")]:
+                name = topics_key[len(b"topics/"):].decode("utf-8")
+                state = txn.get(topics_key, db=meta)
+                txn.delete(topics_key, db=meta)
+                if name in ns_ids:
+                    txn.put(b"topics/" + ns_prefix(ns_ids[name]).hex().encode(), state, db=meta)
+            txn.put(b"next_namespace_id", msgpack.packb(next_id), db=meta)
+            if sealed_any:
+                txn.put(b"has_sealed", msgpack.packb(True), db=meta)
+            txn.put(b"store_schema", msgpack.packb(STORE_SCHEMA), db=meta)
+        self._ns_ids.update(ns_ids)
+        return moved
+
+    def recode_all(self, encode: Any, decode_old: Any) -> None:
+        """Re-encode every stored int8 code (re-calibration), from the originals when kept, else
+        from the old codes, streaming through the archive in one write transaction."""
+        with self.env.begin(write=True) as txn:
+            codes_db, originals_db = self.dbs["nscodes"], self.dbs["originals"]
+            cursor = txn.cursor(db=codes_db)
+            for key, stored in list(cursor):
+                key, stored = bytes(key), bytes(stored)
+                memory_id = key[4:].decode("utf-8")
+                sealed = len(stored) != self.dimension
+                vector = None
+                original = txn.get(_key(memory_id), db=originals_db) if self.originals_dtype is not None else None
+                if original is not None:
+                    raw = self._plain_vector_bytes(memory_id, "original", bytes(original), self._original_size)
+                    vector = np.frombuffer(raw, dtype=self.originals_dtype).astype(np.float32).reshape(1, -1)
+                if vector is None:
+                    raw = self._plain_vector_bytes(memory_id, "code", stored, self.dimension, key)
+                    vector = decode_old(np.frombuffer(raw, dtype=np.int8).reshape(1, -1))
+                code = encode(vector)[0].tobytes()
+                txn.put(key, self._vector_bytes(memory_id, sealed, "code", code, key), db=codes_db)
+            meta = self.dbs["meta"]
+            generation = msgpack.unpackb(txn.get(b"generation", b"\x00", db=meta)) + 1
+            txn.put(b"generation", msgpack.packb(generation), db=meta)
 
     def meta_get(self, name: str, default: Any = None) -> Any:
         with self.env.begin(db=self.dbs["meta"]) as txn:

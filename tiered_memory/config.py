@@ -19,8 +19,14 @@ DAY_S = 86_400.0
 class MemoryConfig:
     """Settings of a ``TieredMemory`` store. Defaults suit one agent process on a laptop."""
 
-    # Tier capacities, in memories. The hot tier is a subset of the warm tier, so hot_capacity
-    # defaults to min(10_000, warm_capacity).
+    # RAM budgets. Namespaces are loaded on first use and unloaded (least recently and least
+    # used first) once the loaded namespaces' catalog rows, codes and graphs pass
+    # warm_budget_bytes; the hot tier's records and vectors are bounded by hot_budget_bytes.
+    # Nothing else grows with the archive: opening a store reads a few store-level keys.
+    warm_budget_bytes: int = 512 * 2**20  # 512 MiB
+    hot_budget_bytes: int = 64 * 2**20  # 64 MiB
+    # Tier capacities, in memories, within what is loaded. The hot tier is a subset of the warm
+    # tier, so hot_capacity defaults to min(10_000, warm_capacity).
     hot_capacity: int | None = None
     warm_capacity: int = 100_000
 
@@ -81,13 +87,14 @@ class MemoryConfig:
     max_metadata_bytes: int = 64 * 2**10  # 64 KiB, serialized
     max_metadata_depth: int = 16
 
-    query_cache_size: int = 1_024  # encoded query texts kept (LRU)
+    query_cache_size: int = 1_024  # encoded query vectors kept (LRU), keyed by a digest of the text
 
     def __post_init__(self) -> None:
         if self.hot_capacity is None and isinstance(self.warm_capacity, int):
             object.__setattr__(self, "hot_capacity", min(10_000, self.warm_capacity))
         positive_ints = (
-            "warm_capacity", "hot_capacity", "maintain_every_ops", "hnsw_m", "hnsw_ef_construction",
+            "warm_budget_bytes", "hot_budget_bytes", "warm_capacity", "hot_capacity", "maintain_every_ops",
+            "hnsw_m", "hnsw_ef_construction",
             "hnsw_ef_search", "rescore_oversample", "calibration_size",
             "topic_min_memories", "map_size_bytes", "max_map_size_bytes", "max_readers", "max_text_chars",
             "max_metadata_bytes", "max_metadata_depth",

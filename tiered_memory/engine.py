@@ -4,6 +4,10 @@ Tiers are inclusive: every memory is in cold (LMDB); warm (hnswlib) holds a boun
 hot (LRU) a smaller subset of warm. A memory's tier changes its latency, never whether search
 finds it: search merges the warm index with a scan of the cold codes.
 
+Namespaces load on demand: opening reads store-level keys only; the first search, get, add or
+preload of a namespace reads its rows and codes in one range read (and its graph file), and the
+namespaces used least recently are unloaded in the background when the warm budget needs room.
+
 Locking: ``_rw`` (readers-writer) guards the indexes and the LMDB map: searches and cold reads
 share it, anything that changes an index, a code block or the map takes it alone. ``_mutex``
 guards the hot LRU and the catalog's counters, which readers update too. A hot ``get`` takes
@@ -25,8 +29,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from cachetools import LRUCache
 
-from .catalog import COLD, Catalog
-from .cold import ColdTier
+from .catalog import COLD, WARM, Catalog
+from .cold import STORE_SCHEMA, ColdTier, Op
 from .config import MemoryConfig
 from .crypto import Sealer
 from .dirlock import DirectoryLock
@@ -45,6 +49,7 @@ from .extra import ExtraStore
 from .filters import compile_where
 from .hot import HotTier
 from .locks import RWLock
+from .namespaces import NamespaceRegistry
 from .promoter import Promoter
 from .records import (
     SCHEMA_VERSION,
@@ -105,6 +110,7 @@ class StoreStats:
     promotions: dict[str, int]
     demotions: dict[str, int]
     quantizer: dict[str, Any] = field(default_factory=dict)
+    loaded: dict[str, Any] = field(default_factory=dict)  # loaded namespaces: count, bytes, loads, unloads
 
     def as_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
@@ -138,6 +144,8 @@ class TieredMemory(SearchMixin, TierManagerMixin):
         self.clock = clock
         self.read_only = read_only
         self._closed = True
+        self._closing = False
+        self._key_checked = False
         self.encoder = self._resolve_encoder(encoder)
         self._sealer = Sealer(encryption_key) if encryption_key is not None else None
         if read_only:
@@ -153,6 +161,7 @@ class TieredMemory(SearchMixin, TierManagerMixin):
             self.dimension = self._resolve_dimension(dimension)
             self.cold.use_dimension(self.dimension)
             self._check_key()
+            self._upgrade()
             self._open()
         except BaseException:
             if hasattr(self, "cold"):
@@ -164,16 +173,30 @@ class TieredMemory(SearchMixin, TierManagerMixin):
     # -- opening ---------------------------------------------------------------------------
 
     def _check_key(self) -> None:
-        """With a key: verify it against the store's key check (written on first use)."""
+        """With a key: verify it against the store's key check.
+
+        The check is written only where no sealed data can exist yet (a new, empty store) or in
+        the same transaction as the first sealed memory: an open with a wrong key never writes
+        key material that would lock the right key out."""
         self.cold.sealer = self._sealer
         check = self.cold.meta_get("key_check")
         if self._sealer is None:
+            if self.cold.meta_get("has_sealed", False):
+                raise EncryptionRequiredError(f"{self.path} holds sealed memories: open it with its encryption_key=")
             return
-        if check is None:
-            if not self.read_only:
-                self.cold.write([self.cold.meta_op("key_check", self._sealer.key_check())])
-        else:
+        if check is not None:
             self._sealer.verify(check)
+            self._key_checked = True
+        elif not self.read_only and len(self.cold) == 0 and not any(True for _ in self.cold.extra_items(b"")):
+            self.cold.write([self.cold.meta_op("key_check", self._sealer.key_check())])
+            self._key_checked = True
+
+    def _key_check_ops(self) -> list[Op]:
+        """The key check's put, for a write that seals data in a store that has none yet."""
+        ops = [self.cold.meta_op("has_sealed", True)]
+        if self._sealer is not None and not self._key_checked:
+            ops.append(self.cold.meta_op("key_check", self._sealer.key_check()))
+        return ops
 
     @staticmethod
     def _resolve_encoder(encoder: Any) -> Encoder | None:
@@ -212,16 +235,31 @@ class TieredMemory(SearchMixin, TierManagerMixin):
         if stored is None and not self.read_only:
             self.cold.write([
                 self.cold.meta_op("schema_version", SCHEMA_VERSION),
+                self.cold.meta_op("store_schema", STORE_SCHEMA),
                 self.cold.meta_op("dimension", resolved),
                 self.cold.meta_op("encoder", self.encoder.name if self.encoder is not None else None),
                 self.cold.meta_op("created_at", self.clock()),
             ])
         return resolved
 
+    def _upgrade(self) -> None:
+        """Bring a store written before namespaces loaded lazily (schema 2) to schema 3, once."""
+        if self.cold.schema() >= STORE_SCHEMA:
+            return
+        if self.read_only:
+            raise SchemaVersionError(f"{self.path} uses the schema-2 layout: open it once without read_only=True "
+                                     "to upgrade it (one pass over the archive), then open it read-only")
+        started = time.perf_counter()
+        moved = self.cold.migrate_from_schema_2()
+        log.warning("upgraded %s to store schema %d (%d memories re-keyed by namespace) in %.1f s",
+                    self.path, STORE_SCHEMA, moved, time.perf_counter() - started)
+
     def _open(self) -> None:
+        """Set up empty RAM state: nothing per memory is read here (namespaces load on use)."""
         config = self.config
         self.catalog = Catalog(self.dimension)
-        self.hot = HotTier(config.hot_capacity, on_evict=self._hot_evicted)
+        self.registry = NamespaceRegistry(config.warm_budget_bytes, config.half_life_s, self.clock)
+        self.hot = HotTier(config.hot_capacity, on_evict=self._hot_evicted, budget_bytes=config.hot_budget_bytes)
         self._hot_cache = self.hot.cache
         self._maintain_every_ops = config.maintain_every_ops
         self.warm = WarmTier(self.dimension, config.warm_capacity, config.hnsw_m, config.hnsw_ef_construction,
@@ -245,19 +283,11 @@ class TieredMemory(SearchMixin, TierManagerMixin):
         self._demotions = {"hot->warm": 0, "warm->cold": 0}
         self._ops = 0
         self._last_maintain = self.clock()
+        self._maintenance_due = False
         self._clipped = 0.0  # clipped values among codes written since the last calibration
         self._coded = 0
         self._calibrated_on = self.cold.meta_get("calibrated_on", 0)
-        memories, codes = self.cold.load_all()
-        self.catalog.load(memories, codes)
-        for namespace in self.catalog.namespaces.names:
-            state = self.cold.meta_get(f"topics/{namespace}")
-            if state is not None:
-                self.topics[namespace] = TopicModel.from_state(state)
-        self._restore_warm()
-        self._restore_hot()
-        if not self.read_only:
-            self._enforce_warm_capacity()
+        self._has_sealed = bool(self.cold.meta_get("has_sealed", False))
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -271,9 +301,13 @@ class TieredMemory(SearchMixin, TierManagerMixin):
         """Persist statistics and the warm index, then release the directory. Safe to call twice."""
         if self._closed:
             return
-        # Stop background work first, without holding the lock: a worker may be waiting for it.
+        # Stop background work first, without holding the lock: a worker may be waiting for it
+        # (and conversations archive their windows here).
         while self._closers:
             self._closers.pop()()
+        # New writes are refused from here on; the lock is fair, so the writers already queued
+        # finish first and close() waits for no one else (issue 11.6).
+        self._closing = True
         with self._rw.write:
             if self._closed:
                 return
@@ -297,6 +331,8 @@ class TieredMemory(SearchMixin, TierManagerMixin):
 
     def _check_writable(self) -> None:
         self._check_open()
+        if self._closing:
+            raise StoreClosedError(f"the store at {self.path} is closing; open a new TieredMemory to write")
         if self.read_only:
             raise InvalidInputError(f"{self.path} is open read-only; open it without read_only=True to write")
 
@@ -356,7 +392,7 @@ class TieredMemory(SearchMixin, TierManagerMixin):
             matrix = self._encode([memory.text for memory in memories])
         with self._rw.write:
             self._check_writable()
-            self._insert(memories, matrix)
+            self._insert(memories, matrix, check_ids=ids is not None)
         self._after_ops(n)
         return [memory.id for memory in memories]
 
@@ -413,8 +449,9 @@ class TieredMemory(SearchMixin, TierManagerMixin):
         if self._sealer is None:
             raise EncryptionRequiredError("sealing a namespace needs the store opened with encryption_key=")
         with self._rw.write:
+            self._check_writable()
             catalog = self.catalog
-            ns = catalog.namespaces.codes.get(namespace)
+            ns = self._load(namespace)
             if ns is not None:
                 slots = catalog.slots(namespace=ns)
                 plain = int(len(slots) - np.asarray(catalog.sensitive)[slots].sum()) if len(slots) else 0
@@ -440,14 +477,23 @@ class TieredMemory(SearchMixin, TierManagerMixin):
                                "or open it with an encoder")
         return encode_checked(self.encoder, texts)
 
-    def _insert(self, memories: list[Memory], vectors: np.ndarray) -> None:
-        """Write new memories to cold (durably), then index them. Caller holds the write lock."""
-        for memory in memories:
-            if memory.id in self.catalog:
-                raise InvalidInputError(f"a memory with id {memory.id!r} exists; use update() to change it")
+    def _insert(self, memories: list[Memory], vectors: np.ndarray, check_ids: bool = True) -> None:
+        """Write new memories to cold (durably), then index them. Caller holds the write lock.
+
+        Everything that can fail for a reason of the caller's happens before the cold write; what
+        follows it only updates RAM, and a failed graph insertion leaves the memories in cold
+        blocks (still found by search) instead of failing a write that is already durable."""
+        if check_ids:
+            # Ids are store-wide: the message does not say where a taken id lives (issue 11.13).
+            taken = [memory.id for memory, found in zip(memories, self.cold.get_many([m.id for m in memories]))
+                     if found is not None]
+            if taken:
+                raise InvalidInputError(f"the id {taken[0]!r} is taken; choose another id, or use update() to "
+                                        "change your own memory")
+        namespace = memories[0].namespace
+        ns = self._load(namespace, create=True)
         self._calibrate_if_due(vectors)
         quantizer = self.cold.quantizer
-        namespace = memories[0].namespace
         model = self.topics.get(namespace)
         if model is not None:
             topics, _ = model.assign(vectors)
@@ -457,7 +503,11 @@ class TieredMemory(SearchMixin, TierManagerMixin):
         for i, memory in enumerate(memories):
             memory.tier = Tier.WARM if to_warm[i] else Tier.COLD
         codes = quantizer.encode(vectors)
-        self.cold.write(self.cold.memory_ops(memories, codes, vectors))
+        sealing = self._key_check_ops() if any(memory.sensitive for memory in memories) and \
+            not self._has_sealed else []
+        self.cold.write([*self.cold.memory_ops(ns, memories, codes, vectors), *sealing])
+        if sealing:
+            self._key_checked = self._has_sealed = True
         # Durable from here on; what follows only updates in-RAM structures.
         self._clipped += quantizer.clip_rate(vectors) * vectors.size
         self._coded += vectors.size
@@ -465,9 +515,10 @@ class TieredMemory(SearchMixin, TierManagerMixin):
             slots = [self.catalog.insert(memory, code) for memory, code in zip(memories, codes)]
         if model is not None:
             model.absorb(vectors, topics)
-        chosen = np.flatnonzero(to_warm)
-        self._warm_put(namespace, [slots[i] for i in chosen])
-        self._enforce_warm_capacity(protect={slots[i] for i in chosen})
+        chosen = [slots[i] for i in np.flatnonzero(to_warm)]
+        self._warm_put_or_cold(namespace, chosen)
+        self._namespace_grew(namespace)
+        self._enforce_warm_capacity(protect=set(chosen))
 
     def _warm_admissions(self, memories: list[Memory]) -> np.ndarray:
         """Which new memories enter the warm index (bool per memory).
@@ -515,11 +566,22 @@ class TieredMemory(SearchMixin, TierManagerMixin):
 
     def _get_from_disk(self, memory_id: str, namespace: str | None) -> Memory:
         check_id(memory_id)
+        if namespace is not None:
+            check_label(namespace, "namespace")
+        with self._rw.read:
+            self._check_open()
+            content = self.cold.get(memory_id)
+        if content is not None and (namespace is None or content.namespace == namespace):
+            self._ensure_loaded([content.namespace])
         with self._rw.read:
             self._check_open()
             slot = self.catalog.slot_of.get(memory_id, -1)
-            content = self.cold.get(memory_id) if slot >= 0 else None
-            if content is None or (namespace is not None and content.namespace != namespace):
+            if slot >= 0:
+                content = self.cold.get(memory_id)
+            # The record's namespace must be the catalog's: a reader whose writer deleted the id
+            # and re-added it elsewhere must not serve the other namespace's record (issue 11.4).
+            if content is None or slot < 0 or (namespace is not None and content.namespace != namespace) or \
+                    self.catalog.namespaces.codes.get(content.namespace) != self.catalog.ns[slot]:
                 with self._mutex:
                     for tier in ("hot", "warm", "cold"):
                         self._misses[tier] += 1
@@ -554,7 +616,12 @@ class TieredMemory(SearchMixin, TierManagerMixin):
         self._check_open()
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
             raise InvalidInputError(f"k must be an int from 1 to {MAX_K}, got {k!r}")
-        namespaces = [namespace] if isinstance(namespace, str) else list(namespace)
+        if isinstance(namespace, str):
+            namespaces = [namespace]
+        elif isinstance(namespace, (list, tuple, set, frozenset)):
+            namespaces = list(namespace)
+        else:
+            raise InvalidInputError(f"namespace must be a str or a list of str, got {namespace!r:.80}")
         if not namespaces:
             raise InvalidInputError("namespace must name at least one namespace")
         namespaces = list(dict.fromkeys(check_label(ns, "namespace") for ns in namespaces))
@@ -563,10 +630,13 @@ class TieredMemory(SearchMixin, TierManagerMixin):
         if min_score is not None and (isinstance(min_score, bool) or not isinstance(min_score, (int, float))
                                       or not math.isfinite(min_score)):
             raise InvalidInputError(f"min_score must be a finite number, got {min_score!r}")
-        if only_ids is not None and (isinstance(only_ids, str) or not isinstance(only_ids, Collection)):
-            raise InvalidFilterError("only_ids takes a collection of memory ids (a set is fastest)")
+        if only_ids is not None:
+            if isinstance(only_ids, str) or not isinstance(only_ids, Collection) or \
+                    not all(isinstance(i, str) for i in only_ids):
+                raise InvalidFilterError("only_ids takes a collection of str memory ids (a set is fastest)")
         q = self._query_vector(query, vector)
         fetch = k * self.config.rescore_oversample if self.config.rescore else k
+        self._ensure_loaded(namespaces)
         with self._rw.read:
             self._check_open()
             lookup = Lookup(self)
@@ -621,6 +691,7 @@ class TieredMemory(SearchMixin, TierManagerMixin):
             self._check_writable()
             slot = self._slot(memory_id, namespace)
             catalog = self.catalog
+            ns = catalog.ns[slot]
             entry = self.hot.peek(memory_id)
             old = entry.memory if entry is not None else self.cold.get(memory_id)
             if old is None:
@@ -635,13 +706,17 @@ class TieredMemory(SearchMixin, TierManagerMixin):
                 current.version + 1, old.sensitive,
             )
             model = self.topics.get(old.namespace)
+            ops = self.cold.record_ops([changed])
             if new_vector is not None:
                 if model is not None:
                     changed.topic = int(model.assign(new_vector)[0][0])
                 code = self.cold.quantizer.encode(new_vector)
-                self.cold.write(self.cold.memory_ops([changed], code, new_vector))
-            else:
-                self.cold.write(self.cold.record_ops([changed]))
+                ops += self.cold.vector_ops(ns, changed, code[0], new_vector[0])
+                ops.append(self.cold.count_op(ns, 0))  # the namespace's vectors changed: saved graphs are stale
+            with self._mutex:
+                changed.tier = catalog.tier_of(slot)
+            ops += self.cold.row_ops(ns, [memory_id], [self._row_bytes(slot, changed)])
+            self.cold.write(ops)
             with self._mutex:
                 catalog.updated[slot] = now
                 catalog.version[slot] = changed.version
@@ -652,9 +727,11 @@ class TieredMemory(SearchMixin, TierManagerMixin):
                     catalog.set_code(slot, code[0])
                     catalog.set_topic(slot, changed.topic)
                 if entry is not None:
-                    self.hot.put(changed, entry.vector if new_vector is None else self._as_stored(slot, new_vector[0]))
+                    if not self.hot.put(changed, entry.vector if new_vector is None else
+                                        self._as_stored(slot, new_vector[0])):
+                        catalog.set_tier(slot, WARM)
             if new_vector is not None and catalog.tier[slot] != COLD:
-                self._warm_put(old.namespace, [slot])
+                self._warm_put_or_cold(old.namespace, [slot])
             result = catalog.memory(slot, changed)
         self._after_ops(1)
         return result
@@ -666,15 +743,24 @@ class TieredMemory(SearchMixin, TierManagerMixin):
         with self._rw.write:
             self._check_writable()
             slot = self._slot(memory_id, namespace)
-            ns_name = self.catalog.namespaces.names[self.catalog.ns[slot]]
-            self.cold.write(self.cold.delete_ops([memory_id]))
+            ns = self.catalog.ns[slot]
+            ns_name = self.catalog.namespaces.names[ns]
+            self.cold.write(self.cold.delete_ops(ns, [memory_id]))
             with self._mutex:
                 self.hot.discard(memory_id)
                 self.catalog.remove(memory_id)
             self.warm.discard(memory_id, ns_name)
+            self._namespace_grew(ns_name)
         self._after_ops(1)
 
     def _slot(self, memory_id: str, namespace: str | None) -> int:
+        """The slot of a memory to change, loading its namespace. Caller holds the write lock."""
+        if namespace is not None:
+            check_label(namespace, "namespace")
+        if memory_id not in self.catalog.slot_of:
+            record = self.cold.get(memory_id)
+            if record is not None and (namespace is None or record.namespace == namespace):
+                self._load(record.namespace)
         slot = self.catalog.slot_of.get(memory_id)
         if slot is None or (namespace is not None and
                             self.catalog.namespaces.names[self.catalog.ns[slot]] != namespace):
@@ -694,81 +780,123 @@ class TieredMemory(SearchMixin, TierManagerMixin):
             self._check_writable()
             return self._maintain()
 
+    def _maintenance_is_due(self) -> bool:
+        return (self._ops >= self.config.maintain_every_ops
+                or self.clock() - self._last_maintain >= self.config.maintain_every_s
+                or self.registry.over_budget())
+
     def _maintain_if_due(self) -> None:
-        if self._closed or self.read_only:
+        """Housekeeping runs on the background thread, never inside the caller's operation
+        (without one, promote_in_background=False, it runs here, after the caller's work)."""
+        if self._closed or self.read_only and not self.registry.over_budget():
             return
-        if self._ops >= self.config.maintain_every_ops or \
-                self.clock() - self._last_maintain >= self.config.maintain_every_s:
-            with self._rw.write:
-                if not self._closed and (self._ops >= self.config.maintain_every_ops or
-                                         self.clock() - self._last_maintain >= self.config.maintain_every_s):
-                    self._maintain()
+        if not self._maintenance_is_due():
+            return
+        if self.config.promote_in_background:
+            self._maintenance_due = True
+            self._promoter.wake()
+            return
+        with self._rw.write:
+            if not self._closed:
+                self._run_due_maintenance()
+
+    def _run_due_maintenance(self) -> bool:
+        """Unload namespaces over the budget; maintain when the op or time bound is crossed.
+        Caller holds the write lock; returns whether anything was done."""
+        self._maintenance_due = False
+        did = bool(self._unload_over_budget())
+        if not self.read_only and (self._ops >= self.config.maintain_every_ops or
+                                   self.clock() - self._last_maintain >= self.config.maintain_every_s):
+            self._maintain()
+            did = True
+        return did
 
     def _after_ops(self, n: int) -> None:
         with self._mutex:
             self._ops += n
         self._maintain_if_due()
 
-
-
     # -- introspection ---------------------------------------------------------------------
 
     def stats(self) -> StoreStats:
-        """Per tier: count, bytes, hits, misses; promotions and demotions since open."""
+        """Per tier: count, bytes, hits, misses; promotions and demotions since open; loaded
+        namespaces (count, bytes, loads, unloads, load latency)."""
         self._check_open()
         with self._rw.read, self._mutex:
             catalog = self.catalog
-            # Every memory's int8 code is in RAM (the blocks searches scan): warm rows count
+            # Codes of loaded namespaces are in RAM (the blocks searches scan): warm rows count
             # with the warm tier, cold rows with the cold tier, beside its LMDB file on disk.
             codes = {True: 0, False: 0}
             for key, block in catalog.blocks.blocks.items():
                 codes[key[2]] += block.codes.nbytes + block.slots.nbytes
             warm_files = sum(p.stat().st_blocks * 512 for p in (self.path / "warm").glob("*")) \
                 if (self.path / "warm").is_dir() else 0
+            total = len(self.cold)
             return StoreStats(
-                memories=len(catalog),
-                namespaces=sum(1 for count in catalog.count_by_ns.values() if count),
+                memories=total,
+                namespaces=sum(1 for _, count in self.cold.namespace_counts() if count),
                 hot=TierStats(len(self.hot), self.hot.nbytes(), self._hits["hot"], self._misses["hot"],
                               self.config.hot_capacity),
                 warm=TierStats(catalog.warm_count, self.warm.nbytes() + codes[False], self._hits["warm"],
                                self._misses["warm"], self.config.warm_capacity, warm_files),
-                cold=TierStats(len(catalog), codes[True], self._hits["cold"], self._misses["cold"], None,
-                               self.cold.nbytes()),
+                cold=TierStats(total, codes[True], self._hits["cold"],
+                               self._misses["cold"], None, self.cold.nbytes()),
                 promotions=dict(self._promotions),
                 demotions=dict(self._demotions),
                 quantizer={"scheme": self.cold.quantizer.name, "calibrated": self.cold.quantizer.calibrated,
                            "calibrated_on": self._calibrated_on},
+                loaded=self.registry.stats(),
             )
 
     def __len__(self) -> int:
-        return len(self.catalog)
+        self._check_open()
+        return len(self.cold)
 
     def __contains__(self, memory_id: object) -> bool:
-        return memory_id in self.catalog
+        if not isinstance(memory_id, str) or self._closed:
+            return False
+        return memory_id in self.catalog.slot_of or self.cold.get_many([memory_id])[0] is not None
 
     def count(self, namespace: str | None = None) -> int:
-        """Memories in one namespace, or in all."""
+        """Memories in one namespace, or in all (read from the cold tier's counts: no load)."""
+        self._check_open()
         if namespace is None:
-            return len(self.catalog)
-        ns = self.catalog.namespaces.codes.get(namespace)
-        return 0 if ns is None else self.catalog.count_by_ns[ns]
+            return len(self.cold)
+        ns = self.cold.namespace_id(check_label(namespace, "namespace"))
+        return 0 if ns is None else self.cold.namespace_info(ns)[1]
 
     def namespaces(self) -> list[str]:
-        return [name for name, ns in self.catalog.namespaces.codes.items() if self.catalog.count_by_ns[ns]]
+        """Namespaces that hold at least one memory."""
+        self._check_open()
+        return [name for name, count in self.cold.namespace_counts() if count]
 
     def ids(self, namespace: str | None = None) -> list[str]:
+        """Ids of one namespace's memories, or of all (keys read from cold: no load)."""
+        self._check_open()
         with self._rw.read:
-            ns = None if namespace is None else self.catalog.namespaces.codes.get(namespace)
-            if namespace is not None and ns is None:
-                return []
-            return [self.catalog.ids[slot] for slot in self.catalog.slots(namespace=ns).tolist()]
+            if namespace is None:
+                return list(self.cold.ids())
+            ns = self.cold.namespace_id(check_label(namespace, "namespace"))
+            return [] if ns is None else self.cold.namespace_ids(ns)
 
     def tier_of(self, memory_id: str) -> Tier:
-        """Where a memory sits now, without counting as an access."""
-        slot = self.catalog.slot_of.get(memory_id)
-        if slot is None:
+        """Where a memory sits now, without counting as an access (cold if its namespace is not loaded)."""
+        self._check_open()
+        check_id(memory_id)
+        with self._mutex:
+            slot = self.catalog.slot_of.get(memory_id)
+            if slot is not None:
+                return self.catalog.tier_of(slot)
+        if self.cold.get_many([memory_id])[0] is None:
             raise MemoryNotFoundError(f"no memory with id {memory_id!r}")
-        return self.catalog.tier_of(slot)
+        return Tier.COLD
+
+    def preload(self, namespace: str | Sequence[str]) -> None:
+        """Load namespaces now (e.g. from a background thread when a returning user's conversation
+        starts), so that their first search does not pay the range read."""
+        self._check_open()
+        names = [namespace] if isinstance(namespace, str) else list(namespace)
+        self._ensure_loaded([check_label(name, "namespace") for name in names])
 
     # -- the surface features build on (agents, conversations, prefetch) -------------------
 

@@ -25,10 +25,10 @@ def entry_bytes(entry: HotEntry) -> int:
 
 
 class _CountingLRU(LRUCache):
-    """An LRU that reports the entries it evicts (hot -> warm demotions)."""
+    """An LRU bounded in bytes that reports the entries it evicts (hot -> warm demotions)."""
 
     def __init__(self, maxsize: int, on_evict: Callable[[str, HotEntry], None]) -> None:
-        super().__init__(maxsize)
+        super().__init__(maxsize, getsizeof=entry_bytes)
         self._on_evict = on_evict
 
     def popitem(self) -> tuple[str, HotEntry]:
@@ -38,14 +38,17 @@ class _CountingLRU(LRUCache):
 
 
 class HotTier:
-    """Bounded by a number of entries; the least recently used entry leaves first."""
+    """Bounded in bytes (``budget_bytes``) and in entries (``capacity``); the least recently used
+    entry leaves first."""
 
     name = "hot"
 
-    def __init__(self, capacity: int, on_evict: Callable[[str, HotEntry], None] | None = None) -> None:
+    def __init__(self, capacity: int, on_evict: Callable[[str, HotEntry], None] | None = None,
+                 budget_bytes: int = 64 * 2**20) -> None:
         self.capacity = capacity
+        self.budget_bytes = budget_bytes
         self._evicted_hook = on_evict
-        self.cache = _CountingLRU(capacity, self._evicted)
+        self.cache = _CountingLRU(budget_bytes, self._evicted)
         self._bytes = 0
 
     def _evicted(self, memory_id: str, entry: HotEntry) -> None:
@@ -53,13 +56,21 @@ class HotTier:
         if self._evicted_hook is not None:
             self._evicted_hook(memory_id, entry)
 
-    def put(self, memory: Memory, vector: np.ndarray) -> None:
+    def put(self, memory: Memory, vector: np.ndarray) -> bool:
+        """Cache an entry (evicting others as needed); False if it alone exceeds the budget."""
         old = self.cache.get(memory.id)
         if old is not None:
             self._bytes -= entry_bytes(old)
         entry = HotEntry(memory, vector)
-        self.cache[memory.id] = entry  # may evict the least recently used entry
-        self._bytes += entry_bytes(entry)
+        size = entry_bytes(entry)
+        if size > self.budget_bytes:
+            self.discard(memory.id)
+            return False  # larger than the whole budget (cachetools would raise): not cached
+        self.cache[memory.id] = entry  # may evict the least recently used entries (bytes)
+        self._bytes += size
+        while len(self.cache) > self.capacity:
+            self.cache.popitem()
+        return True
 
     def get(self, memory_id: str) -> HotEntry | None:
         """The entry, marked as most recently used; None if absent."""

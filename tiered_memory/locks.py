@@ -1,10 +1,15 @@
-"""A readers-writer lock.
+"""A fair readers-writer lock.
 
 hnswlib's ``knn_query`` runs without the GIL and may run in several threads at once, but
 ``add_items``, ``mark_deleted`` and ``resize_index`` must never overlap it; LMDB's map may only
 grow while no transaction of this process is open. Searches and cold reads take the shared side,
-anything that changes an index or the map takes the exclusive side. Writers are preferred so a
-stream of searches cannot starve an ``add``.
+anything that changes an index or the map takes the exclusive side.
+
+Fairness: the lock serves tickets in arrival order. Consecutive readers share it; a writer waits
+for the readers that came before it, and readers that come after a waiting writer wait for it.
+So neither a stream of searches nor a stream of writers can starve the other side, or
+``close()`` (a loop of ``update()`` let another thread's ``add()`` through once in 3 s with the
+old writer-preferring lock: issue 11.6).
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from collections.abc import Callable
 
 
 class RWLock:
-    """Many readers or one writer; a waiting writer blocks new readers. Not re-entrant.
+    """Many readers or one writer, in ticket order. Not re-entrant.
 
     Use ``with lock.read:`` / ``with lock.write:``. The two sides are plain objects with
     ``__enter__``/``__exit__`` rather than ``@contextmanager`` generators, which cost ~3 us
@@ -25,36 +30,42 @@ class RWLock:
         self._cond = threading.Condition(threading.Lock())
         self._readers = 0
         self._writer = False
-        self._writers_waiting = 0
+        self._next_ticket = 0
+        self._serving = 0  # the ticket whose holder may enter next
         self.read = _Side(self._acquire_read, self._release_read)
         self.write = _Side(self._acquire_write, self._release_write)
 
     def _acquire_read(self) -> None:
         with self._cond:
-            while self._writer or self._writers_waiting:
+            ticket = self._next_ticket
+            self._next_ticket += 1
+            while self._serving != ticket or self._writer:
                 self._cond.wait()
             self._readers += 1
+            self._serving += 1
+            if self._next_ticket != self._serving:
+                self._cond.notify_all()  # the next in line may be a reader that can enter beside us
 
     def _release_read(self) -> None:
         with self._cond:
             self._readers -= 1
-            if not self._readers:
+            if not self._readers and self._next_ticket != self._serving:
                 self._cond.notify_all()
 
     def _acquire_write(self) -> None:
         with self._cond:
-            self._writers_waiting += 1
-            try:
-                while self._writer or self._readers:
-                    self._cond.wait()
-            finally:
-                self._writers_waiting -= 1
+            ticket = self._next_ticket
+            self._next_ticket += 1
+            while self._serving != ticket or self._writer or self._readers:
+                self._cond.wait()
             self._writer = True
+            self._serving += 1
 
     def _release_write(self) -> None:
         with self._cond:
             self._writer = False
-            self._cond.notify_all()
+            if self._next_ticket != self._serving:
+                self._cond.notify_all()
 
 
 class _Side:

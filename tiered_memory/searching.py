@@ -6,6 +6,7 @@ readers-writer lock held shared, so it reads the indexes but never changes them.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -29,20 +30,28 @@ class Lookup:
 
     def __init__(self, engine: TieredMemory) -> None:
         self.engine = engine
-        self.contents: dict[int, Memory] = {}
+        self.contents: dict[int, Memory | None] = {}
 
     def content(self, slot: int) -> Memory | None:
-        """The record of a slot; None if cold no longer has it (a read-only opener whose writer
-        deleted it since: such a memory is left out of results)."""
+        """The record of a slot; None if cold no longer has it as the catalog knows it (a
+        read-only opener whose writer deleted it, or moved its id to another namespace, since:
+        such a memory is left out of results, never served from the other namespace)."""
         if slot in self.contents:
             return self.contents[slot]
         engine = self.engine
         memory_id = engine.catalog.ids[slot]
         entry = engine.hot.peek(memory_id)
-        content = entry.memory if entry is not None else engine.cold.get(memory_id)
+        content = entry.memory if entry is not None else self.checked(slot, engine.cold.get(memory_id))
         if content is None and not engine.read_only:
             raise TieredMemoryError(f"memory {memory_id!r} is in the catalog but not in cold storage")
         self.contents[slot] = content
+        return content
+
+    def checked(self, slot: int, content: Memory | None) -> Memory | None:
+        """The record if it belongs to the slot's namespace (issue 11.4), else None."""
+        catalog = self.engine.catalog
+        if content is None or catalog.namespaces.codes.get(content.namespace) != catalog.ns[slot]:
+            return None
         return content
 
     def metadata(self, slot: int) -> Mapping[str, Any]:
@@ -112,6 +121,7 @@ class SearchMixin:
         needing = [slot for slot, _ in ranked if tiers[slot] != HOT and slot not in lookup.contents]
         if needing:
             for slot, content in zip(needing, self.cold.get_many([ids[slot] for slot in needing])):
+                content = lookup.checked(slot, content)
                 if content is not None or self.read_only:
                     lookup.contents[slot] = content
         hits = []
@@ -143,14 +153,18 @@ class SearchMixin:
                 raise InvalidInputError(f"search takes one query vector, got {len(matrix)}")
             return matrix[0]
         text = check_text(query, self.config.max_text_chars)
+        # Keyed by a digest, not the text: 1,024 cached queries of up to 1M characters could hold
+        # ~4 GiB (300 long queries took RSS from 45 to 332 MiB: issue 11.9). An entry is now one
+        # 16-byte key and one vector, so the cache's bytes are bounded by its entry count.
+        digest = hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
         with self._query_lock:
-            cached = self._query_cache.get(text)
+            cached = self._query_cache.get(digest)
         if cached is not None:
             return cached
         encoded = self._encode([text])[0]
         encoded.setflags(write=False)
         with self._query_lock:
-            self._query_cache[text] = encoded
+            self._query_cache[digest] = encoded
         return encoded
 
     def _search_namespace(self, namespace: str, q: np.ndarray, k: int, kinds: list[str] | None,

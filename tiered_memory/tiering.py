@@ -12,16 +12,18 @@ import time
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgpack
 import numpy as np
 
 from .catalog import COLD, HOT, WARM
-from .cold import Op
+from .cold import Op, ns_prefix, pack_row, row_key
 from .decay import decay_scores
-from .errors import InvalidInputError, StorageError
+from .errors import EncryptionRequiredError, InvalidInputError, StorageError
 from .hot import HotEntry
-from .records import TIER_CODES, Tier
+from .quantization import quantizer_from_state
+from .records import TIER_CODES, Memory, Tier
 from .topics import TopicModel, topics_for
 from .warm import Graph
 
@@ -29,6 +31,9 @@ log = logging.getLogger(__name__)
 
 _CALIBRATION_SAMPLE_MAX = 50_000
 _RECALIBRATE_GROWTH = 8  # re-learn int8 ranges when the store is 8x the size they were learned on
+# RAM of one loaded memory's catalog row besides its code: 11 column entries (~60 B), its id
+# string (~80 B), slot_of and slots_by_ns entries and block bookkeeping (~120 B).
+_ROW_BYTES = 260
 
 
 @dataclass
@@ -39,6 +44,7 @@ class MaintenanceReport:
     topics_fitted: list[str] = field(default_factory=list)
     recalibrated: bool = False
     graphs_compacted: int = 0
+    unloaded: int = 0  # namespaces unloaded to keep within warm_budget_bytes
     seconds: float = 0.0
 
 
@@ -51,37 +57,156 @@ class TierManagerMixin:
         state = msgpack.packb(self.cold.quantizer.state(), use_bin_type=True)
         return f"{zlib.crc32(state):08x}"
 
-    def _restore_warm(self) -> None:
-        """Load saved graphs and make them agree with the catalog: the archive decides which
-        memories are warm; a graph saved before the last write is checked vector by vector."""
-        loaded = self.warm.load(self.path / "warm")
-        generation = self.cold.meta_get("generation", 0)
-        stamp = self._quantizer_stamp()
-        expected: dict[str, list[int]] = {}
-        for slot in self.catalog.slots(tiers=(WARM, HOT)).tolist():
-            expected.setdefault(self.catalog.namespaces.names[self.catalog.ns[slot]], []).append(slot)
-        repaired = 0
-        for namespace in set(expected) | set(self.warm.graphs):
-            slots = expected.get(namespace, [])
-            ns = self.catalog.namespaces.codes.get(namespace)
-            if ns is None or self.catalog.count_by_ns.get(ns, 0) <= self.config.exact_search_max:
-                self.warm.drop(namespace)  # small (or emptied): exact scans serve it; the file goes at save
-                continue
-            meta = loaded.get(namespace)
-            graph = self.warm.graphs.get(namespace)
-            if graph is None or meta is None or meta.get("stamp") != stamp:
-                self._rebuild_graph(namespace, slots)
-                repaired += len(slots)
-                continue
-            try:
-                repaired += self._repair_graph(namespace, graph, slots, stale=meta.get("generation") != generation)
-            except RuntimeError as err:  # hnswlib disagrees with the sidecar: trust neither
-                log.warning("warm index of %r could not be repaired (%s); rebuilding it", namespace, err)
-                self._rebuild_graph(namespace, slots)
-                repaired += len(slots)
+    # -- loading and unloading namespaces -------------------------------------------------
+
+    def _ensure_loaded(self, names: Sequence[str]) -> None:
+        """Load the namespaces of a call that are not loaded yet (the call's own need: it takes
+        the write lock for the range read), and count a use of each."""
+        registry = self.registry
+        missing = [name for name in names if name not in registry]
+        if missing:
+            with self._rw.write:
+                self._check_open()
+                for name in missing:
+                    self._load(name)
+            if registry.over_budget():
+                self._maintain_if_due()
+        with self._mutex:
+            for name in names:
+                registry.touch(name)
+
+    def _load(self, namespace: str, create: bool = False) -> int | None:
+        """Make a namespace's rows, codes, graph and topic model resident; returns its ns id (None:
+        the store has no such namespace and create is False). Caller holds the write lock."""
+        entry = self.registry.loaded.get(namespace)
+        if entry is not None:
+            return entry.ns_id
+        ns = self.cold.namespace_id(namespace, create=create and not self.read_only)
+        if ns is None:
+            return None
+        started = time.perf_counter()
+        count = self.cold.namespace_info(ns)[1]
+        rows = self.cold.load_namespace(ns, count)
+        catalog = self.catalog
+        catalog.namespaces.assign(namespace, ns)
+        with self._mutex:
+            slots = catalog.load_namespace(ns, rows)
+        model = self._load_topics(namespace, ns)
+        if model is not None:
+            sealed = [slot for slot, flag in zip(slots, rows.sensitive) if flag]
+            if sealed:  # sealed rows keep no topic on disk (it is derived from the vector)
+                topics, _ = model.assign(self._decoded(sealed))
+                with self._mutex:
+                    for slot, topic in zip(sealed, topics.tolist()):
+                        catalog.set_topic(slot, topic)
+                    catalog.dirty.difference_update(sealed)
+        self._restore_graph(namespace, ns)
+        hot = [slot for slot, tier in zip(slots, rows.tier) if tier == HOT]
+        if hot:
+            hot.sort(key=lambda slot: catalog.accessed[slot])
+            with self._mutex:  # back to warm until the records are read: _fill_hot makes them hot
+                for slot in hot:
+                    catalog.set_tier(slot, WARM)
+                catalog.dirty.difference_update(hot)
+            self._fill_hot(hot)
+        self.registry.add(namespace, ns, self._namespace_bytes(namespace, ns), time.perf_counter() - started)
+        return ns
+
+    def _namespace_bytes(self, namespace: str, ns: int) -> int:
+        """RAM a loaded namespace holds: its catalog rows and codes, and its graph."""
+        graph = self.warm.graphs.get(namespace)
+        return self.catalog.count_by_ns.get(ns, 0) * (self.dimension + _ROW_BYTES) + \
+            (graph.nbytes() if graph is not None else 0)
+
+    def _namespace_grew(self, namespace: str) -> None:
+        entry = self.registry.loaded.get(namespace)
+        if entry is not None:
+            self.registry.resize(namespace, self._namespace_bytes(namespace, entry.ns_id))
+
+    def _unload_over_budget(self) -> int:
+        """Unload namespaces, least recently and least used first, until the rest fit in
+        warm_budget_bytes. Caller holds the write lock."""
+        victims = self.registry.victims()
+        for namespace in victims:
+            self._unload(namespace)
+        return len(victims)
+
+    def _unload(self, namespace: str) -> None:
+        """Persist a namespace's statistics, topic model and graph, then drop it from RAM."""
+        entry = self.registry.loaded.get(namespace)
+        if entry is None:
+            return
+        ns = entry.ns_id
+        catalog = self.catalog
+        if not self.read_only:
+            self._persist_namespaces({namespace})
+        with self._mutex:
+            slots = list(catalog.slots_by_ns.get(ns, ()))
+            for slot in slots:
+                memory_id = catalog.ids[slot]
+                self.hot.discard(memory_id)
+                self._pending.pop(slot, None)
+            catalog.unload_namespace(ns)
+        self.warm.forget(namespace)
+        self.topics.pop(namespace, None)
+        self.registry.remove(namespace)
+
+    def _topics_key(self, ns: int) -> str:
+        return f"topics/{ns_prefix(ns).hex()}"
+
+    def _load_topics(self, namespace: str, ns: int) -> TopicModel | None:
+        state = self.cold.meta_get(self._topics_key(ns))
+        if state is None:
+            return None
+        if isinstance(state, dict) and "sealed" in state:
+            if self._sealer is None:
+                raise EncryptionRequiredError(f"namespace {namespace!r} is sealed: open the store with its "
+                                              "encryption_key")
+            state = msgpack.unpackb(self._sealer.open(state["sealed"], self._topics_key(ns).encode()),
+                                    raw=False, strict_map_key=False)
+        try:
+            model = TopicModel.from_state(state)
+        except (KeyError, TypeError, ValueError) as err:
+            log.warning("topic model of %r is unreadable (%s); it will be refitted", namespace, err)
+            return None
+        self.topics[namespace] = model
+        return model
+
+    def _topics_op(self, namespace: str, ns: int, model: TopicModel) -> Op:
+        # Centroids are means of the namespace's vectors (sometimes copies of one): a sealed
+        # namespace's model is sealed too (issue 11.1).
+        state: Any = model.state()
+        if namespace in self._sealed_namespaces:
+            if self._sealer is None:
+                raise EncryptionRequiredError(f"namespace {namespace!r} is sealed: open the store with its key")
+            state = {"sealed": self._sealer.seal(msgpack.packb(state, use_bin_type=True),
+                                                 self._topics_key(ns).encode())}
+        return self.cold.meta_op(self._topics_key(ns), state)
+
+    def _restore_graph(self, namespace: str, ns: int) -> None:
+        """Load a namespace's saved graph (if it is big enough to have one) and make it agree
+        with the catalog: the archive decides which memories are warm; a graph saved before the
+        namespace's last write is checked vector by vector."""
+        catalog = self.catalog
+        slots = catalog.slots(namespace=ns, tiers=(WARM, HOT)).tolist()
+        if catalog.count_by_ns.get(ns, 0) <= self.config.exact_search_max:
+            return  # small: exact scans serve it (a graph file left from when it was larger stays unused)
+        meta = self.warm.load_one(self.path / "warm", namespace)
+        graph = self.warm.graphs.get(namespace)
+        generation = self.cold.namespace_info(ns)[2]
+        if graph is None or meta is None or meta.get("stamp") != self._quantizer_stamp():
+            self._rebuild_graph(namespace, slots)
+            log.warning("warm index of %r rebuilt from the cold tier (%d memories)", namespace, len(slots))
+            return
+        try:
+            repaired = self._repair_graph(namespace, graph, slots, stale=meta.get("generation") != generation)
+        except RuntimeError as err:  # hnswlib disagrees with the sidecar: trust neither
+            log.warning("warm index of %r could not be repaired (%s); rebuilding it", namespace, err)
+            self._rebuild_graph(namespace, slots)
+            return
         if repaired:
-            log.warning("warm index of %s repaired from the cold tier: %d memories re-indexed or removed",
-                        self.path, repaired)
+            log.warning("warm index of %r repaired from the cold tier: %d memories re-indexed or removed",
+                        namespace, repaired)
 
     def _repair_graph(self, namespace: str, graph: Graph, slots: list[int], stale: bool) -> int:
         """Make a loaded graph hold exactly these slots' vectors; returns how many entries changed."""
@@ -119,6 +244,31 @@ class TierManagerMixin:
             slots = self.catalog.slots(namespace=ns, tiers=(WARM, HOT)).tolist()
         self.warm.put_many(namespace, [self.catalog.ids[slot] for slot in slots], self._decoded(slots))
 
+    def _warm_put_or_cold(self, namespace: str, slots: list[int]) -> None:
+        """Index these warm slots; if hnswlib fails (e.g. out of memory), they go back to cold
+        blocks, where search still finds them, instead of being left unfindable."""
+        try:
+            self._warm_put(namespace, slots)
+        except (RuntimeError, MemoryError, ValueError) as err:
+            log.error("warm insertion into %r failed (%s): %d memories stay cold", namespace, err, len(slots))
+            with self._mutex:
+                for slot in slots:
+                    self.warm.discard(self.catalog.ids[slot], namespace)
+                    self.catalog.set_tier(slot, COLD)
+
+    def _row_bytes(self, slot: int, memory: Memory | None = None) -> bytes:
+        """A slot's catalog row as stored in cold. Sealed rows keep no topic: it is derived from
+        the (sealed) vector and recomputed at load (issue 11.1)."""
+        catalog = self.catalog
+        sensitive = bool(catalog.sensitive[slot])
+        kind = memory.kind if memory is not None else catalog.kinds.names[catalog.kind[slot]]
+        importance = memory.importance if memory is not None else catalog.importance[slot]
+        updated = memory.updated_at if memory is not None else catalog.updated[slot]
+        version = memory.version if memory is not None else catalog.version[slot]
+        return pack_row(kind, importance, catalog.created[slot], updated, catalog.accessed[slot],
+                        catalog.uses[slot], -1 if sensitive else catalog.topic[slot], catalog.tier[slot], version,
+                        sensitive)
+
     def _rebuild_graph(self, namespace: str, slots: list[int]) -> None:
         ids = [self.catalog.ids[slot] for slot in slots]
         self.warm.rebuild(namespace, ids, self._decoded(slots) if slots else np.zeros((0, self.dimension)))
@@ -135,13 +285,6 @@ class TierManagerMixin:
     def _decoded(self, slots: Sequence[int]) -> np.ndarray:
         return self.cold.quantizer.decode(self.catalog.blocks.codes(slots))
 
-    def _restore_hot(self) -> None:
-        slots = self.catalog.slots(tiers=(HOT,))
-        if not len(slots):
-            return
-        slots = slots[np.argsort(np.asarray(self.catalog.accessed)[slots], kind="stable")]
-        self._fill_hot(slots.tolist())
-
     def _fill_hot(self, slots: list[int], count: bool = False) -> None:
         """Read records (and originals) of these slots from cold and put them in the hot LRU."""
         if not slots:
@@ -155,7 +298,8 @@ class TierManagerMixin:
                 if count and self.catalog.tier[slot] != HOT:
                     self._promotions["warm->hot"] += 1
                 self.catalog.set_tier(slot, HOT)  # before put: the put may evict (and demote) another
-                self.hot.put(memory, original if original is not None else fallback)
+                if not self.hot.put(memory, original if original is not None else fallback):
+                    self.catalog.set_tier(slot, WARM)
 
     def _hot_evicted(self, memory_id: str, entry: HotEntry) -> None:
         # Called by the LRU, inside self._mutex, when a put pushes the least recent entry out.
@@ -266,6 +410,7 @@ class TierManagerMixin:
     def _maintain(self) -> MaintenanceReport:
         started = time.perf_counter()
         report = MaintenanceReport()
+        report.unloaded = self._unload_over_budget()
         config = self.config
         catalog = self.catalog
         slots, scores = self.decay_scores(catalog.slots(tiers=(WARM, HOT)))
@@ -356,17 +501,26 @@ class TierManagerMixin:
         return next((g for g in self.warm.graphs.values() if g.needs_compaction and g.touched is None), None)
 
     def _has_background_work(self) -> bool:
-        return bool(self._pending) or self._graph_to_compact() is not None
+        return bool(self._pending) or self._maintenance_due or self._graph_to_compact() is not None
 
     def _background_work(self) -> bool:
-        """One round of the promoter thread: pending promotions first, then a compaction."""
-        return self._drain_promotions() or self._compact_one_in_background()
+        """One round of the background thread: pending promotions first, then due maintenance
+        (unloads over the budget, decay, saves), then a compaction."""
+        return self._drain_promotions() or self._background_maintenance() or self._compact_one_in_background()
+
+    def _background_maintenance(self) -> bool:
+        if not self._maintenance_due:
+            return False
+        with self._rw.write:
+            if self._closed:
+                return False
+            return self._run_due_maintenance()
 
     def _calibrate_if_due(self, incoming: np.ndarray) -> None:
         """Learn int8 ranges once the store (with this batch) reaches calibration_size memories,
         and again each time it has grown 8x since, up to a 50k sample."""
         quantizer = self.cold.quantizer
-        total = len(self.catalog) + len(incoming)
+        total = len(self.cold) + len(incoming)
         if quantizer.calibrated:
             grown = 0 < self._calibrated_on < _CALIBRATION_SAMPLE_MAX and \
                 total >= _RECALIBRATE_GROWTH * self._calibrated_on
@@ -385,9 +539,10 @@ class TierManagerMixin:
         return True
 
     def _recalibrate(self, incoming: np.ndarray) -> None:
-        """Fit int8 ranges on a sample of every memory (originals when kept) plus `incoming`, re-encode
-        every stored code in one transaction, and rebuild the warm graphs. No memory is rewritten
-        except its code; a crash leaves either the old codes and ranges or the new ones."""
+        """Fit int8 ranges on a sample of the loaded memories (originals when kept) plus `incoming`,
+        re-encode every stored code in one transaction (streaming through the archive, loaded or
+        not), and rebuild the loaded graphs. A crash leaves either the old codes and ranges or the
+        new ones."""
         catalog = self.catalog
         slots = catalog.slots()
         ids = [catalog.ids[slot] for slot in slots.tolist()]
@@ -399,15 +554,16 @@ class TierManagerMixin:
         if len(sample) > _CALIBRATION_SAMPLE_MAX:
             sample = sample[rng.choice(len(sample), _CALIBRATION_SAMPLE_MAX, replace=False)]
         quantizer = self.cold.quantizer
-        quantizer.fit(sample)
-        codes = quantizer.encode(existing) if len(existing) else np.zeros((0, self.dimension), dtype=np.int8)
-        ops: list[Op] = self.cold.code_ops(ids, [bool(catalog.sensitive[slot]) for slot in slots.tolist()], codes)
-        ops.append(self.cold.quantizer_op())
-        ops.append(self.cold.meta_op("calibrated_on", len(sample)))
-        self.cold.write(ops)
+        old = quantizer_from_state(quantizer.state())
+        fitted = quantizer_from_state(quantizer.state())
+        fitted.fit(sample)
+        self.cold.recode_all(fitted.encode, old.decode)
+        self.cold.quantizer = fitted
+        self.cold.write([self.cold.quantizer_op(), self.cold.meta_op("calibrated_on", len(sample))])
         self._calibrated_on = len(sample)
         self._clipped = 0.0
         self._coded = 0
+        codes = fitted.encode(existing) if len(existing) else np.zeros((0, self.dimension), dtype=np.int8)
         with self._mutex:
             for slot, code in zip(slots.tolist(), codes):
                 catalog.set_code(slot, code)
@@ -416,34 +572,36 @@ class TierManagerMixin:
             self._rebuild_graph(namespace, catalog.slots(namespace=ns, tiers=(WARM, HOT)).tolist())
 
     def _persist(self, report: MaintenanceReport) -> None:
-        """Write changed statistics and topic models to cold, then save the warm graphs."""
+        """Write changed statistics and topic models of every loaded namespace, then save graphs."""
+        report.flushed = self._persist_namespaces(set(self.registry.loaded))
+
+    def _persist_namespaces(self, namespaces: set[str]) -> int:
+        """Flush these namespaces' changed rows and topic models in one transaction, then save
+        their graphs; returns how many rows were flushed. Records are not rewritten (statistics
+        live in rows), so sealed blobs are sealed once per change, not once per flush (issue 11.12)."""
         catalog = self.catalog
+        wanted = {catalog.namespaces.codes[name] for name in namespaces if name in catalog.namespaces.codes}
         with self._mutex:
-            dirty = [slot for slot in catalog.dirty if catalog.ids[slot] is not None]
-            catalog.dirty.clear()
-        ops: list[Op] = []
-        if dirty:
-            need_cold = []
-            for slot in dirty:
-                entry = self.hot.peek(catalog.ids[slot])
-                if entry is not None:
-                    ops.extend(self.cold.record_ops([catalog.memory(slot, entry.memory)]))
-                else:
-                    need_cold.append(slot)
-            contents = self.cold.get_many([catalog.ids[slot] for slot in need_cold])
-            ops.extend(self.cold.record_ops(
-                catalog.memory(slot, content) for slot, content in zip(need_cold, contents) if content is not None))
-        for namespace, model in self.topics.items():
-            ops.append(self.cold.meta_op(f"topics/{namespace}", model.state()))
-        generation = self.cold.write(ops)
-        report.flushed = len(dirty)
+            dirty = [slot for slot in catalog.dirty if catalog.ids[slot] is not None and catalog.ns[slot] in wanted]
+            catalog.dirty.difference_update(dirty)
+            rows = [(catalog.ns[slot], catalog.ids[slot], self._row_bytes(slot)) for slot in dirty]
+        ops: list[Op] = [("rows", row_key(ns, memory_id), row) for ns, memory_id, row in rows]
+        for namespace in namespaces:
+            model = self.topics.get(namespace)
+            if model is not None and namespace in catalog.namespaces.codes:
+                ops.append(self._topics_op(namespace, catalog.namespaces.codes[namespace], model))
+        if ops:
+            self.cold.write(ops)
+        generations = {name: self.cold.namespace_info(catalog.namespaces.codes[name])[2]
+                       for name in namespaces if name in self.warm.graphs}
         try:
-            self.warm.save(self.path / "warm", generation, self._quantizer_stamp())
+            self.warm.save_some(self.path / "warm", generations, self._quantizer_stamp(), namespaces)
         except OSError as err:  # disk full, a file where the warm/ folder should be, permissions
             raise StorageError(
                 f"saving the warm index to {self.path / 'warm'} failed ({err}); every memory is safe in the "
                 "cold tier and the index will be rebuilt from it at the next open. Free disk space and retry"
             ) from err
+        return len(dirty)
 
     # -- hooks for prefetching -------------------------------------------------------------
 
@@ -456,10 +614,15 @@ class TierManagerMixin:
         self._check_writable()
         if tier not in (Tier.WARM, Tier.HOT):
             raise InvalidInputError(f"promote() moves memories to 'warm' or 'hot', not {tier!r}")
+        memory_ids = [i for i in dict.fromkeys(memory_ids) if isinstance(i, str)]
         with self._rw.write:
             self._check_writable()
             catalog = self.catalog
-            slots = [catalog.slot_of[i] for i in dict.fromkeys(memory_ids) if i in catalog.slot_of]
+            unloaded = [i for i in memory_ids if i not in catalog.slot_of]
+            for record in self.cold.get_many(unloaded) if unloaded else []:
+                if record is not None:
+                    self._load(record.namespace)
+            slots = [catalog.slot_of[i] for i in memory_ids if i in catalog.slot_of]
             cold = [slot for slot in slots if catalog.tier[slot] == COLD]
             by_namespace: dict[str, list[int]] = {}
             for slot in cold:
@@ -493,6 +656,7 @@ class TierManagerMixin:
 
     def nearest_topics(self, namespace: str, vector: np.ndarray, n: int = 1) -> list[int]:
         """The namespace's n topics nearest a unit vector (empty before it has a topic model)."""
+        self._ensure_loaded([namespace])
         model = self.topics.get(namespace)
         return [] if model is None else model.nearest(vector, n).tolist()
 
@@ -504,10 +668,11 @@ class TierManagerMixin:
         score gains ``near_weight`` x the memory's cosine to it (from its int8 code), so memories
         close to a conversation come first (compare modes `prefetch` and `prefetch-decay` in
         benchmarks/results/prefetch/)."""
+        self._ensure_loaded([namespace])
         with self._rw.read:
             catalog = self.catalog
             ns = catalog.namespaces.codes.get(namespace)
-            if ns is None:
+            if ns is None or namespace not in self.registry:
                 return []
             slots = catalog.slots(namespace=ns)
             if topics is not None and len(slots):

@@ -370,6 +370,70 @@ class WarmTier:
         return loaded
 
 
+    def load_one(self, directory: Path, namespace: str) -> dict[str, Any] | None:
+        """Load one namespace's saved graph if its file is intact (as :meth:`load` checks it);
+        returns its sidecar, or None when there is no usable file."""
+        meta_path = directory / f"{self.file_key(namespace)}.meta"
+        if not meta_path.is_file():
+            return None
+        meta = _read_meta(meta_path)
+        index = hnswlib.Index(space="ip", dim=self.dimension)
+        try:
+            problem = self._load_checked(index, meta_path.with_suffix(".hnsw"), meta)
+        except (RuntimeError, MemoryError, ValueError, OSError, TieredMemoryError) as err:
+            problem = f"it failed to load: {err}"
+        if meta is None or problem is not None or meta.get("namespace") != namespace:
+            log.warning("warm index of %r is unusable (%s); it will be rebuilt from the cold tier", namespace,
+                        problem or "it belongs to another namespace")
+            return None
+        if index.dim != self.dimension or index.M != self.m:
+            log.warning("warm index of %r was built with other settings; it will be rebuilt", namespace)
+            return None
+        graph = Graph(namespace, self.dimension, self.m, self.ef_construction, self.ef_search, index)
+        graph.index.set_ef(self.ef_search)
+        graph.index.set_num_threads(1)
+        graph.id_of = dict(zip(meta["labels"], meta["ids"]))
+        graph.label_of = {memory_id: label for label, memory_id in graph.id_of.items()}
+        graph.next_label = meta["next_label"]
+        self.forget(namespace)
+        self.graphs[namespace] = graph
+        self._size += len(graph)
+        return meta
+
+    def forget(self, namespace: str) -> None:
+        """Drop a namespace's graph from RAM and keep its file (the namespace is being unloaded;
+        it was saved first, or the next load repairs it from cold)."""
+        graph = self.graphs.pop(namespace, None)
+        if graph is not None:
+            self._size -= len(graph)
+        self.dirty.discard(namespace)
+
+    def save_some(self, directory: Path, generations: dict[str, int], stamp: str, only: set[str]) -> None:
+        """Write the dirty graphs among `only` (atomically) and remove dropped ones' files; each
+        file remembers its namespace's generation, so a load knows whether it is up to date."""
+        directory.mkdir(parents=True, exist_ok=True)
+        for namespace in sorted(self.dirty & only):
+            key = self.file_key(namespace)
+            graph = self.graphs.get(namespace)
+            if graph is None:
+                for suffix in (".hnsw", ".meta"):
+                    (directory / (key + suffix)).unlink(missing_ok=True)
+            else:
+                self._save_graph(graph, directory / f"{key}.hnsw", directory / f"{key}.meta",
+                                 generations.get(namespace, 0), stamp)
+            self.dirty.discard(namespace)
+        for namespace in only:
+            if namespace not in self.graphs:
+                continue
+            meta_path = directory / f"{self.file_key(namespace)}.meta"
+            meta = _read_meta(meta_path)
+            generation = generations.get(namespace, 0)
+            if meta is not None and (meta.get("generation") != generation or meta.get("stamp") != stamp):
+                meta["generation"] = generation
+                meta["stamp"] = stamp
+                _write_atomic(meta_path, msgpack.packb(meta, use_bin_type=True))
+
+
 @contextmanager
 def _memory_file() -> Iterator[str]:
     """A path to an anonymous file in RAM (Linux memfd), removed on exit."""
