@@ -7,7 +7,7 @@ import math
 import pytest
 
 from tiered_memory.errors import InvalidInputError
-from tiered_memory.fusion import min_max, reciprocal_rank, weighted_sum, z_score
+from tiered_memory.fusion import min_max, reciprocal_rank, weighted_sum, with_neighbours, z_score
 
 DENSE = (["a", "b", "c"], [0.9, 0.5, 0.1])
 LEXICAL = (["c", "d"], [12.0, 4.0])
@@ -55,6 +55,36 @@ def test_one_list_keeps_its_order_and_empty_lists_fuse_to_nothing() -> None:
     for fuse in (reciprocal_rank, lambda lists: weighted_sum(lists, normalise="minmax"), weighted_sum):
         assert fuse([DENSE])[0] == DENSE[0]
         assert fuse([([], []), ([], [])]) == ([], [])
+
+
+def test_with_neighbours_by_hand() -> None:
+    ranked = (["a", "b", "c", "d"], [0.8, 0.6, 0.4, 0.2])
+    neighbours = {"a": [["b"], ["c"]], "b": [["a", "c"], ["d", "zz"]], "d": [["c"]]}
+    ids, scores = with_neighbours(ranked, neighbours, weights=(0.5, 0.25))
+    expected = {"a": 0.8 + 0.5 * 0.6 + 0.25 * 0.4, "b": 0.6 + 0.5 * 0.6 + 0.25 * (0.2 + 0.2) / 2,  # zz: the floor
+                "c": 0.4, "d": 0.2 + 0.5 * 0.4}
+    assert dict(zip(ids, scores)) == pytest.approx(expected)
+    assert ids == ["a", "b", "c", "d"]  # c and d tie at 0.4: c comes first in the input
+    with pytest.raises(InvalidInputError, match="weights"):
+        with_neighbours(ranked, neighbours, weights=(-1.0,))
+
+
+def test_neighbour_matrix_ranks_as_with_neighbours() -> None:
+    import numpy as np
+
+    from tiered_memory.reports.retrieval import neighbour_matrix
+
+    rng = np.random.default_rng(0)
+    sessions = [0] * 5 + [1] * 4
+    levels = [[[j for j in (i - d, i + d) if 0 <= j < 9 and sessions[j] == sessions[i]] for d in (1, 2)]
+              for i in range(9)]
+    scores = rng.random(9)
+    ids = [f"t{i}" for i in range(9)]
+    neighbours = {ids[i]: [[ids[j] for j in level] for level in around] for i, around in enumerate(levels)}
+    got, got_scores = with_neighbours((ids, scores.tolist()), neighbours)
+    smoothed = scores + neighbour_matrix(levels).astype(np.float64) @ scores
+    assert got == [ids[i] for i in np.argsort(-smoothed, kind="stable")]
+    assert got_scores == pytest.approx(sorted(smoothed, reverse=True), rel=1e-6)
 
 
 def test_bad_input() -> None:

@@ -50,8 +50,8 @@ def reference_bm25(docs: dict[str, str], query: str, k: int) -> list[tuple[str, 
     return sorted(scores.items(), key=lambda item: -item[1])[:k]
 
 
-def built(docs: dict[str, str] = CORPUS, buffer_docs: int = 256, context_weight: float = 0.0) -> LexicalIndex:
-    index = LexicalIndex(context_weight=context_weight, buffer_docs=buffer_docs)
+def built(docs: dict[str, str] = CORPUS, buffer_docs: int = 256) -> LexicalIndex:
+    index = LexicalIndex(context_weights=(), buffer_docs=buffer_docs)
     index.add(list(docs), list(docs.values()))
     return index
 
@@ -115,14 +115,12 @@ def test_allowed_restricts_results_in_both_filter_paths(buffer_docs: int) -> Non
 
 
 def test_neighbour_context_is_weighted_below_the_text() -> None:
-    index = LexicalIndex(context_weight=0.5)
-    index.add(["a", "b", "c"], ["biscuit the dog", "a walk in the park", "lunch at noon"],
-              contexts=["", "biscuit the dog", ""])
-    ids, scores = index.search("biscuit", 3)
-    assert ids == ["a", "b"] and scores[1] < scores[0]
-    ignored = LexicalIndex(context_weight=0.0)
-    ignored.add(["a", "b"], ["biscuit the dog", "a walk"], contexts=["", "biscuit the dog"])
-    assert ignored.search("biscuit", 3)[0] == ["a"]
+    index = LexicalIndex(context_weights=(0.5, 0.25))
+    index.add(["a", "b", "c", "d"], ["biscuit the dog", "a walk in the park", "lunch at noon", "rain"],
+              contexts=["", "biscuit the dog", ("", "biscuit the dog"), ("rain again", "more rain")])
+    ids, scores = index.search("biscuit", 4)
+    assert ids == ["a", "b", "c"] and scores[0] > scores[1] > scores[2] > 0
+    assert index.search("rain", 4)[0] == ["d"]
 
 
 def test_stop_words_only_query_finds_nothing_and_other_languages_are_indexed() -> None:
@@ -169,8 +167,11 @@ def test_bad_input_raises_specific_errors() -> None:
         index.add(["x", "x"], ["a", "b"])
     with pytest.raises(InvalidTextError):
         index.add(["x"], [None])  # type: ignore[list-item]
-    with pytest.raises(InvalidInputError, match="context_weight"):
-        LexicalIndex(context_weight=2.0)
+    for weights in ((2.0,), (0.0,), ("a",)):
+        with pytest.raises(InvalidInputError, match="context_weights"):
+            LexicalIndex(context_weights=weights)  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError, match="levels"):
+        LexicalIndex(context_weights=(0.5,)).add(["x"], ["a"], contexts=[("b", "c")])
     with pytest.raises(InvalidInputError, match="rebuild"):
         LexicalIndex.from_state(b"not a state")
     assert len(index) == len(CORPUS)  # nothing changed
@@ -186,7 +187,7 @@ def test_locomo_bm25_finds_evidence_for_most_questions() -> None:
     from tiered_memory.reports.locomo_eval import memory_text
 
     conv = load_locomo(locomo)[0]
-    index = LexicalIndex(context_weight=0.0)
+    index = LexicalIndex(context_weights=())
     index.add([t.dia_id for t in conv.turns], [memory_text(t) for t in conv.turns])
     questions = [q for q in conv.questions if q.category in (1, 2, 3, 4) and q.evidence]
     hits = [bool(set(q.evidence) & set(index.search(q.question, 10)[0])) for q in questions]

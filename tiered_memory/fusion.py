@@ -8,7 +8,7 @@ which the ids first appear across the inputs, so the result is deterministic.
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from typing import TypeVar
 
 from .errors import InvalidInputError
@@ -17,6 +17,9 @@ Id = TypeVar("Id", bound=Hashable)
 Ranked = tuple[Sequence[Id], Sequence[float]]
 
 RRF_K = 60  # Cormack et al. 2009; the constant every hybrid search engine ships with
+# Neighbouring turns count half as much per step away: the turns next to a memory at 0.5, the
+# ones after those at 0.25. Chosen as a halving, not fitted: see benchmarks/reports/retrieval.md.
+NEIGHBOUR_WEIGHTS = (0.5, 0.25)
 
 
 def _check(lists: Sequence[Ranked], weights: Sequence[float] | None) -> list[float]:
@@ -101,4 +104,28 @@ def reciprocal_rank(lists: Sequence[Ranked], weights: Sequence[float] | None = N
     for (ids, _), weight in zip(lists, weights):
         for rank, i in enumerate(ids, start=1):
             totals[i] += weight / (k + rank)
+    return _ranked(totals, order)
+
+
+def with_neighbours(ranked: Ranked, neighbours: Mapping[Id, Sequence[Sequence[Id]]],
+                    weights: Sequence[float] = NEIGHBOUR_WEIGHTS) -> tuple[list[Id], list[float]]:
+    """Each id's score plus, per level of neighbours (level 0 the nearest), that level's weight
+    times the mean score of its neighbours there. ``neighbours[id]`` lists the neighbour ids per
+    level (e.g. the turns one and two steps away in the same session); a neighbour the ranked list
+    does not hold counts as the list's lowest score. Only the ids of `ranked` are returned."""
+    weights = list(weights)
+    if any(not math.isfinite(w) or w < 0 for w in weights):
+        raise InvalidInputError(f"weights {weights!r}: give finite weights >= 0, one per level of neighbours")
+    ids, scores = ranked
+    _check([ranked], None)
+    given = dict(zip(ids, scores))
+    floor = min(scores) if len(scores) else 0.0
+    order = {i: n for n, i in enumerate(ids)}
+    totals: dict[Id, float] = {}
+    for i, score in given.items():
+        total = score
+        for weight, level in zip(weights, neighbours.get(i, ())):
+            if level:
+                total += weight * sum(given.get(j, floor) for j in level) / len(level)
+        totals[i] = total
     return _ranked(totals, order)

@@ -13,8 +13,8 @@ rebuild from those terms costs what the build column of the measurement shows. S
 decrypted texts when it loads the namespace, so their terms never reach the disk in clear.
 
 Scores are tantivy's BM25 (k1=1.2, b=0.75, idf = ln(1 + (N - n + 0.5) / (n + 0.5))). A document
-may carry a second text, its *context* (e.g. the neighbouring turns of a conversation), searched
-as a field of its own whose BM25 is added with weight ``context_weight``. Deleted documents leave
+may carry *context* texts (e.g. the neighbouring turns of a conversation), each level searched as
+a field of its own whose BM25 is added with that level's weight (``context_weights``). Deleted documents leave
 their counts in N and n until tantivy merges the segments that held them (in the background), so
 scores after many deletes differ slightly from a fresh build; rankings by them are still BM25's.
 """
@@ -31,9 +31,11 @@ import msgpack
 import tantivy
 
 from .errors import EmptyTextError, InvalidInputError, InvalidTextError, StorageError
+from .fusion import NEIGHBOUR_WEIGHTS
 from .lexical_tokens import Tokenizer
 
 STATE_VERSION = 1
+CONTEXT_WEIGHTS = NEIGHBOUR_WEIGHTS  # (0.5, 0.25): half the weight per step away, as the dense side
 BM25_K1, BM25_B = 1.2, 0.75  # tantivy's constants, mirrored where buffered documents are scored in Python
 # Documents added one at a time wait in a buffer scored in Python, because a tantivy commit costs
 # 10-30 ms here (benchmarks/results/lexical/libraries.md, tantivy-ram "add one") and a buffered
@@ -45,29 +47,40 @@ WRITER_HEAP_BYTES = 15_000_000  # tantivy's minimum per writer thread; the write
 FILTER_IN_INDEX_BELOW = 0.25
 
 
-def _schema() -> tantivy.Schema:
+def _schema(levels: int) -> tantivy.Schema:
     builder = tantivy.SchemaBuilder()
     builder.add_integer_field("slot", stored=True, indexed=True, fast=True)
     # Terms come tokenized (lexical_tokens.Tokenizer), joined by spaces: tantivy only splits them.
-    builder.add_text_field("body", tokenizer_name="whitespace", index_option="freq")
-    builder.add_text_field("context", tokenizer_name="whitespace", index_option="freq")
+    for name in _field_names(levels):
+        builder.add_text_field(name, tokenizer_name="whitespace", index_option="freq")
     return builder.build()
 
 
-class LexicalIndex:
-    """BM25 over one namespace's memories: ``add``, ``remove``, ``search``; ``state()`` to persist."""
+def _field_names(levels: int) -> list[str]:
+    return ["body", *(f"context{level}" for level in range(levels))]
 
-    def __init__(self, tokenizer: Tokenizer | None = None, context_weight: float = 0.5,
+
+class LexicalIndex:
+    """BM25 over one namespace's memories: ``add``, ``remove``, ``search``; ``state()`` to persist.
+
+    ``context_weights``: one weight per level of context a document may carry (level 0 the nearest);
+    each level is a field of its own, its BM25 added with its weight. The default halves the weight
+    per step, (0.5, 0.25): a conversation turn's neighbours, then the turns next to those.
+    """
+
+    def __init__(self, tokenizer: Tokenizer | None = None, context_weights: Sequence[float] = CONTEXT_WEIGHTS,
                  buffer_docs: int = BUFFER_DOCS) -> None:
-        if not 0.0 <= context_weight <= 1.0:
-            raise InvalidInputError(f"context_weight={context_weight!r}: give a number from 0 to 1 "
-                                    "(0 ignores contexts)")
+        weights = list(context_weights)
+        if not all(isinstance(w, int | float) and 0.0 < w <= 1.0 for w in weights):
+            raise InvalidInputError(f"context_weights={context_weights!r}: give numbers in (0, 1], one per level "
+                                    "of context (an empty tuple ignores contexts)")
         if isinstance(buffer_docs, bool) or not isinstance(buffer_docs, int) or buffer_docs < 0:
             raise InvalidInputError(f"buffer_docs={buffer_docs!r}: give an int >= 0 (0 commits every change)")
         self.tokenizer = tokenizer or Tokenizer()
-        self.context_weight = float(context_weight)
+        self.context_weights = tuple(float(w) for w in weights)
         self.buffer_docs = buffer_docs
-        self._schema = _schema()
+        self._fields = list(zip(_field_names(len(weights)), (1.0, *self.context_weights)))
+        self._schema = _schema(len(weights))
         self._index = tantivy.Index(self._schema)  # RAM directory: nothing of it is written to disk
         self._writer: Any = None
         self._dirty = False  # the writer holds changes tantivy's searcher does not see yet
@@ -76,59 +89,63 @@ class LexicalIndex:
         self._next_slot = 0
         self._slot_of: dict[str, int] = {}  # every live document, committed or buffered
         self._id_of: dict[int, str] = {}
-        self._terms: dict[str, tuple[str, str]] = {}  # id -> (body terms, context terms), space-joined
+        self._terms: dict[str, tuple[str, ...]] = {}  # id -> space-joined terms per field
         self._sealed: set[str] = set()
-        self._buffered: dict[str, tuple[Counter[str], int, Counter[str], int]] = {}  # id -> tf and length per field
+        self._buffered: dict[str, list[tuple[Counter[str], int]]] = {}  # id -> (term counts, length) per field
         self._gone: set[int] = set()  # slots deleted in the writer, still in tantivy's searcher
-        self._committed_length = [0, 0]  # total terms of the committed live documents, per field
+        self._committed_length = [0] * len(self._fields)  # total terms of committed live documents, per field
 
     # -- changes -------------------------------------------------------------------------------------
 
-    def add(self, ids: Sequence[str], texts: Sequence[str], *, contexts: Sequence[str] | None = None,
-            sealed: bool | Sequence[bool] = False) -> None:
-        """Index `texts` under `ids` (an id already present is replaced). `contexts`: one extra text
-        per document, weighted by ``context_weight``. `sealed`: documents kept out of ``state()``."""
+    def add(self, ids: Sequence[str], texts: Sequence[str], *,
+            contexts: Sequence[str | Sequence[str]] | None = None, sealed: bool | Sequence[bool] = False) -> None:
+        """Index `texts` under `ids` (an id already present is replaced). `contexts`: per document, a
+        text or a tuple of texts, one per level of ``context_weights``. `sealed`: documents kept out
+        of ``state()`` (RAM only)."""
         ids, texts = list(ids), list(texts)
         if len(ids) != len(texts):
             raise InvalidInputError(f"{len(ids)} ids for {len(texts)} texts; pass one id per text")
-        contexts = [""] * len(ids) if contexts is None else list(contexts)
-        if len(contexts) != len(ids):
-            raise InvalidInputError(f"{len(contexts)} contexts for {len(ids)} texts; pass one per text or none")
+        levels = len(self.context_weights)
+        given = [()] * len(ids) if contexts is None else [(c,) if isinstance(c, str) else tuple(c) for c in contexts]
+        if len(given) != len(ids):
+            raise InvalidInputError(f"{len(given)} contexts for {len(ids)} texts; pass one per text or none")
+        if any(len(c) > levels for c in given):
+            raise InvalidInputError(f"a context has more levels than the {levels} of context_weights; "
+                                    "pass at most one text per level")
         flags = [sealed] * len(ids) if isinstance(sealed, bool) else list(sealed)
         if len(flags) != len(ids) or not all(isinstance(f, bool) for f in flags):
             raise InvalidInputError("sealed must be True, False, or one bool per text")
-        for value in (*ids, *texts, *contexts):
+        for value in (*ids, *texts, *(c for level in given for c in level)):
             if not isinstance(value, str):
                 raise InvalidTextError(f"ids, texts and contexts must be str, got {type(value).__name__}")
         if len(set(ids)) != len(ids):
             raise InvalidInputError("the same id appears twice in one add; pass each id once")
-        terms = [(" ".join(self.tokenizer.tokenize(t)), " ".join(self.tokenizer.tokenize(c)))
-                 for t, c in zip(texts, contexts)]
+        terms = [tuple(" ".join(self.tokenizer.tokenize(t)) for t in (text, *level, *[""] * (levels - len(level))))
+                 for text, level in zip(texts, given)]
         self._add_terms(ids, terms, flags)
 
-    def _add_terms(self, ids: Sequence[str], terms: Sequence[tuple[str, str]], flags: Sequence[bool]) -> None:
+    def _document(self, slot: int, fields: tuple[str, ...]) -> tantivy.Document:
+        return tantivy.Document(slot=slot, **{name: value for (name, _), value in zip(self._fields, fields)})
+
+    def _add_terms(self, ids: Sequence[str], terms: Sequence[tuple[str, ...]], flags: Sequence[bool]) -> None:
         with self._lock:
             self.remove([i for i in ids if i in self._slot_of])
             if len(self._buffered) + len(ids) > self.buffer_docs:
-                self._commit()  # flush what is buffered; this batch goes straight to tantivy
+                self._commit()  # flush what is buffered; this batch goes straight to tantivy, one commit
                 writer = self._open_writer()
-                for doc_id, (body, context) in zip(ids, terms):
-                    slot = self._new_slot(doc_id)
-                    writer.add_document(tantivy.Document(slot=slot, body=body, context=context))
-                    self._committed_length[0] += body.count(" ") + 1 if body else 0
-                    self._committed_length[1] += context.count(" ") + 1 if context else 0
+                for doc_id, fields in zip(ids, terms):
+                    writer.add_document(self._document(self._new_slot(doc_id), fields))
+                    for at, value in enumerate(fields):
+                        self._committed_length[at] += len(value.split())
+                    self._terms[doc_id] = fields
                 self._dirty = True
                 self._commit()
             else:
-                for doc_id, (body, context) in zip(ids, terms):
+                for doc_id, fields in zip(ids, terms):
                     self._new_slot(doc_id)
-                    body_terms, context_terms = body.split(), context.split()
-                    self._buffered[doc_id] = (Counter(body_terms), len(body_terms),
-                                              Counter(context_terms), len(context_terms))
-            for doc_id, pair, flag in zip(ids, terms, flags):
-                self._terms[doc_id] = pair
-                if flag:
-                    self._sealed.add(doc_id)
+                    self._buffered[doc_id] = [(Counter(words), len(words)) for words in map(str.split, fields)]
+                    self._terms[doc_id] = fields
+            self._sealed.update(doc_id for doc_id, flag in zip(ids, flags) if flag)
 
     def _new_slot(self, doc_id: str) -> int:
         slot = self._next_slot
@@ -143,14 +160,14 @@ class LexicalIndex:
             for doc_id in present:
                 slot = self._slot_of.pop(doc_id)
                 del self._id_of[slot]
-                body, context = self._terms.pop(doc_id)
+                fields = self._terms.pop(doc_id)
                 self._sealed.discard(doc_id)
-                if self._buffered.pop(doc_id, None) is None:  # committed (or in the writer): delete there
+                if self._buffered.pop(doc_id, None) is None:  # committed: delete it in tantivy
                     self._open_writer().delete_documents_by_term("slot", slot)
                     self._gone.add(slot)
                     self._dirty = True
-                    self._committed_length[0] -= len(body.split())
-                    self._committed_length[1] -= len(context.split())
+                    for at, value in enumerate(fields):
+                        self._committed_length[at] -= len(value.split())
             if len(self._gone) > self.buffer_docs:
                 self._commit()  # every search fetches this many extra hits to skip them
             return len(present)
@@ -170,11 +187,10 @@ class LexicalIndex:
         """Move buffered documents into tantivy and commit; the writer (and its 15 MB arena) is released."""
         if self._buffered:
             writer = self._open_writer()
-            for doc_id in self._buffered:
-                body, context = self._terms[doc_id]
-                writer.add_document(tantivy.Document(slot=self._slot_of[doc_id], body=body, context=context))
-                self._committed_length[0] += self._buffered[doc_id][1]
-                self._committed_length[1] += self._buffered[doc_id][3]
+            for doc_id, entry in self._buffered.items():
+                writer.add_document(self._document(self._slot_of[doc_id], self._terms[doc_id]))
+                for at, (_, length) in enumerate(entry):
+                    self._committed_length[at] += length
             self._buffered.clear()
             self._dirty = True
         if not self._dirty:
@@ -220,10 +236,12 @@ class LexicalIndex:
         searcher = self._searcher
         if searcher.num_docs == 0:
             return []
-        clauses = [(tantivy.Occur.Should, tantivy.Query.term_query(self._schema, "body", t)) for t in terms]
-        if self.context_weight > 0:
-            clauses += [(tantivy.Occur.Should, tantivy.Query.boost_query(
-                tantivy.Query.term_query(self._schema, "context", t), self.context_weight)) for t in terms]
+        clauses = []
+        for name, weight in self._fields:
+            for term in terms:
+                query = tantivy.Query.term_query(self._schema, name, term)
+                clauses.append((tantivy.Occur.Should, query if weight == 1.0 else
+                                tantivy.Query.boost_query(query, weight)))
         scored = tantivy.Query.boolean_query(clauses)
         if keep is None:
             return self._hits(searcher, scored, k)
@@ -252,22 +270,21 @@ class LexicalIndex:
         """BM25 of buffered documents as if they were committed without moving the statistics
         (the committed documents' N, n and average length; the buffer's own while nothing is committed)."""
         committed = self._searcher.num_docs - len(self._gone)
-        fields = [("body", 0, 1.0)] + ([("context", 2, self.context_weight)] if self.context_weight > 0 else [])
         scores: dict[str, float] = {}
-        for field, at, weight in fields:
+        for at, (field, weight) in enumerate(self._fields):
             if committed > 0:
-                docs, average = committed, self._committed_length[at // 2] / committed
+                docs, average = committed, self._committed_length[at] / committed
                 frequency = {t: self._searcher.doc_freq(field, t) for t in terms}
             else:
                 docs = len(self._buffered)
-                average = sum(b[at + 1] for b in self._buffered.values()) / docs
-                frequency = {t: sum(1 for b in self._buffered.values() if t in b[at]) for t in terms}
+                average = sum(entry[at][1] for entry in self._buffered.values()) / docs
+                frequency = {t: sum(1 for entry in self._buffered.values() if t in entry[at][0]) for t in terms}
             if average <= 0:
                 continue
             for doc_id, entry in self._buffered.items():
                 if keep is not None and doc_id not in keep:
                     continue
-                counts, length = entry[at], entry[at + 1]
+                counts, length = entry[at]
                 for term in terms:
                     tf = counts.get(term, 0)
                     if tf:
@@ -290,10 +307,9 @@ class LexicalIndex:
     def state(self) -> bytes:
         """The terms of every unsealed document, for ``from_state``; sealed ones are left out."""
         with self._lock:
-            docs = [[doc_id, body, context] for doc_id, (body, context) in self._terms.items()
-                    if doc_id not in self._sealed]
+            docs = [[doc_id, *fields] for doc_id, fields in self._terms.items() if doc_id not in self._sealed]
         return msgpack.packb({"version": STATE_VERSION, "tokenizer": self.tokenizer.name,
-                              "context_weight": self.context_weight, "docs": docs})
+                              "context_weights": list(self.context_weights), "docs": docs})
 
     @classmethod
     def from_state(cls, state: bytes, tokenizer: Tokenizer | None = None,
@@ -302,13 +318,13 @@ class LexicalIndex:
         ``add(..., sealed=True)``. A state made by another tokenizer raises: rebuild from the texts."""
         try:
             data = msgpack.unpackb(state)
-            version, name, weight, docs = data["version"], data["tokenizer"], data["context_weight"], data["docs"]
+            version, name, weights, docs = data["version"], data["tokenizer"], data["context_weights"], data["docs"]
         except (ValueError, TypeError, KeyError, msgpack.ExtraData) as err:
             raise InvalidInputError(f"not a lexical index state ({err}); rebuild the index from the texts") from err
-        index = cls(tokenizer, context_weight=weight, buffer_docs=buffer_docs)
+        index = cls(tokenizer, context_weights=weights, buffer_docs=buffer_docs)
         if version != STATE_VERSION or name != index.tokenizer.name:
             raise InvalidInputError(f"lexical state version {version} with tokenizer {name!r}; this one reads "
                                     f"{STATE_VERSION} with {index.tokenizer.name!r}: rebuild the index from the texts")
         if docs:
-            index._add_terms([d[0] for d in docs], [(d[1], d[2]) for d in docs], [False] * len(docs))
+            index._add_terms([d[0] for d in docs], [tuple(d[1:]) for d in docs], [False] * len(docs))
         return index
