@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
-from tiered_memory.errors import EmptyTextError, InvalidInputError, InvalidTextError, TieredMemoryError
+from tiered_memory.errors import ConfigError, EmptyTextError, InvalidInputError, InvalidTextError, TieredMemoryError
 from tiered_memory.lexical import LexicalIndex
 from tiered_memory.lexical_tokens import Tokenizer
 
@@ -133,23 +134,63 @@ def test_stop_words_only_query_finds_nothing_and_other_languages_are_indexed() -
     assert set(index.search("café Paris", 5)[0]) == {"fr", "en"}
 
 
+SECRET = "Zanzibarquux penicillin allergy diagnosed by Dr Okonkwo"
+
+
+def sealed_words() -> set[str]:
+    return {w for w in {*SECRET.lower().split(), *Tokenizer().tokenize(SECRET)} if len(w) > 2}
+
+
 @pytest.mark.parametrize("buffer_docs", [0, 256], ids=["in-tantivy", "buffered"])
-def test_state_rebuilds_the_index_without_sealed_documents(buffer_docs: int) -> None:
-    index = built(buffer_docs=buffer_docs)
-    secret = "Zanzibarquux penicillin allergy diagnosed by Dr Okonkwo"
-    index.add(["s1"], [secret], sealed=True)
-    assert index.search("zanzibarquux", 1)[0] == ["s1"] and index.is_sealed("s1")
-    state = index.state()
-    tokenizer = Tokenizer()
-    for word in {*secret.lower().split(), *tokenizer.tokenize(secret)}:
-        if len(word) > 2:
-            assert word.encode() not in state, f"sealed term {word!r} found in the persisted state"
-    reopened = LexicalIndex.from_state(state, buffer_docs=buffer_docs)
-    assert len(reopened) == len(CORPUS) and "s1" not in reopened
-    reopened.add(["s1"], [secret], sealed=True)  # the engine re-adds sealed texts after decrypting them
-    for query in [*QUERIES, "zanzibarquux allergy"]:  # the same statistics, so the same ranking and scores
+def test_directory_reopens_and_never_holds_sealed_terms(tmp_path: Path, buffer_docs: int) -> None:
+    where = tmp_path / "lexical"
+    index = LexicalIndex(where, context_weights=(), buffer_docs=buffer_docs)
+    index.add(list(CORPUS), list(CORPUS.values()))
+    index.add(["s1"], [SECRET], sealed=True)
+    index.add(["m2"], [SECRET + " " + CORPUS["m2"]], sealed=True)  # a plain memory re-added sealed
+    assert index.search("zanzibarquux", 5)[0] == ["s1", "m2"] or index.search("zanzibarquux", 5)[0] == ["m2", "s1"]
+    assert index.is_sealed("s1") and not index.is_sealed("m1") and len(index) == 13
+    index.flush()
+    files = [p for p in where.rglob("*") if p.is_file()]
+    assert files, "nothing was persisted"
+    for file in files:
+        data = file.read_bytes()
+        for word in sealed_words():
+            assert word.encode() not in data, f"sealed term {word!r} found in {file.name}"
+    reopened = LexicalIndex(where, context_weights=(), buffer_docs=buffer_docs)
+    assert len(reopened) == 11 and "s1" not in reopened and "m2" not in reopened and "m1" in reopened
+    assert reopened.search("zanzibarquux", 5) == ([], [])
+    reopened.add(["s1", "m2"], [SECRET, SECRET + " " + CORPUS["m2"]], sealed=True)  # the engine re-adds them
+    for query in [*QUERIES, "zanzibarquux allergy"]:  # the same parts, so the same ranking and scores
         got, expected = reopened.search(query, 5), index.search(query, 5)
         assert got[0] == expected[0] and got[1] == pytest.approx(expected[1], rel=1e-5)
+
+
+def test_unflushed_changes_are_searchable_and_flush_makes_them_durable(tmp_path: Path) -> None:
+    where = tmp_path / "lexical"
+    index = LexicalIndex(where, context_weights=())
+    index.add(list(CORPUS), list(CORPUS.values()))  # 12 documents: buffered
+    index.remove(["m3"])
+    assert "m3" not in index.search("Biscuit", 5)[0] and len(index) == 11
+    assert len(LexicalIndex(where, context_weights=())) == 0  # nothing committed yet: the engine replays
+    index.flush()
+    again = LexicalIndex(where, context_weights=())
+    assert len(again) == 11 and again.search("Biscuit", 5)[0] == ["m9"]
+    again.remove(["m9"])
+    again.flush()
+    assert LexicalIndex(where, context_weights=()).search("Biscuit", 5) == ([], [])
+
+
+def test_directory_refuses_other_settings_and_foreign_files(tmp_path: Path) -> None:
+    where = tmp_path / "lexical"
+    LexicalIndex(where, context_weights=()).flush()
+    with pytest.raises(ConfigError, match="rebuild"):
+        LexicalIndex(where, context_weights=(0.5,))
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("hello")
+    with pytest.raises(ConfigError, match="not a lexical index"):
+        LexicalIndex(foreign)
 
 
 def test_bad_input_raises_specific_errors() -> None:
@@ -163,7 +204,7 @@ def test_bad_input_raises_specific_errors() -> None:
         index.search(b"lake", 5)  # type: ignore[arg-type]
     with pytest.raises(InvalidInputError, match="one id per text"):
         index.add(["x"], ["a", "b"])
-    with pytest.raises(InvalidInputError, match="twice"):
+    with pytest.raises(InvalidInputError, match="distinct"):
         index.add(["x", "x"], ["a", "b"])
     with pytest.raises(InvalidTextError):
         index.add(["x"], [None])  # type: ignore[list-item]
@@ -172,8 +213,6 @@ def test_bad_input_raises_specific_errors() -> None:
             LexicalIndex(context_weights=weights)  # type: ignore[arg-type]
     with pytest.raises(InvalidInputError, match="levels"):
         LexicalIndex(context_weights=(0.5,)).add(["x"], ["a"], contexts=[("b", "c")])
-    with pytest.raises(InvalidInputError, match="rebuild"):
-        LexicalIndex.from_state(b"not a state")
     assert len(index) == len(CORPUS)  # nothing changed
     assert issubclass(EmptyTextError, TieredMemoryError)
 
