@@ -172,10 +172,13 @@ def test_unflushed_changes_are_searchable_and_flush_makes_them_durable(tmp_path:
     index.add(list(CORPUS), list(CORPUS.values()))  # 12 documents: buffered
     index.remove(["m3"])
     assert "m3" not in index.search("Biscuit", 5)[0] and len(index) == 11
-    assert len(LexicalIndex(where, context_weights=())) == 0  # nothing committed yet: the engine replays
-    index.flush()
+    unflushed = LexicalIndex(where, context_weights=())
+    assert len(unflushed) == 0 and unflushed.stamp is None  # nothing committed yet: the engine replays
+    index.flush(stamp=41)
     again = LexicalIndex(where, context_weights=())
-    assert len(again) == 11 and again.search("Biscuit", 5)[0] == ["m9"]
+    assert len(again) == 11 and again.search("Biscuit", 5)[0] == ["m9"] and again.stamp == 41
+    with pytest.raises(InvalidInputError, match="stamp"):
+        again.flush(stamp="41")  # type: ignore[arg-type]
     again.remove(["m9"])
     again.flush()
     assert LexicalIndex(where, context_weights=()).search("Biscuit", 5) == ([], [])

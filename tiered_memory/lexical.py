@@ -1,18 +1,17 @@
 """A namespace's lexical index: BM25 over stemmed words, on tantivy; unsealed part on disk, sealed part in RAM.
 
 Why tantivy (benchmarks/results/lexical/libraries.md, one run, same terms for every library):
-its top-k query (block-max WAND) is 10-60x faster than SQLite FTS5 and bm25s at LoCoMo size and at
+its top-k query (block-max WAND) is 7-60x faster than SQLite FTS5 and bm25s at LoCoMo size and at
 100k documents; bm25s cannot add or delete a document without rebuilding its whole matrix; FTS5
 updates in place cheaply but ranks by scoring every matching row. Tantivy's cost is the commit
 that makes a change searchable (10-30 ms here), so single changes wait in a small buffer that
 searches score in Python, and are committed together.
 
-Persistence (benchmarks/results/lexical/rebuild.md): reopening a tantivy directory takes 0.5 ms at
-10k documents and 1.4 ms at 100k, where rebuilding from the texts takes 0.5 s and 4.6 s; so the
-unsealed documents live in a tantivy directory (``path=``), and a namespace loads by opening it.
-Sealed documents (``add(..., sealed=True)``) go to a second tantivy index in RAM that is never
-written anywhere: the engine re-adds them from their decrypted texts when it loads the namespace.
-With ``path=None`` everything is in RAM and a load is a rebuild from the texts.
+Persistence (benchmarks/results/lexical/rebuild.md): reopening a tantivy directory and running
+one query takes 1.4 ms at 10k documents and 3.0 ms at 100k, where rebuilding from the texts takes
+0.37 s and 4.0 s; so the unsealed documents live in a tantivy directory (``path=``), and a
+namespace loads by opening it. Sealed documents (``add(..., sealed=True)``) go to a second tantivy
+index in RAM that is never written anywhere. With ``path=None`` everything is in RAM.
 
 Scores are tantivy's BM25 (k1=1.2, b=0.75, idf = ln(1 + (N - n + 0.5) / (n + 0.5))). A document
 may carry *context* texts (e.g. the neighbouring turns of a conversation), each level searched as
@@ -20,6 +19,35 @@ a field of its own whose BM25 is added with that level's weight (``context_weigh
 namespace holds both sealed and unsealed documents, each part has its own N, n and average length
 and their hits are merged by score (BM25 within each part, close to it across them). Deleted
 documents leave their counts in N and n until tantivy merges the segments that held them.
+
+How the engine should call it (a design note for the integration; nothing here calls the engine)
+- One ``LexicalIndex`` per namespace, owned by whatever holds a loaded namespace, created when the
+  namespace loads and dropped (after ``flush()``) when it unloads, so an idle namespace costs no
+  RAM (measured RSS of a built index: 16.5 MiB at 10k documents, 47 MiB at 100k). Directory:
+  ``<store>/lexical/<hash of the namespace name>/`` (names may hold "/"), made on first add.
+- Hooks, each after the cold store's transaction has committed (LMDB stays the truth):
+  add / add_many -> ``add(ids, texts, contexts=..., sealed=[m.sensitive ...])``;
+  update of a memory's text -> ``add([id], [new_text], ...)`` (replaces; a metadata-only update
+  needs nothing); delete / forget / expiry -> ``remove(ids)``; a namespace sealed with
+  ``seal_namespace`` -> every later add with ``sealed=True``.
+- Neighbour context (benchmarks/reports/retrieval.md: 0.738 -> 0.805 hit@10 fused): a memory's
+  contexts are the memories one and two places before and after it in ``created_at`` order in
+  its namespace (measured within a LoCoMo session; across session boundaries it is untested).
+  A new memory changes its predecessors' contexts, so the engine re-adds the previous two as
+  well (buffered, microseconds). Memories without a conversation order (facts, notes) get no
+  contexts. The dense side uses ``fusion.with_neighbours`` over the scores of an exact scan.
+- Durability: ``flush(stamp=generation)`` when idle, on unload and on close; a change before the
+  flush lives only in RAM. On load, open the directory; if ``stamp`` differs from the namespace's
+  generation (a crash since the last flush), rebuild: remove the directory and ``add`` the
+  namespace's texts read from cold (0.37 s at 10k). Then decrypt the namespace's sealed memories
+  and ``add(..., sealed=True)`` them: sealed terms reach no file, at the price of re-tokenising
+  the sealed memories at every load.
+- Search, mode "hybrid": the dense top 100 (with neighbours) and ``search(text, 100, allowed=)``
+  where ``allowed`` is the ids that pass ``kinds`` / ``where`` / ``only_ids`` (the namespace is the
+  index itself), fused by ``fusion.weighted_sum`` (z-score, equal weights); a ``Hit`` can carry
+  the cosine, the BM25 score and the fused score. Mode "lexical": this index alone.
+- Locking: the class has its own lock and may be searched from several threads; tantivy allows
+  one writer per directory, so only the process holding the store's write lock opens ``path``.
 """
 
 from __future__ import annotations
@@ -149,6 +177,7 @@ class LexicalIndex:
         self._settings = {"version": FORMAT_VERSION, "tokenizer": self.tokenizer.name,
                           "context_weights": list(self.context_weights)}
         lengths = None
+        self.stamp: int | None = None  # what the last flush() was told; None before any
         if self.path is not None:
             self.path.mkdir(parents=True, exist_ok=True)
             lengths = self._check_sidecar()
@@ -174,6 +203,7 @@ class LexicalIndex:
             stored = json.loads(sidecar.read_text())
             found = {name: stored[name] for name in self._settings}
             lengths = [int(n) for n in stored["lengths"]]
+            self.stamp = None if stored.get("stamp") is None else int(stored["stamp"])
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise StorageError(f"{sidecar} is unreadable ({err}); delete the directory and rebuild the index "
                                "from the texts") from err
@@ -188,7 +218,7 @@ class LexicalIndex:
         # The totals only weigh buffered documents; one a crash leaves stale after a commit shifts
         # their scores a little until the next commit rewrites it.
         temporary = self.path / (SIDECAR + ".tmp")
-        temporary.write_text(json.dumps({**self._settings, "lengths": self._plain.lengths}))
+        temporary.write_text(json.dumps({**self._settings, "lengths": self._plain.lengths, "stamp": self.stamp}))
         os.replace(temporary, self.path / SIDECAR)
 
     # -- changes -------------------------------------------------------------------------------------
@@ -266,11 +296,17 @@ class LexicalIndex:
                 self._commit()  # every search fetches this many extra hits to skip them
             return present
 
-    def flush(self) -> None:
+    def flush(self, stamp: int | None = None) -> None:
         """Commit buffered changes (searches see them either way; this makes them durable in `path`,
-        searches cheaper again, and releases the writers). The engine may call it when idle or on close."""
+        searches cheaper again, and releases the writers). `stamp`: a number the caller reads back
+        as ``stamp`` after reopening (e.g. the store generation the index is in step with)."""
+        if stamp is not None and (isinstance(stamp, bool) or not isinstance(stamp, int)):
+            raise InvalidInputError(f"stamp={stamp!r}: give an int (e.g. the store's generation) or None")
         with self._lock:
             self._commit()
+            if stamp is not None and stamp != self.stamp:
+                self.stamp = stamp
+                self._write_sidecar()
 
     def _commit(self) -> None:
         for doc_id, (fields, _, flag) in self._buffered.items():
