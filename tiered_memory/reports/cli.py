@@ -30,7 +30,7 @@ def _names(text: str) -> tuple[str, ...]:
 
 
 def add_report_parser(commands: Any) -> None:
-    """Add ``report quantization`` to the top-level subcommands."""
+    """Add ``report quantization`` and ``report retrieval`` to the top-level subcommands."""
     report = commands.add_parser("report", help="measure and write reports that help choose settings")
     kinds = report.add_subparsers(dest="report", required=True)
     quant = kinds.add_parser(
@@ -61,6 +61,16 @@ def add_report_parser(commands: Any) -> None:
     quant.add_argument("--no-progress", action="store_true", help="no progress bar")
     quant.add_argument("--out", type=Path, default=Path("reports"), help="output folder (default ./reports)")
     quant.set_defaults(run=run_quantization_command)
+    retrieval = kinds.add_parser(
+        "retrieval", help="dense, BM25 and fused retrieval on LoCoMo: hit@k and evidence recall per method",
+        description="Every LoCoMo turn one memory, a namespace per conversation: hit@1/5/10, evidence recall@10 "
+                    "and search time of dense, BM25 and their fusions, per question category and conversation.")
+    retrieval.add_argument("--locomo", type=Path, default=None,
+                           help="LoCoMo JSON or datasets folder (default: found in ../shared/datasets)")
+    retrieval.add_argument("--cache", type=Path, default=None,
+                           help="folder to keep the encoded turns and questions in between runs (default: none)")
+    retrieval.add_argument("--out", type=Path, default=Path("reports"), help="output folder (default ./reports)")
+    retrieval.set_defaults(run=run_retrieval_command)
 
 
 def settings_from_args(args: argparse.Namespace) -> Any:
@@ -94,5 +104,19 @@ def run_quantization_command(args: argparse.Namespace) -> int:
         print(f"tiered-memory report quantization: {err}", file=sys.stderr)
         return 2
     for path in result.files.values():
+        print(path)
+    return 0
+
+
+def run_retrieval_command(args: argparse.Namespace) -> int:
+    from .retrieval import run_retrieval_report
+
+    command = "tiered-memory " + " ".join(getattr(args, "argv", []) or ["report", "retrieval"])
+    try:
+        files = run_retrieval_report(args.out, locomo=args.locomo, cache=args.cache, command=command)
+    except TieredMemoryError as err:
+        print(f"tiered-memory report retrieval: {err}", file=sys.stderr)
+        return 2
+    for path in files.values():
         print(path)
     return 0
