@@ -42,7 +42,8 @@ def test_synthetic_all_tiers_ann_and_ivf(open_store) -> None:
         mem.get(memory_id)
     tiers = spread_over_tiers(mem, ids)
     assert tiers[Tier.HOT] > 0 and tiers[Tier.WARM] > 1_000 and tiers[Tier.COLD] > 2_000
-    assert "default" in mem.topics and mem.catalog.blocks.cold_count[mem.catalog.namespaces.codes["default"]] > mem.config.cold_exact_max
+    default_ns = mem.catalog.namespaces.codes["default"]
+    assert "default" in mem.topics and mem.catalog.blocks.cold_count[default_ns] > mem.config.cold_exact_max
     queries = unit_rows(100, seed=2, clusters=40)
     assert recall_over(mem, ids, vectors, queries) >= RECALL_BOUND
 

@@ -22,8 +22,8 @@ import lmdb
 import numpy as np
 import pytest
 
-from tiered_memory.cold import row_key
 from tiered_memory import MemoryNotFoundError, StorageError, TieredMemory, TieredMemoryError
+from tiered_memory.cold import row_key
 
 from .conftest import DIM, unit_rows
 from .invariants import check_invariants

@@ -9,7 +9,6 @@ import msgpack
 import numpy as np
 import pytest
 
-from tiered_memory.cold import row_key
 from tiered_memory import (
     ConfigError,
     DecryptionError,
@@ -17,6 +16,7 @@ from tiered_memory import (
     InvalidInputError,
     TieredMemory,
 )
+from tiered_memory.cold import row_key
 from tiered_memory.crypto import OVERHEAD, Sealer
 
 from .conftest import DIM, unit_rows

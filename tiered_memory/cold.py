@@ -38,7 +38,7 @@ import numpy as np
 
 from .config import MemoryConfig
 from .crypto import OVERHEAD, Sealer
-from .errors import EncryptionRequiredError, StorageError
+from .errors import EncryptionRequiredError, SchemaVersionError, StorageError
 from .quantization import Quantizer, make_quantizer, quantizer_from_state
 from .records import TIER_CODES, TIERS_BY_CODE, Memory, pack_record, unpack_record
 
@@ -156,6 +156,13 @@ class ColdTier:
         self.map_size = max(self.env.info()["map_size"], config.map_size_bytes)
         try:
             self.dbs = {name: self.env.open_db(name.encode(), create=not read_only) for name in _DATABASES}
+        except lmdb.NotFoundError as err:
+            self.env.close()
+            if read_only:
+                raise SchemaVersionError(f"{path.parent} uses an older layout (schema 2) or is incomplete: open it "
+                                         "once without read_only=True to upgrade it, then open it read-only") from err
+            raise StorageError(f"the cold tier at {path} lacks its databases ({err}); was it created by "
+                               "tiered_memory?") from err
         except lmdb.Error as err:
             raise StorageError(f"the cold tier at {path} lacks its databases ({err}); was it created by "
                                "tiered_memory?") from err
