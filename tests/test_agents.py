@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import re
 import subprocess
 import sys
@@ -28,7 +29,7 @@ from tiered_memory import (
 )
 from tiered_memory.agents_store import HubStore
 
-from .conftest import unit_rows
+from .conftest import ROOT, unit_rows
 
 VECTORS = unit_rows(64, seed=11)
 
@@ -590,7 +591,8 @@ def test_a_read_only_process_follows_revokes_made_by_the_writer(team: Team, tmp_
     probes = [VECTORS[1], VECTORS[5]]  # the memory's vector before and after the update below
     with subprocess.Popen([sys.executable, "-c", _READER, str(tmp_path / "store"),
                            json.dumps([v.tolist() for v in probes]), sid],
-                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as child:
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT))) as child:
         assert child.stdin is not None and child.stdout is not None and child.stderr is not None
 
         def ask() -> dict:

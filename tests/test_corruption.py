@@ -19,10 +19,13 @@ import textwrap
 from pathlib import Path
 
 import lmdb
+import msgpack
 import numpy as np
 import pytest
 
 from tiered_memory import MemoryNotFoundError, StorageError, TieredMemory, TieredMemoryError
+from tiered_memory.errors import SchemaVersionError
+from tiered_memory.records import RECORD_SCHEMA, Memory, Tier, pack_record, unpack_record
 
 from .conftest import DIM, unit_rows
 from .invariants import check_invariants
@@ -211,6 +214,62 @@ def test_a_truncated_lmdb_file_is_a_clear_error(saved) -> None:
             print("StorageError", err)
     """)
     assert result.returncode == 0 and result.stdout.startswith("StorageError"), (result.returncode, result.stderr)
+
+
+# Field positions in a cold record (records.pack_record) and a wrong value for each.
+_WRONG_FIELDS = [
+    (1, 5, "id"), (2, None, "namespace"), (2, "", "namespace"), (3, 7, "text"), (4, ["fact"], "kind"),
+    (5, [1, 2], "metadata"), (5, {1: "int key"}, "metadata"), (6, "yesterday", "created_at"),
+    (7, float("nan"), "updated_at"), (8, float("inf"), "last_accessed"), (9, -1, "access_count"),
+    (9, 1.5, "access_count"), (9, True, "access_count"), (10, 2.0, "importance"), (10, "high", "importance"),
+    (11, "1", "topic"), (11, -2, "topic"), (12, 3, "tier"), (12, None, "tier"), (13, 0, "version"),
+    (13, 2.0, "version"), (14, "not bytes", "sealed"),
+]
+
+
+def _record_fields(memory_id: str = "m1") -> list:
+    memory = Memory(memory_id, "ns", "text", "fact", {"k": 1}, 1.0, 2.0, 3.0, 4, 0.5, -1, Tier.COLD)
+    return msgpack.unpackb(pack_record(memory), raw=False)
+
+
+@pytest.mark.parametrize("index, value, field", _WRONG_FIELDS, ids=[f"{f}={v!r}" for _, v, f in _WRONG_FIELDS])
+def test_a_wrong_typed_record_field_is_a_storage_error_naming_the_memory(index: int, value, field: str) -> None:
+    fields = _record_fields()
+    fields[index] = value
+    with pytest.raises(StorageError, match=field) as caught:
+        unpack_record(msgpack.packb(fields, use_bin_type=True))
+    if field != "id":
+        assert "'m1'" in str(caught.value)
+    assert "damaged" in str(caught.value) and "backup" in str(caught.value)
+
+
+@pytest.mark.parametrize("data", [{"a": "dict"}, "2 a str", [], ["2", "m1"], [3, "m1"], 7, [0, "m1"]],
+                         ids=["dict", "str", "empty", "str version", "too few fields", "int", "version 0"])
+def test_a_record_that_is_not_a_record_is_a_storage_error(data) -> None:
+    with pytest.raises(StorageError, match="damaged"):
+        unpack_record(msgpack.packb(data, use_bin_type=True))
+
+
+def test_a_record_of_a_newer_schema_asks_for_an_upgrade() -> None:
+    fields = _record_fields()
+    fields[0] = RECORD_SCHEMA + 1
+    with pytest.raises(SchemaVersionError, match="upgrade"):
+        unpack_record(msgpack.packb(fields, use_bin_type=True))
+
+
+def test_a_damaged_record_is_reported_by_id_and_the_others_still_read(open_store) -> None:
+    mem = open_store(hot_capacity=1)
+    ids = mem.add_many([f"m{i}" for i in range(5)], vectors=unit_rows(5, seed=3))
+    damaged = next(memory_id for memory_id in ids if mem.tier_of(memory_id).value != "hot")
+    with mem.cold.env.begin(write=True, db=mem.cold.dbs["records"]) as txn:
+        fields = msgpack.unpackb(txn.get(damaged.encode()), raw=False)
+        fields[5] = ["metadata", "as", "a", "list"]
+        txn.put(damaged.encode(), msgpack.packb(fields, use_bin_type=True))
+    with pytest.raises(StorageError, match=f"{damaged}.*metadata"):
+        mem.get(damaged)
+    for memory_id in ids:
+        if memory_id != damaged:
+            assert mem.get(memory_id).id == memory_id
 
 
 # -- a second process ------------------------------------------------------------------------------
