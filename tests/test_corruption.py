@@ -76,6 +76,125 @@ def test_damaged_sidecar_is_rebuilt_from_cold(saved, open_store, caplog, damage:
     _all_found(mem, ids, vectors)
 
 
+def _rewrite_sidecar(meta_path: Path, change, recompute: bool = True) -> None:
+    """Change a sidecar's fields; with `recompute`, fix its checksum as a careful attacker would,
+    so that only the field checks can catch the damage."""
+    import tiered_memory.warm as warm_module
+
+    meta = msgpack.unpackb(meta_path.read_bytes(), raw=False, strict_map_key=False)
+    change(meta)
+    if recompute and "meta_crc32" in meta and all(name in meta for name, _ in warm_module._META_FIELDS):
+        meta["meta_crc32"] = warm_module._meta_checksum(meta)
+    meta_path.write_bytes(msgpack.packb(meta, use_bin_type=True))
+
+
+def _drop(name: str):
+    return lambda meta: meta.pop(name)
+
+
+def _set(name: str, value):
+    return lambda meta: meta.__setitem__(name, value(meta) if callable(value) else value)
+
+
+def _label_not_in_the_file(meta: dict) -> None:
+    """A label below next_label (so well-formed) that the index file never held."""
+    meta["next_label"] += 100
+    meta["labels"][-1] = meta["next_label"] - 1
+
+
+_SIDECAR_DAMAGE = {
+    "missing ids": (_drop("ids"), "'ids' is missing"),
+    "missing labels": (_drop("labels"), "'labels' is missing"),
+    "missing max_elements": (_drop("max_elements"), "'max_elements' is missing"),
+    "missing namespace": (_drop("namespace"), "'namespace' is missing"),
+    "missing own checksum": (_drop("meta_crc32"), "own checksum"),
+    "labels a str": (_set("labels", "0123"), "'labels' is a str"),
+    "ids a dict": (_set("ids", lambda m: dict.fromkeys(m["ids"])), "'ids' is a dict"),
+    "max_elements a str": (_set("max_elements", "big"), "'max_elements' is a str"),
+    "next_label a float": (_set("next_label", lambda m: float(m["next_label"])), "'next_label' is a float"),
+    "sealed a str": (_set("sealed", "no"), "'sealed' is a str"),
+    "namespace an int": (_set("namespace", 5), "'namespace' is a int"),
+    "a label not an int": (_set("labels", lambda m: ["0", *m["labels"][1:]]), "not an int"),
+    "an id not a str": (_set("ids", lambda m: [7, *m["ids"][1:]]), "not a str"),
+    "one id fewer": (_set("ids", lambda m: m["ids"][:-1]), "labels for"),
+    "a label twice": (_set("labels", lambda m: [m["labels"][1], *m["labels"][1:]]), "listed twice"),
+    "an id twice": (_set("ids", lambda m: [m["ids"][1], *m["ids"][1:]]), "listed twice"),
+    "a label past next_label": (_set("next_label", lambda m: max(m["labels"])), "outside"),
+    "a negative label": (_set("labels", lambda m: [-1, *m["labels"][1:]]), "outside"),
+    "an empty id": (_set("ids", lambda m: ["", *m["ids"][1:]]), "empty"),
+    "a label not in the file": (_label_not_in_the_file, "not in the index"),
+    "max_elements huge": (_set("max_elements", 10**9), "max_elements=1000000000 is out of range"),
+    "max_elements below the labels": (_set("max_elements", 3), "max_elements=3 is out of range"),
+    "a sidecar of another namespace": (_set("namespace", "b-but-named-a"), "named otherwise"),
+    "version 1 (no own checksum)": (_set("version", 1), "file version 1"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(_SIDECAR_DAMAGE))
+def test_a_well_formed_but_damaged_sidecar_is_rebuilt(saved, open_store, caplog, damage: str) -> None:
+    """Each field of a sidecar is checked before use, even when its checksum was made to match:
+    the graph is rebuilt from cold, never a raw KeyError/TypeError or a huge allocation."""
+    path, ids, vectors = saved
+    meta = sorted((path / "warm").glob("*.meta"))[0]
+    change, why = _SIDECAR_DAMAGE[damage]
+    _rewrite_sidecar(meta, change)
+    with caplog.at_level(logging.WARNING, logger="tiered_memory"):
+        mem = open_store(path, exact_search_max=0)
+    assert any(why in message for message in _repairs(caplog)), _repairs(caplog)
+    _all_found(mem, ids, vectors)
+    mem.close()  # the rebuilt graph is saved again with a valid sidecar
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="tiered_memory"):
+        mem = open_store(path, exact_search_max=0)
+    assert not _repairs(caplog)
+    _all_found(mem, ids, vectors)
+
+
+def test_a_changed_field_fails_the_sidecars_own_checksum(saved, open_store, caplog) -> None:
+    path, ids, vectors = saved
+    meta = sorted((path / "warm").glob("*.meta"))[0]
+    _rewrite_sidecar(meta, lambda m: m["ids"].reverse(), recompute=False)  # every field well-formed
+    with caplog.at_level(logging.WARNING, logger="tiered_memory"):
+        mem = open_store(path, exact_search_max=0)
+    assert any("own checksum" in message for message in _repairs(caplog))
+    _all_found(mem, ids, vectors)
+
+
+@pytest.mark.parametrize("read", ["get_items", "index state"])
+def test_graph_verify_finds_ids_a_sidecar_swapped(saved, monkeypatch, read: str) -> None:
+    """Two ids swapped in a sidecar whose checksum was recomputed pass every field check; the
+    graph's vectors tell them apart (the engine, which holds the true vectors, calls verify)."""
+    import tiered_memory.warm as warm_module
+    from tiered_memory.warm import WarmTier
+
+    monkeypatch.setattr(warm_module, "_STATE_READ_MIN", 10**9 if read == "get_items" else 0)
+    path, _, _ = saved
+    intact = WarmTier(DIM, capacity=10_000)
+    loaded = intact.load(path / "warm")
+    namespace = sorted(loaded)[0]
+    graph = intact.graphs[namespace]
+    ids = sorted(graph.label_of)
+    truth = graph.vectors(ids)
+    assert graph.verify(ids, truth) == []
+    meta_path = path / "warm" / f"{WarmTier.file_key(namespace)}.meta"
+
+    def swap(meta: dict) -> None:
+        i, j = meta["ids"].index(ids[3]), meta["ids"].index(ids[8])
+        meta["ids"][i], meta["ids"][j] = meta["ids"][j], meta["ids"][i]
+
+    _rewrite_sidecar(meta_path, swap)
+    damaged = WarmTier(DIM, capacity=10_000)
+    assert namespace in damaged.load(path / "warm")  # well-formed: loaded
+    swapped = damaged.graphs[namespace]
+    assert swapped.verify(ids, truth) == [ids[3], ids[8]]
+    assert swapped.search(truth[3], 1)[0] == [ids[8]]  # what a search would serve without the check
+    swapped.discard(ids[5])
+    assert swapped.verify(ids, truth) == [ids[3], ids[5], ids[8]]  # no longer in the graph
+    # An element deleted in hnswlib that the sidecar still lists cannot be served either.
+    swapped.index.mark_deleted(swapped.label_of[ids[9]])
+    assert swapped.verify(ids, truth) == [ids[3], ids[5], ids[8], ids[9]]
+
+
 def test_leftovers_of_an_interrupted_save_are_harmless(saved, open_store, caplog) -> None:
     """A kill between writing a temp file and renaming it leaves *.tmp files behind."""
     path, ids, vectors = saved
