@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import gc
+import json
+import os
+import re
+import subprocess
+import sys
 import threading
 import weakref
 from collections.abc import Callable
@@ -24,7 +29,7 @@ from tiered_memory import (
 )
 from tiered_memory.agents_store import HubStore
 
-from .conftest import unit_rows
+from .conftest import ROOT, unit_rows
 
 VECTORS = unit_rows(64, seed=11)
 
@@ -266,6 +271,36 @@ def test_grants_are_checked_against_the_agents_ceiling(team: Team) -> None:
     hub.register("editor", shared_access="read-only")  # lowering the ceiling lowers every grant at once
     with pytest.raises(PermissionDenied, match="read-only"):
         op_update(team, "editor")
+
+
+def test_what_a_grant_onward_may_change(team: Team) -> None:
+    """A read-write grantee adds grants and raises them up to its own level; it
+    never lowers an existing grant (another grantee's or the owner's): only the owner does."""
+    hub, sid = team.hub, team.shared_id
+    hub.register("second")
+    hub.share("owner", ["second"], memory_id=sid, access="read-write")
+    grants = {"owner": "read-write", "editor": "read-write", "second": "read-write", "reader": "read",
+              "writer": "read"}
+    assert hub.info(sid).grants == grants
+    refused = [("editor", ["second"], "read", "lower the grant of ['second']"),  # a partial revoke
+               ("editor", ["owner"], "read", "lower the grant of ['owner']"),  # the owner's own access
+               ("editor", ["outsider", "second"], "read", "lower"),  # all or nothing: outsider not added
+               ("reader", ["outsider"], "read", "read access only"),  # a read grantee grants nothing
+               ("writer", ["outsider"], "read", "read-only")]  # nor does a read-only agent
+    for granter, targets, access, why in refused:
+        before = snapshot(team)
+        with pytest.raises(PermissionDenied, match=re.escape(why)):
+            hub.share(granter, targets, memory_id=sid, access=access)
+        assert snapshot(team) == before and hub.info(sid).grants == grants
+    hub.share("editor", ["outsider"], memory_id=sid, access="read")  # a grantee adds a read grant
+    hub.share("editor", ["reader"], memory_id=sid, access="read-write")  # and raises one to its own level
+    hub.share("editor", ["second"], memory_id=sid, access="read-write")  # keeping a grant as it is
+    assert hub.info(sid).grants == grants | {"outsider": "read", "reader": "read-write"}
+    hub.share("owner", ["editor", "reader"], memory_id=sid, access="read")  # the owner lowers grants
+    assert hub.info(sid).grants == grants | {"outsider": "read", "editor": "read"}
+    with pytest.raises(PermissionDenied, match="read access only"):  # and the lowered editor grants no more
+        hub.share("editor", ["outsider"], memory_id=sid, access="read-write")
+    assert [n.event for n in hub.agent("editor").notifications()][-1] == "shared"
 
 
 # -- coordinated updates, history, notifications -------------------------------------------
@@ -511,6 +546,83 @@ def test_a_read_only_opener_sees_the_hub_but_cannot_change_it(team: Team, tmp_pa
             reader.put("k", "v")
         with pytest.raises(InvalidInputError, match="read-only"):
             hub.update(team.shared_id, {"importance": 0.1}, by="owner")
+
+
+_READER = """
+import json, sys
+import numpy as np
+from tiered_memory import TieredMemory, TieredMemoryError
+
+vectors = np.array(json.loads(sys.argv[2]), dtype=np.float32)
+sid = sys.argv[3]
+mem = TieredMemory(sys.argv[1], encoder=None, dimension=32, read_only=True)
+hub = mem.agents("acme")
+
+
+def attempt(call):
+    try:
+        return call()
+    except TieredMemoryError as err:
+        return type(err).__name__
+
+
+for line in sys.stdin:
+    state = hub.state
+    out = {}
+    for name in ("reader", "editor"):
+        agent = hub.agent(name)
+        out[name] = {
+            "recall": attempt(lambda: agent.recall(sid).id),
+            "search": sorted({h.memory.id for v in vectors for h in agent.search(vector=v, k=5, scope="shared")}),
+            "get": agent.get("q3"),
+            "shared_ids": agent.shared_ids(),
+        }
+    out["grants"] = attempt(lambda: hub.info(sid).grants)
+    out["reloaded"] = hub.state is not state
+    print(json.dumps(out), flush=True)
+mem.close()
+"""
+
+
+def test_a_read_only_process_follows_revokes_made_by_the_writer(team: Team, tmp_path: Path) -> None:
+    """A reader's hub re-reads grants when the writer changes them, so a revoked
+    agent stops reading the memory there too, including text written after the revoke."""
+    hub, sid = team.hub, team.shared_id
+    probes = [VECTORS[1], VECTORS[5]]  # the memory's vector before and after the update below
+    with subprocess.Popen([sys.executable, "-c", _READER, str(tmp_path / "store"),
+                           json.dumps([v.tolist() for v in probes]), sid],
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT))) as child:
+        assert child.stdin is not None and child.stdout is not None and child.stderr is not None
+
+        def ask() -> dict:
+            child.stdin.write("check\n")
+            child.stdin.flush()
+            line = child.stdout.readline()
+            assert line, child.stderr.read()
+            return json.loads(line)
+
+        before = ask()
+        for name in ("reader", "editor"):
+            assert before[name] == {"recall": sid, "search": [sid], "get": "Q3 revenue grew 12%", "shared_ids": [sid]}
+        assert ask()["reloaded"] is False  # nothing changed: the reader keeps what it loaded
+
+        hub.revoke(sid, ["reader"])
+        hub.update(sid, {"text": "Q3 revenue grew 15% (restated)", "vector": VECTORS[5]}, by="owner")
+        after = ask()
+        assert after["reloaded"] is True
+        assert after["reader"] == {"recall": "PermissionDenied", "search": [], "get": None, "shared_ids": []}
+        assert "reader" not in after["grants"] and after["grants"]["editor"] == "read-write"
+        assert after["editor"]["recall"] == sid and after["editor"]["search"] == [sid]
+        assert after["editor"]["shared_ids"] == [sid]
+
+        hub.delete(sid, by="owner")
+        gone = ask()
+        assert gone["editor"]["shared_ids"] == [] and gone["editor"]["get"] is None
+        assert gone["editor"]["recall"] in ("PermissionDenied", "MemoryNotFoundError")
+        assert gone["grants"] == "MemoryNotFoundError"
+        child.stdin.close()
+        assert child.wait(timeout=60) == 0, child.stderr.read()
 
 
 def test_concurrent_updates_keep_versions_history_and_notifications_in_step(team: Team) -> None:

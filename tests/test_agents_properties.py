@@ -87,8 +87,11 @@ class SharingMachine(RuleBasedStateMachine):
 
     @rule(memory_id=shared, granter=agent_names, to=targets, access=accesses)
     def share_more(self, memory_id: str, granter: str, to: list[str], access: str) -> None:
-        allowed = self.may(granter, memory_id) == "read-write" and \
-            self.grantable([n for n in to if n != granter], access)
+        others = [n for n in to if n != granter]
+        # a grantee (not the owner) never lowers an existing grant, the owner's included
+        lowers = granter != self.owner.get(memory_id) and access == "read" and \
+            any(self.grants.get(memory_id, {}).get(n) == "read-write" for n in others)
+        allowed = self.may(granter, memory_id) == "read-write" and self.grantable(others, access) and not lowers
         try:
             self.hub.share(granter, to, memory_id=memory_id, access=access)
         except (PermissionDenied, MemoryNotFoundError):

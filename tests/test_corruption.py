@@ -19,11 +19,14 @@ import textwrap
 from pathlib import Path
 
 import lmdb
+import msgpack
 import numpy as np
 import pytest
 
 from tiered_memory import MemoryNotFoundError, StorageError, TieredMemory, TieredMemoryError
 from tiered_memory.cold import row_key
+from tiered_memory.errors import SchemaVersionError
+from tiered_memory.records import RECORD_SCHEMA, Memory, Tier, pack_record, unpack_record
 
 from .conftest import DIM, unit_rows
 from .invariants import check_invariants
@@ -72,6 +75,125 @@ def test_damaged_sidecar_is_rebuilt_from_cold(saved, open_store, caplog, damage:
         mem = open_store(path, exact_search_max=0)
     assert _repairs(caplog)
     _all_found(mem, ids, vectors)
+
+
+def _rewrite_sidecar(meta_path: Path, change, recompute: bool = True) -> None:
+    """Change a sidecar's fields; with `recompute`, fix its checksum as a careful attacker would,
+    so that only the field checks can catch the damage."""
+    import tiered_memory.warm as warm_module
+
+    meta = msgpack.unpackb(meta_path.read_bytes(), raw=False, strict_map_key=False)
+    change(meta)
+    if recompute and "meta_crc32" in meta and all(name in meta for name, _ in warm_module._META_FIELDS):
+        meta["meta_crc32"] = warm_module._meta_checksum(meta)
+    meta_path.write_bytes(msgpack.packb(meta, use_bin_type=True))
+
+
+def _drop(name: str):
+    return lambda meta: meta.pop(name)
+
+
+def _set(name: str, value):
+    return lambda meta: meta.__setitem__(name, value(meta) if callable(value) else value)
+
+
+def _label_not_in_the_file(meta: dict) -> None:
+    """A label below next_label (so well-formed) that the index file never held."""
+    meta["next_label"] += 100
+    meta["labels"][-1] = meta["next_label"] - 1
+
+
+_SIDECAR_DAMAGE = {
+    "missing ids": (_drop("ids"), "'ids' is missing"),
+    "missing labels": (_drop("labels"), "'labels' is missing"),
+    "missing max_elements": (_drop("max_elements"), "'max_elements' is missing"),
+    "missing namespace": (_drop("namespace"), "'namespace' is missing"),
+    "missing own checksum": (_drop("meta_crc32"), "own checksum"),
+    "labels a str": (_set("labels", "0123"), "'labels' is a str"),
+    "ids a dict": (_set("ids", lambda m: dict.fromkeys(m["ids"])), "'ids' is a dict"),
+    "max_elements a str": (_set("max_elements", "big"), "'max_elements' is a str"),
+    "next_label a float": (_set("next_label", lambda m: float(m["next_label"])), "'next_label' is a float"),
+    "sealed a str": (_set("sealed", "no"), "'sealed' is a str"),
+    "namespace an int": (_set("namespace", 5), "'namespace' is a int"),
+    "a label not an int": (_set("labels", lambda m: ["0", *m["labels"][1:]]), "not an int"),
+    "an id not a str": (_set("ids", lambda m: [7, *m["ids"][1:]]), "not a str"),
+    "one id fewer": (_set("ids", lambda m: m["ids"][:-1]), "labels for"),
+    "a label twice": (_set("labels", lambda m: [m["labels"][1], *m["labels"][1:]]), "listed twice"),
+    "an id twice": (_set("ids", lambda m: [m["ids"][1], *m["ids"][1:]]), "listed twice"),
+    "a label past next_label": (_set("next_label", lambda m: max(m["labels"])), "outside"),
+    "a negative label": (_set("labels", lambda m: [-1, *m["labels"][1:]]), "outside"),
+    "an empty id": (_set("ids", lambda m: ["", *m["ids"][1:]]), "empty"),
+    "a label not in the file": (_label_not_in_the_file, "not in the index"),
+    "max_elements huge": (_set("max_elements", 10**9), "max_elements=1000000000 is out of range"),
+    "max_elements below the labels": (_set("max_elements", 3), "max_elements=3 is out of range"),
+    "a sidecar of another namespace": (_set("namespace", "b-but-named-a"), "named otherwise"),
+    "version 1 (no own checksum)": (_set("version", 1), "file version 1"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(_SIDECAR_DAMAGE))
+def test_a_well_formed_but_damaged_sidecar_is_rebuilt(saved, open_store, caplog, damage: str) -> None:
+    """Each field of a sidecar is checked before use, even when its checksum was made to match:
+    the graph is rebuilt from cold, never a raw KeyError/TypeError or a huge allocation."""
+    path, ids, vectors = saved
+    meta = sorted((path / "warm").glob("*.meta"))[0]
+    change, why = _SIDECAR_DAMAGE[damage]
+    _rewrite_sidecar(meta, change)
+    with caplog.at_level(logging.WARNING, logger="tiered_memory"):
+        mem = open_store(path, exact_search_max=0)
+    assert any(why in message for message in _repairs(caplog)), _repairs(caplog)
+    _all_found(mem, ids, vectors)
+    mem.close()  # the rebuilt graph is saved again with a valid sidecar
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="tiered_memory"):
+        mem = open_store(path, exact_search_max=0)
+    assert not _repairs(caplog)
+    _all_found(mem, ids, vectors)
+
+
+def test_a_changed_field_fails_the_sidecars_own_checksum(saved, open_store, caplog) -> None:
+    path, ids, vectors = saved
+    meta = sorted((path / "warm").glob("*.meta"))[0]
+    _rewrite_sidecar(meta, lambda m: m["ids"].reverse(), recompute=False)  # every field well-formed
+    with caplog.at_level(logging.WARNING, logger="tiered_memory"):
+        mem = open_store(path, exact_search_max=0)
+    assert any("own checksum" in message for message in _repairs(caplog))
+    _all_found(mem, ids, vectors)
+
+
+@pytest.mark.parametrize("read", ["get_items", "index state"])
+def test_graph_verify_finds_ids_a_sidecar_swapped(saved, monkeypatch, read: str) -> None:
+    """Two ids swapped in a sidecar whose checksum was recomputed pass every field check; the
+    graph's vectors tell them apart (the engine, which holds the true vectors, calls verify)."""
+    import tiered_memory.warm as warm_module
+    from tiered_memory.warm import WarmTier
+
+    monkeypatch.setattr(warm_module, "_STATE_READ_MIN", 10**9 if read == "get_items" else 0)
+    path, _, _ = saved
+    intact = WarmTier(DIM, capacity=10_000)
+    loaded = intact.load(path / "warm")
+    namespace = sorted(loaded)[0]
+    graph = intact.graphs[namespace]
+    ids = sorted(graph.label_of)
+    truth = graph.vectors(ids)
+    assert graph.verify(ids, truth) == []
+    meta_path = path / "warm" / f"{WarmTier.file_key(namespace)}.meta"
+
+    def swap(meta: dict) -> None:
+        i, j = meta["ids"].index(ids[3]), meta["ids"].index(ids[8])
+        meta["ids"][i], meta["ids"][j] = meta["ids"][j], meta["ids"][i]
+
+    _rewrite_sidecar(meta_path, swap)
+    damaged = WarmTier(DIM, capacity=10_000)
+    assert namespace in damaged.load(path / "warm")  # well-formed: loaded
+    swapped = damaged.graphs[namespace]
+    assert swapped.verify(ids, truth) == [ids[3], ids[8]]
+    assert swapped.search(truth[3], 1)[0] == [ids[8]]  # what a search would serve without the check
+    swapped.discard(ids[5])
+    assert swapped.verify(ids, truth) == [ids[3], ids[5], ids[8]]  # no longer in the graph
+    # An element deleted in hnswlib that the sidecar still lists cannot be served either.
+    swapped.index.mark_deleted(swapped.label_of[ids[9]])
+    assert swapped.verify(ids, truth) == [ids[3], ids[5], ids[8], ids[9]]
 
 
 def test_leftovers_of_an_interrupted_save_are_harmless(saved, open_store, caplog) -> None:
@@ -223,6 +345,62 @@ def test_a_truncated_lmdb_file_is_a_clear_error(saved) -> None:
             print("StorageError", err)
     """)
     assert result.returncode == 0 and result.stdout.startswith("StorageError"), (result.returncode, result.stderr)
+
+
+# Field positions in a cold record (records.pack_record) and a wrong value for each.
+_WRONG_FIELDS = [
+    (1, 5, "id"), (2, None, "namespace"), (2, "", "namespace"), (3, 7, "text"), (4, ["fact"], "kind"),
+    (5, [1, 2], "metadata"), (5, {1: "int key"}, "metadata"), (6, "yesterday", "created_at"),
+    (7, float("nan"), "updated_at"), (8, float("inf"), "last_accessed"), (9, -1, "access_count"),
+    (9, 1.5, "access_count"), (9, True, "access_count"), (10, 2.0, "importance"), (10, "high", "importance"),
+    (11, "1", "topic"), (11, -2, "topic"), (12, 3, "tier"), (12, None, "tier"), (13, 0, "version"),
+    (13, 2.0, "version"), (14, "not bytes", "sealed"),
+]
+
+
+def _record_fields(memory_id: str = "m1") -> list:
+    memory = Memory(memory_id, "ns", "text", "fact", {"k": 1}, 1.0, 2.0, 3.0, 4, 0.5, -1, Tier.COLD)
+    return msgpack.unpackb(pack_record(memory), raw=False)
+
+
+@pytest.mark.parametrize("index, value, field", _WRONG_FIELDS, ids=[f"{f}={v!r}" for _, v, f in _WRONG_FIELDS])
+def test_a_wrong_typed_record_field_is_a_storage_error_naming_the_memory(index: int, value, field: str) -> None:
+    fields = _record_fields()
+    fields[index] = value
+    with pytest.raises(StorageError, match=field) as caught:
+        unpack_record(msgpack.packb(fields, use_bin_type=True))
+    if field != "id":
+        assert "'m1'" in str(caught.value)
+    assert "damaged" in str(caught.value) and "backup" in str(caught.value)
+
+
+@pytest.mark.parametrize("data", [{"a": "dict"}, "2 a str", [], ["2", "m1"], [3, "m1"], 7, [0, "m1"]],
+                         ids=["dict", "str", "empty", "str version", "too few fields", "int", "version 0"])
+def test_a_record_that_is_not_a_record_is_a_storage_error(data) -> None:
+    with pytest.raises(StorageError, match="damaged"):
+        unpack_record(msgpack.packb(data, use_bin_type=True))
+
+
+def test_a_record_of_a_newer_schema_asks_for_an_upgrade() -> None:
+    fields = _record_fields()
+    fields[0] = RECORD_SCHEMA + 1
+    with pytest.raises(SchemaVersionError, match="upgrade"):
+        unpack_record(msgpack.packb(fields, use_bin_type=True))
+
+
+def test_a_damaged_record_is_reported_by_id_and_the_others_still_read(open_store) -> None:
+    mem = open_store(hot_capacity=1)
+    ids = mem.add_many([f"m{i}" for i in range(5)], vectors=unit_rows(5, seed=3))
+    damaged = next(memory_id for memory_id in ids if mem.tier_of(memory_id).value != "hot")
+    with mem.cold.env.begin(write=True, db=mem.cold.dbs["records"]) as txn:
+        fields = msgpack.unpackb(txn.get(damaged.encode()), raw=False)
+        fields[5] = ["metadata", "as", "a", "list"]
+        txn.put(damaged.encode(), msgpack.packb(fields, use_bin_type=True))
+    with pytest.raises(StorageError, match=f"{damaged}.*metadata"):
+        mem.get(damaged)
+    for memory_id in ids:
+        if memory_id != damaged:
+            assert mem.get(memory_id).id == memory_id
 
 
 # -- a second process ------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from tiered_memory import (
 )
 from tiered_memory.cold import row_key
 from tiered_memory.crypto import OVERHEAD, Sealer
+from tiered_memory.records import unpack_record
 
 from .conftest import DIM, unit_rows
 
@@ -137,3 +138,52 @@ def test_sealer_rejects_bad_keys_and_swapped_contexts() -> None:
     assert sealer.open(blob, b"record:a") == b"data"
     with pytest.raises(DecryptionError):
         sealer.open(blob, b"record:b")  # moved to another memory: refused
+
+
+def _rewrite_record(mem: TieredMemory, memory_id: str, change) -> bytes:
+    """Re-pack one cold record with `change(fields)` applied, as someone without the key can."""
+    key = memory_id.encode()
+    with mem.cold.env.begin(write=True) as txn:
+        fields = msgpack.unpackb(txn.get(key, db=mem.cold.dbs["records"]), raw=False)
+        change(fields)
+        data = msgpack.packb(fields, use_bin_type=True)
+        txn.put(key, data, db=mem.cold.dbs["records"])
+    return data
+
+
+def test_a_sealed_memory_moved_to_another_namespace_fails_to_open(tmp_path: Path) -> None:
+    """The sealed blob's associated data binds the namespace (record schema 3): a memory whose
+    record is re-labelled into another tenant's namespace, sealed blob kept, is not decrypted there."""
+    ids = fill(tmp_path / "s", unit_rows(41))
+    sealer = Sealer(KEY)
+    with open_keyed(tmp_path / "s") as mem:
+
+        def move(fields: list) -> None:
+            assert fields[2] == "default" and fields[-1] is not None
+            fields[2] = "other-tenant"
+
+        moved = _rewrite_record(mem, ids[-1], move)
+    with pytest.raises(DecryptionError):
+        unpack_record(moved, sealer)
+    with pytest.raises(DecryptionError):
+        open_keyed(tmp_path / "s")
+    # Labelling the moved record with the older schema (id-only associated data) does not help.
+    downgraded = msgpack.unpackb(moved, raw=False)
+    downgraded[0] = 2
+    with pytest.raises(DecryptionError):
+        unpack_record(msgpack.packb(downgraded, use_bin_type=True), sealer)
+
+
+def test_records_sealed_before_schema_3_are_still_read(tmp_path: Path) -> None:
+    ids = fill(tmp_path / "s", unit_rows(41))
+    sealer = Sealer(KEY)
+    with open_keyed(tmp_path / "s") as mem:
+
+        def as_schema_2(fields: list) -> None:  # what a store written before namespaces were bound holds
+            inner = msgpack.packb([SECRET_TEXT, SECRET_META], use_bin_type=True)
+            fields[0], fields[-1] = 2, sealer.seal(inner, b"record:" + ids[-1].encode())
+
+        _rewrite_record(mem, ids[-1], as_schema_2)
+    with open_keyed(tmp_path / "s") as mem:
+        memory = mem.get(ids[-1])
+        assert (memory.text, memory.metadata, memory.sensitive) == (SECRET_TEXT, SECRET_META, True)

@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 SHARED = "shared"  # the shared namespace's last part; no agent may take this name
 GRANTS = ("read", "read-write")
+_RANK = {"read": 0, "read-write": 1}  # a grant onward may raise (or keep) a grant, never lower it
 SHARED_ACCESS = ("read-write", "read-only", "none")
 CHANGES = frozenset({"text", "metadata", "kind", "importance", "vector"})
 _KEEP: Any = object()  # register(): a setting left out keeps its registered value
@@ -86,7 +87,7 @@ class AgentHub(NotifyingMixin):
 
     def __init__(self, mem: TieredMemory, user: str = "default", *, seal_shared: bool = False) -> None:
         self.user = check_name(user, "user")
-        mem._check_open()
+        mem.check_open()
         if user in _hubs_of(mem):
             raise ConfigError(f"this store already has a hub for user {user!r}; use mem.agents({user!r}) to get it")
         self.mem = mem
@@ -108,7 +109,7 @@ class AgentHub(NotifyingMixin):
 
     def seal_shared(self) -> None:
         """Seal every memory shared from now on (see TieredMemory.seal_namespace)."""
-        if self.shared_namespace not in self.mem._sealed_namespaces:
+        if not self.mem.is_sealed(self.shared_namespace):
             self.mem.seal_namespace(self.shared_namespace)
 
     # -- agents ----------------------------------------------------------------------------
@@ -141,7 +142,7 @@ class AgentHub(NotifyingMixin):
             record = AgentRecord(existing.capabilities if caps is None else caps,
                                  existing.private_quota_bytes if quota is _KEEP else quota,
                                  shared_access or existing.shared_access, existing.created_at)
-            if sealed and self.namespace(name) not in self.mem._sealed_namespaces:
+            if sealed and not self.mem.is_sealed(self.namespace(name)):
                 if self.state.kv.get(name):
                     raise InvalidInputError(f"agent {name!r} already holds unsealed key-value entries; seal an "
                                             "agent when registering it first")
@@ -158,13 +159,21 @@ class AgentHub(NotifyingMixin):
         return Agent(self, name)
 
     def agent_names(self) -> list[str]:
+        self.refresh()
         return sorted(self.state.agents)
 
     def find(self, capability: str) -> list[str]:
         """Agents registered with this capability."""
+        self.refresh()
         return sorted(name for name, rec in self.state.agents.items() if capability in rec.capabilities)
 
+    def refresh(self) -> None:
+        """In a read-only process, reload the hub's records if the writer changed them (one small
+        read when it did not): grants, revokes and deletes apply to a reader's next call too."""
+        self._store.refresh()
+
     def _agent_name(self, agent: Any) -> str:
+        self.refresh()
         name = getattr(agent, "name", agent)
         if not isinstance(name, str) or name not in self.state.agents:
             raise InvalidInputError(f"no agent {name!r} is registered with user {self.user!r}'s hub; "
@@ -189,6 +198,7 @@ class AgentHub(NotifyingMixin):
 
     def visible(self, agent: str) -> set[str]:
         """The shared memories an agent may read now (a copy)."""
+        self.refresh()
         if self.state.agents[agent].shared_access == "none":
             return set()
         return set(self.state.visible.get(agent, ()))
@@ -246,8 +256,21 @@ class AgentHub(NotifyingMixin):
         return memory_id
 
     def _grant_more(self, agent: str, targets: list[str], memory_id: str, access: str) -> None:
+        """Grant onward: the owner sets any grant (adds, raises, lowers); a read-write grantee adds
+        grants and raises them up to its own level, and never lowers an existing one (the owner's
+        included): a partial revoke is the owner's alone, like a revoke."""
         with self._lock:
-            self._shared(memory_id, agent, "read-write", "share")
+            record = self._shared(memory_id, agent, "read-write", "share")
+            if record.owner != agent:
+                own = self.access(agent, memory_id)
+                granted = self.state.grants.get(memory_id, {})
+                lowered = [name for name in targets if _RANK.get(granted.get(name), -1) > _RANK[access]]
+                if lowered or _RANK[access] > _RANK.get(own, -1):
+                    why = (f"it would lower the grant of {lowered} to {access!r}, which only the owner "
+                           f"{record.owner!r} may do (or revoke)") if lowered else \
+                        f"it would grant more than its own {own!r} access"
+                    raise PermissionDenied(f"agent {agent!r} may not share memory {memory_id!r} onward with "
+                                           f"access={access!r}: {why}; nothing was changed")
             version = self._store.engine_version(memory_id)
             now = self.mem.clock()
             ops = [self._store.op("g", (memory_id, name), access) for name in targets]
@@ -257,7 +280,7 @@ class AgentHub(NotifyingMixin):
                    metadata: Mapping[str, Any] | None, access: str, key: str | None, importance: float,
                    vector: Any, sensitive: bool) -> str:
         mem = self.mem
-        mem._check_writable()
+        mem.check_writable()
         if self.state.agents[owner].shared_access != "read-write":
             raise PermissionDenied(f"agent {owner!r} has shared_access={self.state.agents[owner].shared_access!r}"
                                    "; only read-write agents add shared memories")
@@ -273,18 +296,17 @@ class AgentHub(NotifyingMixin):
             content, kind, metadata = source.text, source.kind, source.metadata
             importance, sensitive = source.importance, sensitive or source.sensitive
             if vectors is None:
-                with mem._rw.read:
-                    found = mem.cold.vector(source_id)
+                found = mem.vector(source_id)
                 vectors = None if found is None else as_unit_vectors(found, mem.dimension)
         text = check_text(content, mem.config.max_text_chars)
         metadata = check_metadata(metadata, mem.config.max_metadata_bytes, mem.config.max_metadata_depth)
         kind, importance = check_label(kind, "kind"), check_importance(importance)
-        sensitive = sensitive or self.shared_namespace in mem._sealed_namespaces
-        if sensitive and mem._sealer is None:
+        sensitive = sensitive or mem.is_sealed(self.shared_namespace)
+        if sensitive and not mem.has_key:
             raise EncryptionRequiredError("sensitive shared memories are sealed at rest: open the store with "
                                           "encryption_key=")
         if vectors is None:
-            vectors = mem._encode([text])  # before anything is written: a failure leaves no trace
+            vectors = mem.encode([text])  # before anything is written: a failure leaves no trace
         memory_id, now = new_id(), mem.clock()
         with self._lock:
             if key is not None and key in self.state.shared_keys:
@@ -330,7 +352,7 @@ class AgentHub(NotifyingMixin):
             raise InvalidInputError(f"changes must be a non-empty mapping with keys among {sorted(CHANGES)}, "
                                     f"got {changes!r}")
         mem = self.mem
-        mem._check_writable()
+        mem.check_writable()
         self._shared(memory_id, agent, "read-write", "update")
         text = changes.get("text")
         text = None if text is None else check_text(text, mem.config.max_text_chars)
@@ -343,7 +365,7 @@ class AgentHub(NotifyingMixin):
         if changes.get("vector") is not None:
             vectors = as_unit_vectors(changes["vector"], mem.dimension)
         elif text is not None:
-            vectors = mem._encode([text])
+            vectors = mem.encode([text])
         with self._lock:
             record = self._shared(memory_id, agent, "read-write", "update")  # again: a revoke may have come
             old = self._store.record(memory_id)
@@ -368,13 +390,13 @@ class AgentHub(NotifyingMixin):
     def delete(self, memory_id: str, *, by: Any) -> None:
         """Delete a shared memory, its grants and its history; only its owner may."""
         agent = self._agent_name(by)
-        self.mem._check_writable()
+        self.mem.check_writable()
         with self._lock:
             self._shared(memory_id, agent, "owner", "delete")
             grants = self.state.grants.get(memory_id, {})
             others = [name for name in grants if name != agent and self.access(name, memory_id)]
             history = [key for key, _ in self._store.items("h", memory_id)]
-            ops: list[Op] = [("extra", key, None) for key in history]
+            ops: list[Op] = [(key, None) for key in history]
             ops += [self._store.op("m", (memory_id,), None)]
             ops += [self._store.op("g", (memory_id, name), None) for name in grants]
             ops += self._notify_ops(others, memory_id, "deleted", self._store.engine_version(memory_id), agent,
@@ -392,6 +414,7 @@ class AgentHub(NotifyingMixin):
 
     def history(self, memory_id: str, *, by: Any = None) -> list[Version]:
         """Every version of a shared memory, oldest first, with who made it."""
+        self.refresh()
         if by is not None:
             self._shared(memory_id, self._agent_name(by), "read", "read the history of")
         elif memory_id not in self.state.shared:
@@ -399,6 +422,7 @@ class AgentHub(NotifyingMixin):
         return [Version(*value) for _, value in self._store.items("h", memory_id)]
 
     def info(self, memory_id: str) -> SharedInfo:
+        self.refresh()
         record = self.state.shared.get(memory_id)
         if record is None:
             raise MemoryNotFoundError(f"no shared memory {memory_id!r} in user {self.user!r}'s hub")
@@ -411,9 +435,7 @@ class AgentHub(NotifyingMixin):
         """Bytes an agent's private key-value entries and memories take (serialized). Holds the lock."""
         if agent not in self._usage:
             kv = sum(len(packed) for _, packed in self.state.kv.get(agent, {}).values())
-            ids = self.mem.ids(self.namespace(agent))
-            with self.mem._rw.read:
-                records = self.mem.cold.get_many(ids)
+            records = [self.mem.record(memory_id) for memory_id in self.mem.ids(self.namespace(agent))]
             self._usage[agent] = kv + sum(memory_bytes(r.text, r.metadata) for r in records if r is not None)
         return self._usage[agent]
 

@@ -48,16 +48,18 @@ class Agent:
 
     @property
     def capabilities(self) -> list[str]:
+        self.hub.refresh()
         return list(self.hub.state.agents[self.name].capabilities)
 
     @property
     def shared_access(self) -> str:
+        self.hub.refresh()
         return self.hub.state.agents[self.name].shared_access
 
     @property
     def sealed(self) -> bool:
         """Its private memories and key-value entries are sealed at rest."""
-        return self.namespace in self.hub.mem._sealed_namespaces
+        return self.hub.mem.is_sealed(self.namespace)
 
     def usage(self) -> int:
         """Bytes its private key-value entries and memories take against its quota."""
@@ -72,7 +74,7 @@ class Agent:
         Values are msgpack-serializable (str, numbers, bool, None, bytes, lists, dicts). An entry
         once sensitive (or any entry of a sealed agent) stays sealed at rest."""
         hub, mem = self.hub, self.hub.mem
-        mem._check_writable()
+        mem.check_writable()
         key = check_label(key, "key")
         metadata = check_metadata(metadata, mem.config.max_metadata_bytes, mem.config.max_metadata_depth)
         if not isinstance(sensitive, bool):
@@ -80,7 +82,7 @@ class Agent:
         with hub._lock:
             old = hub.state.kv.get(self.name, {}).get(key)
             sealed = sensitive or self.sealed or (old is not None and unpack(old[1])[4])
-            if sealed and mem._sealer is None:
+            if sealed and not mem.has_key:
                 raise EncryptionRequiredError("a sensitive entry is sealed at rest: open the store with "
                                               "encryption_key=")
             record = [key, value, metadata, mem.clock(), sealed]
@@ -102,6 +104,7 @@ class Agent:
         """The value under a key: its own entry first, then a shared memory of that key granted to it
         (its text); ``default`` if neither."""
         # Lock-free: one dict lookup and a msgpack decode (the hub replaces entries, never mutates them).
+        self.hub.refresh()
         found = self.hub.state.kv.get(self.name, {}).get(key)
         if found is not None:
             return unpack(found[1])[1]
@@ -110,6 +113,7 @@ class Agent:
 
     def entry(self, key: str) -> Entry | None:
         """The entry under a key, with its metadata (private first, then shared), or None."""
+        self.hub.refresh()
         found = self.hub.state.kv.get(self.name, {}).get(key)
         if found is not None:
             return Entry(*unpack(found[1]))
@@ -123,12 +127,13 @@ class Agent:
         return Entry(key, memory.text, memory.metadata, memory.updated_at, memory.sensitive, memory_id)
 
     def keys(self) -> list[str]:
+        self.hub.refresh()
         return sorted(self.hub.state.kv.get(self.name, {}))
 
     def delete(self, key: str) -> bool:
         """Remove a private key-value entry; False if there was none."""
         hub = self.hub
-        hub.mem._check_writable()
+        hub.mem.check_writable()
         with hub._lock:
             old = hub.state.kv.get(self.name, {}).get(key)
             if old is None:
@@ -144,10 +149,10 @@ class Agent:
                  importance: float = 0.5, vector: Any = None, sensitive: bool = False, created_at: Any = None) -> str:
         """Store a memory in its private namespace (counted against its quota); returns the id."""
         hub, mem = self.hub, self.hub.mem
-        mem._check_writable()
+        mem.check_writable()
         text = check_text(text, mem.config.max_text_chars)
         metadata = check_metadata(metadata, mem.config.max_metadata_bytes, mem.config.max_metadata_depth)
-        vectors = as_unit_vectors(vector, mem.dimension) if vector is not None else mem._encode([text])
+        vectors = as_unit_vectors(vector, mem.dimension) if vector is not None else mem.encode([text])
         size = memory_bytes(text, metadata)
         with hub._lock:
             hub.charge(self.name, size)
@@ -199,7 +204,7 @@ class Agent:
             return hub.update(memory_id, changes, by=self.name)
         if namespace != self.namespace:
             raise hub.refuse(memory_id, self.name, "update")
-        mem._check_writable()
+        mem.check_writable()
         text = None if text is None else check_text(text, mem.config.max_text_chars)
         metadata = None if metadata is None else check_metadata(metadata, mem.config.max_metadata_bytes,
                                                                 mem.config.max_metadata_depth)
@@ -207,7 +212,7 @@ class Agent:
         if vector is not None:
             vectors = as_unit_vectors(vector, mem.dimension)
         elif text is not None:
-            vectors = mem._encode([text])
+            vectors = mem.encode([text])
         with hub._lock:
             old = hub._store.record(memory_id)
             if old is None:

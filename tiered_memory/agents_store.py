@@ -10,6 +10,9 @@ Every record lives under ``hub/<user>/`` (so two users' hubs never read each oth
     n/<agent>/<seq>           an undelivered (un-acked) notification
     s/<agent>                 the last notification sequence number issued to an agent
     p/<memory id>             an intent: hub records to write once an engine write has happened
+    G                         the hub generation: bumped in every hub transaction, so that a
+                              read-only process knows when to reload what it decides access with
+                              (an envelope like the others: earlier versions load it and ignore it)
 
 Values are envelopes, ``msgpack([sealed, payload])``; a sealed payload is AES-GCM with the record's
 own key as associated data, so a sealed value copied under another key fails to open. RAM holds
@@ -26,19 +29,21 @@ point leaves either the whole change or none of it, and running the recovery twi
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import msgpack
 
-from .errors import EncryptionRequiredError, StorageError
+from .errors import EncryptionRequiredError, InvalidInputError, StorageError, TieredMemoryError
 from .records import Memory
 
 if TYPE_CHECKING:
     from .engine import TieredMemory
 
-Op = tuple[str, bytes, bytes | None]
+Op = tuple[bytes, bytes | None]  # (key, value): a hub record to write; None deletes it
+GENERATION = "G"  # hub/<user>/G: the hub generation, bumped by every hub transaction (see HubStore.refresh)
 
 
 def pack(value: Any) -> bytes:
@@ -173,13 +178,22 @@ class HubState:
 
 
 class HubStore:
-    """Reads and writes one user's hub records; keeps :class:`HubState` in step with them."""
+    """Reads and writes one user's hub records; keeps :class:`HubState` in step with them.
+
+    It reaches the store only through its public surface: the records through an
+    :class:`~tiered_memory.extra.ExtraStore` scoped to ``hub/<user>/`` (which also seals and
+    opens with the store's key), memories through ``record``, ``version_of`` and ``namespace_of``.
+    """
 
     def __init__(self, mem: TieredMemory, user: str) -> None:
         self.mem = mem
         self.prefix = f"hub/{user}/".encode()
+        self.extra = mem.extra(self.prefix)
         self.state = HubState()
+        self.generation = 0  # the hub generation `state` mirrors (see refresh)
         self.unsettled: str | None = None  # a shared memory whose coordinated change failed half-way
+        self._writing = threading.Lock()  # one transaction at a time takes the next generation
+        self._reloading = threading.Lock()
 
     # -- keys and envelopes ----------------------------------------------------------------
 
@@ -195,46 +209,65 @@ class HubStore:
         """A record value, sealed (bound to its key) when asked."""
         if not sealed:
             return pack([False, pack(value)])
-        sealer = self.mem._sealer
-        if sealer is None:
+        if not self.extra.can_seal:
             raise EncryptionRequiredError("sealed hub records need the store opened with encryption_key=")
-        return pack([True, sealer.seal(pack(value), key)])
+        return pack([True, self.extra.seal(pack(value), key)])
 
     def open_envelope(self, key: bytes, data: bytes) -> Any:
         sealed, payload = unpack(data)
         if sealed:
-            sealer = self.mem._sealer
-            if sealer is None:
+            if not self.extra.can_seal:
                 raise EncryptionRequiredError(
                     f"the agent hub holds sealed records ({key.decode()!r}): open the store with its encryption_key")
-            payload = sealer.open(payload, key)
+            payload = self.extra.open(payload, key)
         return unpack(payload)
 
     def op(self, kind: str, parts: tuple[str, ...], value: Any, sealed: bool = False) -> Op:
         key = self.key(kind, *parts)
-        return ("extra", key, None if value is None else self.envelope(key, value, sealed))
+        return (key, None if value is None else self.envelope(key, value, sealed))
 
     # -- reading ---------------------------------------------------------------------------
+
+    def _items(self, key_prefix: bytes) -> list[tuple[bytes, bytes]]:
+        return self.extra.items(key_prefix[len(self.prefix):])
 
     def items(self, kind: str, *parts: str) -> list[tuple[bytes, Any]]:
         """Decoded records of one type (and key prefix), in key order."""
         prefix = self.key(kind, *parts) + (b"/" if parts else b"")
-        with self.mem._rw.read:
-            self.mem._check_open()
-            raw = list(self.mem.cold.extra_items(prefix))
-        return [(key, self.open_envelope(key, data)) for key, data in raw]
+        return [(key, self.open_envelope(key, data)) for key, data in self._items(prefix)]
 
     def load(self) -> None:
         """Complete or drop pending intents, then mirror every record in RAM."""
         unsettled = self._recover()
-        self.state = HubState()
-        with self.mem._rw.read:
-            raw = list(self.mem.cold.extra_items(self.prefix))
-        for key, data in raw:
+        state, generation = HubState(), 0
+        for key, data in self.extra.items():  # one read transaction: a consistent snapshot
+            if key == self.key(GENERATION):
+                generation = self.open_envelope(key, data)
+                continue
             kind, parts = self._split(key)
             if kind not in ("h", "p"):  # history is read on demand; intents were settled above
-                self.state.apply(kind, parts, self.open_envelope(key, data))
-        self._follow(unsettled)
+                state.apply(kind, parts, self.open_envelope(key, data))
+        self._follow(unsettled, state)
+        self.state, self.generation = state, generation  # replaced whole: a reader thread sees one or the other
+
+    def stored_generation(self) -> int:
+        """The hub generation on disk: bumped by every hub transaction (see refresh)."""
+        key = self.key(GENERATION)
+        found = self._items(key)
+        return self.open_envelope(key, found[0][1]) if found else 0
+
+    def refresh(self) -> None:
+        """In a read-only process, reload the records if the writer changed them since the last load.
+
+        The writer bumps the hub generation in the same transaction as every hub change (grants,
+        revokes, shares, deletes, agent settings, entries), so one small read per hub call tells a
+        reader whether what it decides access with is still what the disk says. A writer needs
+        none of this: it is the only process that changes the hub, and it follows its own writes."""
+        if not self.mem.read_only or self.stored_generation() == self.generation:
+            return
+        with self._reloading:
+            if self.stored_generation() != self.generation:
+                self.load()
 
     def engine_version(self, memory_id: str) -> int:
         """The version the engine holds for a memory, 0 if it holds none."""
@@ -245,7 +278,12 @@ class HubStore:
         return self.mem.record(memory_id)
 
     def namespace_of(self, memory_id: str) -> str | None:
-        return self.mem.namespace_of(memory_id)
+        if not isinstance(memory_id, str):
+            return None
+        try:
+            return self.mem.namespace_of(memory_id)
+        except InvalidInputError:  # not even a well-formed id: no memory has it
+            return None
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -259,20 +297,26 @@ class HubStore:
         if self.unsettled is not None:
             raise StorageError(f"an earlier change to shared memory {self.unsettled!r} failed half-way; close and "
                                "reopen the store, which completes or undoes it, before changing the hub again")
-        with self.mem._rw.write:
-            self.mem._check_writable()
-            self.mem.cold.write(ops)
+        self._transaction(ops)
 
-    def _follow(self, ops: list[Op]) -> None:
-        for _, key, data in ops:
+    def _transaction(self, ops: list[Op]) -> None:
+        """One durable transaction of hub records, with the next hub generation."""
+        with self._writing:
+            following = self.generation + 1
+            self.extra.write([*ops, self.op(GENERATION, (), following)])
+            self.generation = following
+
+    def _follow(self, ops: list[Op], state: HubState | None = None) -> None:
+        state = self.state if state is None else state
+        for key, data in ops:
             kind, parts = self._split(key)
             if kind not in ("h", "p"):
-                self.state.apply(kind, parts, None if data is None else self.open_envelope(key, data))
+                state.apply(kind, parts, None if data is None else self.open_envelope(key, data))
 
     def coordinated(self, memory_id: str, expect_version: int, ops: list[Op], engine_write: Callable[[], Any]) -> Any:
         """Commit hub records with one engine write that leaves the memory at ``expect_version``
         (0: deleted), crash-consistently: intent, engine write, records (see the module doc)."""
-        intent = ("extra", self.key("p", memory_id), pack([expect_version, [[key, data] for _, key, data in ops]]))
+        intent = (self.key("p", memory_id), pack([expect_version, [[key, data] for key, data in ops]]))
         self._write([intent])
         # Until the intent is settled RAM may lack what the disk will hold after recovery (and
         # later notifications would reuse its sequence numbers): refuse hub writes meanwhile.
@@ -280,35 +324,36 @@ class HubStore:
         try:
             result = engine_write()
         except BaseException:
-            written = self.engine_version(memory_id) == expect_version  # e.g. maintenance failed after it
-            self._settle(memory_id, ops if written else [])
+            try:
+                written = self.engine_version(memory_id) == expect_version  # e.g. maintenance failed after it
+                self._settle(memory_id, ops if written else [])
+            except TieredMemoryError:  # e.g. the store closed meanwhile: the intent stays, the next open settles it
+                pass
             raise
         self._settle(memory_id, ops)
         return result
 
     def _settle(self, memory_id: str, ops: list[Op]) -> None:
-        with self.mem._rw.write:
-            self.mem.cold.write([*ops, ("extra", self.key("p", memory_id), None)])
+        self._transaction([*ops, (self.key("p", memory_id), None)])
         self.unsettled = None
         self._follow(ops)
 
     def _recover(self) -> list[Op]:
         """Settle intents; returns the records of completed ones a read-only opener could not write."""
         unsettled: list[Op] = []
-        with self.mem._rw.read:
-            pending = list(self.mem.cold.extra_items(self.key("p", "")))
-        for key, data in pending:
+        if not self.mem.read_only:
+            self.generation = self.stored_generation()  # the writer's next transaction follows the disk's
+        for key, data in self._items(self.key("p", "")):
             memory_id = self._split(key)[1][0]
             try:
                 expect, records = unpack(data)
-            except (ValueError, msgpack.UnpackException) as err:
+                ops: list[Op] = [(bytes(k), None if v is None else bytes(v)) for k, v in records]
+            except (ValueError, TypeError, msgpack.UnpackException) as err:
                 raise StorageError(f"the agent hub's intent {key.decode()!r} is unreadable; the store is "
                                    "damaged (restore it from a backup)") from err
-            ops: list[Op] = [("extra", bytes(k), None if v is None else bytes(v)) for k, v in records]
             done = self.engine_version(memory_id) == expect
             if self.mem.read_only:
                 unsettled.extend(ops if done else [])  # seen in RAM now, written by the next writer
                 continue
-            with self.mem._rw.write:
-                self.mem.cold.write([*(ops if done else []), ("extra", key, None)])
+            self._transaction([*(ops if done else []), (key, None)])
         return unsettled

@@ -243,7 +243,7 @@ class Conversation:
         pin_roles: Collection[str] = ("system",),
         per_message_tokens: int = 0,
     ) -> None:
-        memory._check_writable()
+        memory.check_writable()
         self.memory = memory
         self.namespace = check_label(namespace, "namespace")
         self.kind = check_label(kind, "kind")
@@ -267,7 +267,7 @@ class Conversation:
             self.worker = worker_for(memory)
         self.archived = 0  # messages stored as memories so far
         self._closed = False
-        memory._closers.append(self.close)
+        memory.on_close(self.close)
 
     # -- the window -------------------------------------------------------------------------
 
@@ -351,10 +351,7 @@ class Conversation:
             return
         self._closed = True
         self.track.closed = True
-        try:
-            self.memory._closers.remove(self.close)
-        except ValueError:  # the store's close() already took it off the list
-            pass
+        self.memory.cancel_on_close(self.close)  # a no-op when the store's close() is what called it
         keep = self.archive_on_close if archive is None else archive
         if keep and not self.memory.closed:
             remaining = self.buffer.drain()
@@ -369,5 +366,5 @@ class Conversation:
     def _check_open(self) -> None:
         if self._closed:
             raise InvalidInputError(f"conversation {self.id!r} is closed; start a new one with mem.conversation()")
-        self.memory._check_writable()
+        self.memory.check_writable()
 

@@ -321,5 +321,5 @@ def worker_for(memory: TieredMemory) -> PrefetchWorker:
         if worker is None or worker.closed:
             worker = PrefetchWorker(memory)
             _WORKERS[id(memory)] = worker
-            memory._closers.append(worker.close)
+            memory.on_close(worker.close)
         return worker

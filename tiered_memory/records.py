@@ -26,7 +26,15 @@ from .errors import (
     TextTooLargeError,
 )
 
-SCHEMA_VERSION = 2  # 2: sealed text+metadata blob appended (v1 records are read as unsealed)
+# The version written first in every cold record (its field layout and how its sealed blob is bound):
+#   1: no sealed field; 2: sealed text+metadata blob appended, associated data b"record:<id>";
+#   3: the blob's associated data also binds the namespace, b"record:<namespace>\x00<id>", so a
+#      sealed memory moved into another namespace by someone without the key fails to open.
+# Records of every version are read; new ones are written as RECORD_SCHEMA.
+RECORD_SCHEMA = 3
+# The store-level schema the engine writes into (and checks against) LMDB meta; records carry
+# RECORD_SCHEMA. Kept at 2: a store's layout did not change with record version 3.
+SCHEMA_VERSION = 2
 
 
 class Tier(enum.StrEnum):
@@ -81,10 +89,10 @@ def pack_record(memory: Memory, sealer: Sealer | None = None) -> bytes:
                 f"memory {memory.id!r} is sensitive: open the store with encryption_key= to store it"
             )
         inner = msgpack.packb([memory.text, memory.metadata], use_bin_type=True)
-        text, metadata, sealed = "", {}, sealer.seal(inner, b"record:" + memory.id.encode("utf-8"))
+        text, metadata, sealed = "", {}, sealer.seal(inner, record_context(memory.namespace, memory.id))
     return msgpack.packb(
         [
-            SCHEMA_VERSION,
+            RECORD_SCHEMA,
             memory.id,
             memory.namespace,
             text,
@@ -104,34 +112,118 @@ def pack_record(memory: Memory, sealer: Sealer | None = None) -> bytes:
     )
 
 
+def record_context(namespace: str, memory_id: str) -> bytes:
+    """Associated data of a sealed record's blob (schema 3): its namespace and id, NUL-separated
+    (neither holds a NUL: both are checked UTF-8 labels), so the blob opens only where it was sealed."""
+    return b"record:" + namespace.encode("utf-8") + b"\x00" + memory_id.encode("utf-8")
+
+
+_FIELDS = 15
+_FINITE_MAX = float("inf")
+_NUMBERS = (int, float)  # exact types: a bool is not a number here
+_STR_ONLY = frozenset((str,))  # metadata keys
+
+
+def _show(value: object) -> str:
+    """A short, safe name for a field read from disk (a damaged one may be huge or deeply nested)."""
+    return repr(value[:80]) if isinstance(value, str) else f"a {type(value).__name__}"
+
+
+def _damaged(memory_id: object, problem: str) -> StorageError:
+    return StorageError(f"the cold record of memory {_show(memory_id)} is damaged ({problem}): restore the store "
+                        "from a backup")
+
+
+def _is_number(value: object) -> bool:
+    return type(value) in _NUMBERS and -_FINITE_MAX < value < _FINITE_MAX  # type: ignore[operator]
+
+
+def _is_int(value: object, low: int) -> bool:
+    return type(value) is int and value >= low
+
+
+def _is_metadata(value: object) -> bool:
+    return type(value) is dict and _STR_ONLY.issuperset(map(type, value))
+
+
+def _problem(fields: list[Any]) -> str:
+    """What is wrong with a record's fields (types and ranges); called once the fast check failed."""
+    (_, mid, namespace, text, kind, metadata, created, updated, accessed, count, importance, topic, tier_code,
+     record_version, sealed) = fields
+    checks = [
+        ("id", type(mid) is str and bool(mid), "a non-empty str"),
+        ("namespace", type(namespace) is str and bool(namespace), "a non-empty str"),
+        ("text", type(text) is str, "a str"),
+        ("kind", type(kind) is str and bool(kind), "a non-empty str"),
+        ("metadata", _is_metadata(metadata), "a dict with str keys"),
+        ("created_at", _is_number(created), "a finite number"),
+        ("updated_at", _is_number(updated), "a finite number"),
+        ("last_accessed", _is_number(accessed), "a finite number"),
+        ("access_count", _is_int(count, 0), "an int >= 0"),
+        ("importance", type(importance) in (int, float) and 0.0 <= importance <= 1.0, "a number in [0, 1]"),
+        ("topic", _is_int(topic, -1), "an int >= -1"),
+        ("tier", type(tier_code) is int and 0 <= tier_code < len(TIERS_BY_CODE), "a tier code 0, 1 or 2"),
+        ("version", _is_int(record_version, 1), "an int >= 1"),
+        ("sealed", sealed is None or type(sealed) is bytes, "bytes or nil"),
+    ]
+    return "; ".join(f"{name} is {_show(value)}, not {want}"
+                     for (name, ok, want), value in zip(checks, fields[1:]) if not ok) or "a field out of range"
+
+
 def unpack_record(data: bytes, sealer: Sealer | None = None) -> Memory:
-    """Inverse of :func:`pack_record`; refuses records written by a newer schema."""
+    """Inverse of :func:`pack_record`; refuses records written by a newer schema.
+
+    Every field is checked (types and ranges) before use: a damaged but well-formed record raises
+    StorageError naming the memory, never a raw TypeError, KeyError or a Memory holding nonsense."""
     try:
         fields = msgpack.unpackb(data, raw=False, strict_map_key=False)
-        version = fields[0]
     except (ValueError, TypeError, IndexError, KeyError, msgpack.UnpackException) as err:
         raise StorageError(f"a record in the cold tier is not readable ({err!r}): the store is damaged; "
                            "restore it from a backup") from err
-    if version == 1:  # v1 had no sealed field: nothing in it is sealed
-        fields.append(None)
-    elif version != SCHEMA_VERSION:
+    if type(fields) is not list or not fields or type(fields[0]) is not int:
+        raise StorageError(f"a record in the cold tier is {_show(fields)}, not a list that starts with its schema "
+                           "version: the store is damaged; restore it from a backup")
+    version = fields[0]
+    if version > RECORD_SCHEMA:
         raise SchemaVersionError(
             f"record schema version {version} is not readable by this tiered_memory "
-            f"(reads versions 1 to {SCHEMA_VERSION}); upgrade tiered_memory"
+            f"(reads versions 1 to {RECORD_SCHEMA}); upgrade tiered_memory"
         )
-    try:
-        (_, mid, namespace, text, kind, metadata, created, updated, accessed, count, importance, topic,
-         tier_code, record_version, sealed) = fields
-    except (ValueError, TypeError) as err:
-        raise StorageError(f"a record in the cold tier has {len(fields)} fields, not 15: the store is damaged; "
-                           "restore it from a backup") from err
+    if version < 1:
+        raise _damaged(fields[1] if len(fields) > 1 else None, f"schema version {version}")
+    if version == 1:  # v1 had no sealed field: nothing in it is sealed
+        fields.append(None)
+    if len(fields) != _FIELDS:
+        raise _damaged(fields[1] if len(fields) > 1 else None, f"{len(fields)} fields, not {_FIELDS}")
+    (_, mid, namespace, text, kind, metadata, created, updated, accessed, count, importance, topic,
+     tier_code, record_version, sealed) = fields
+    # Every field checked inline (this runs for every record at open): one boolean expression
+    # for the common case, the per-field message only when it fails.
+    inf = _FINITE_MAX
+    if not (type(mid) is str and mid and type(namespace) is str and namespace and type(text) is str
+            and type(kind) is str and kind and type(metadata) is dict
+            and _STR_ONLY.issuperset(map(type, metadata))
+            and type(created) in _NUMBERS and -inf < created < inf
+            and type(updated) in _NUMBERS and -inf < updated < inf
+            and type(accessed) in _NUMBERS and -inf < accessed < inf
+            and type(count) is int and count >= 0
+            and type(importance) in _NUMBERS and 0.0 <= importance <= 1.0
+            and type(topic) is int and topic >= -1
+            and type(tier_code) is int and 0 <= tier_code <= 2
+            and type(record_version) is int and record_version >= 1
+            and (sealed is None or type(sealed) is bytes)):
+        raise _damaged(mid, _problem(fields))
     if sealed is not None:
         if sealer is None:
             raise EncryptionRequiredError(
                 f"memory {mid!r} is sealed: open the store with the encryption_key it was written with"
             )
-        text, metadata = msgpack.unpackb(sealer.open(sealed, b"record:" + mid.encode("utf-8")), raw=False,
-                                         strict_map_key=False)
+        # Version 2 bound the blob to the id only; version 3 binds the namespace too.
+        context = record_context(namespace, mid) if version >= 3 else b"record:" + mid.encode("utf-8")
+        inner = msgpack.unpackb(sealer.open(sealed, context), raw=False, strict_map_key=False)
+        if type(inner) is not list or len(inner) != 2 or type(inner[0]) is not str or not _is_metadata(inner[1]):
+            raise _damaged(mid, "its sealed text and metadata are not a [str, dict] pair")
+        text, metadata = inner
     return Memory(mid, namespace, text, kind, metadata, created, updated, accessed, count, importance,
                   topic, TIERS_BY_CODE[tier_code], record_version, sealed is not None)
 

@@ -207,6 +207,15 @@ class TierManagerMixin:
         if repaired:
             log.warning("warm index of %r repaired from the cold tier: %d memories re-indexed or removed",
                         namespace, repaired)
+        # A well-formed sidecar can still pair labels with the wrong ids (two swapped: issue 11.7):
+        # check the graph's vectors against the codes, all of them up to 4,096, else a sample.
+        present = [slot for slot in slots if catalog.ids[slot] in graph.label_of]
+        if len(present) > 4_096:
+            present = np.random.default_rng(len(present)).choice(present, 1_024, replace=False).tolist()
+        if present and graph.verify([catalog.ids[slot] for slot in present], self._decoded(present)):
+            log.warning("warm index of %r pairs vectors with the wrong memories; rebuilt from the cold tier",
+                        namespace)
+            self._rebuild_graph(namespace, slots)
 
     def _repair_graph(self, namespace: str, graph: Graph, slots: list[int], stale: bool) -> int:
         """Make a loaded graph hold exactly these slots' vectors; returns how many entries changed."""
