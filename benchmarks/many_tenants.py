@@ -93,8 +93,10 @@ PROBE = textwrap.dedent("""
 
 
 def probe(path: Path, namespaces: int) -> dict:
-    out = subprocess.run([sys.executable, "-c", PROBE, str(path), str(namespaces)], check=True, capture_output=True,
+    out = subprocess.run([sys.executable, "-c", PROBE, str(path), str(namespaces)], capture_output=True,
                          text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    if out.returncode != 0:
+        raise RuntimeError(f"the probe failed:\n{out.stderr}")
     return json.loads(out.stdout)
 
 

@@ -483,11 +483,14 @@ class WarmTier:
         index = hnswlib.Index(space="ip", dim=self.dimension)
         try:
             problem = self._load_checked(index, meta_path.with_suffix(".hnsw"), meta)
+            if problem is None and meta is not None and self.file_key(meta["namespace"]) != meta_path.stem:
+                problem = f"it describes namespace {meta['namespace'][:80]!r}, whose files are named otherwise"
+            if problem is None and meta is not None:
+                problem = self._labels_problem(index, meta)
         except (RuntimeError, MemoryError, ValueError, OSError, TieredMemoryError) as err:
             problem = f"it failed to load: {err}"
-        if meta is None or problem is not None or meta.get("namespace") != namespace:
-            log.warning("warm index of %r is unusable (%s); it will be rebuilt from the cold tier", namespace,
-                        problem or "it belongs to another namespace")
+        if meta is None or problem is not None:
+            log.warning("warm index of %r is unusable (%s); it will be rebuilt from the cold tier", namespace, problem)
             return None
         if index.dim != self.dimension or index.M != self.m:
             log.warning("warm index of %r was built with other settings; it will be rebuilt", namespace)
