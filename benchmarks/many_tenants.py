@@ -70,12 +70,16 @@ PROBE = textwrap.dedent("""
     order = rng.permutation(namespaces)
     first = []
     for i, ns in enumerate(order[:100]):
-        t = time.perf_counter(); mem.search(vector=q[i], namespace=f"tenant{ns}", k=10); first.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        mem.search(vector=q[i], namespace=f"tenant{ns}", k=10)
+        first.append(time.perf_counter() - t)
     rss_100 = rss_mib()
     steady = []
     for i in range(300):
         ns = order[i % 100]
-        t = time.perf_counter(); mem.search(vector=q[i % 400], namespace=f"tenant{ns}", k=10); steady.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        mem.search(vector=q[i % 400], namespace=f"tenant{ns}", k=10)
+        steady.append(time.perf_counter() - t)
     t0 = time.perf_counter()
     for i, ns in enumerate(order):
         mem.search(vector=q[i % 400], namespace=f"tenant{ns}", k=10)
@@ -86,7 +90,8 @@ PROBE = textwrap.dedent("""
     mem.close()
     p = lambda xs, f: float(np.percentile(np.array(xs) * 1e3, f))
     print(json.dumps({"import_s": import_s, "open_s": open_s, "rss_before_open_mib": rss_before,
-                      "rss_after_open_mib": rss_open, "first_search_p50_ms": p(first, 50), "first_search_p99_ms": p(first, 99),
+                      "rss_after_open_mib": rss_open, "first_search_p50_ms": p(first, 50),
+                      "first_search_p99_ms": p(first, 99),
                       "steady_search_p50_ms": p(steady, 50), "rss_after_100_mib": rss_100,
                       "touch_all_s": touch_all_s, "rss_after_all_mib": rss_all, "loaded": stats}))
 """)
@@ -113,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     config = MemoryConfig()
     results = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                            "platform": platform.platform(), "load_avg": os.getloadavg()},
-               "budgets": {"warm_budget_bytes": config.warm_budget_bytes, "hot_budget_bytes": config.hot_budget_bytes},
+               "budgets": {"warm_budget_bytes": config.warm_budget_bytes,
+                           "hot_budget_bytes": config.hot_budget_bytes},
                "per_namespace": PER_NAMESPACE, "sizes": {}}
     try:
         for size in args.sizes:
@@ -139,13 +145,15 @@ def main(argv: list[str] | None = None) -> int:
     lines = ["# Many tenants: lazy namespaces", "",
              f"Memories in namespaces of {PER_NAMESPACE}; default budgets (warm {config.warm_budget_bytes >> 20} MiB, "
              f"hot {config.hot_budget_bytes >> 20} MiB); medians of {args.repeats} fresh processes per size. "
-             f"Machine: {os.cpu_count()} CPUs, load average at start {results['machine']['load_avg'][0]:.2f}.", "",
+             f"Machine: {os.cpu_count()} CPUs, load average at start {results['machine']['load_avg'][0]:.2f}.",
+             "",
              "| memories | namespaces | open | RSS after open | first search (unloaded ns) p50 / p99 | steady search p50 "
              "| RSS after 100 ns | RSS after all ns | build |", "|---|---|---|---|---|---|---|---|---|"]
     for size in sizes:
         m = results["sizes"][size]["median"]
         lines.append(f"| {int(size):,} | {int(size) // PER_NAMESPACE:,} | {m['open_s'] * 1e3:.1f} ms | "
-                     f"{m['rss_after_open_mib']:.0f} MiB | {m['first_search_p50_ms']:.2f} / {m['first_search_p99_ms']:.2f} ms | "
+                     f"{m['rss_after_open_mib']:.0f} MiB | "
+                     f"{m['first_search_p50_ms']:.2f} / {m['first_search_p99_ms']:.2f} ms | "
                      f"{m['steady_search_p50_ms']:.3f} ms | {m['rss_after_100_mib']:.0f} MiB | "
                      f"{m['rss_after_all_mib']:.0f} MiB | {results['sizes'][size]['build_s']:.0f} s |")
     if "open_ratio_large_vs_small" in results:

@@ -89,6 +89,7 @@ def build_store(trace: Trace, path: Path, config: MemoryConfig) -> dict[str, Any
             for start in range(0, len(rows), 5_000):
                 chunk = rows[start:start + 5_000]
                 mem.add_many([trace.memory_texts[i] for i in chunk], namespace=namespace, kind="conversation",
+                             dedup=False,
                              created_at=[float(trace.memory_created[i]) for i in chunk],
                              metadata=[{"source": trace.memory_sources[i]} for i in chunk],
                              vectors=np.asarray(trace.vectors[trace.memory_rows[chunk]]))

@@ -443,7 +443,7 @@ def test_a_reader_keeps_reading_while_the_writer_grows_the_map(open_store, tmp_p
     def grow() -> None:
         filler = unit_rows(300, seed=6)
         for i in range(300):
-            mem.add("y" * 5_000, vector=filler[i])
+            mem.add("y" * 5_000, vector=filler[i], dedup=False)
         assert mem.cold.env.info()["map_size"] > 2**20
 
     assert _after_writes(reader, grow) == f'["m3", "{ids[7]}", 340]'  # len() counts the archive as it is now

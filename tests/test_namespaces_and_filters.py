@@ -32,7 +32,7 @@ def test_search_get_update_delete_stay_inside_a_namespace(open_store) -> None:
 
 
 def test_each_namespace_has_its_own_graph(open_store) -> None:
-    mem = open_store(exact_search_max=8)
+    mem = open_store(exact_search_max=8, dedup=False)
     mem.add_many(["a"] * 20, namespace="a", vectors=unit_rows(20, seed=2))
     mem.add_many(["b"] * 30, namespace="b", vectors=unit_rows(30, seed=3))
     assert len(mem.warm.graphs["a"]) == 20 and len(mem.warm.graphs["b"]) == 30

@@ -101,7 +101,7 @@ class StoreMachine(RuleBasedStateMachine):
         FIGURES.runs += 1
 
     def _open(self) -> TieredMemory:
-        return TieredMemory(self.directory / "store", encoder=None, dimension=DIM, clock=self.clock,
+        return TieredMemory(self.directory / "store", encoder=None, dimension=DIM, clock=self.clock, dedup=False,
                             **STORE_SETTINGS, **self.extra_settings)
 
     def _count(self, rule_name: str) -> None:

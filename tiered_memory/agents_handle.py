@@ -156,20 +156,24 @@ class Agent:
         size = memory_bytes(text, metadata)
         with hub._lock:
             hub.charge(self.name, size)
+            # No dedup: the quota is charged for what this call stores.
             memory_id = mem.add(text, namespace=self.namespace, kind=kind, metadata=metadata, importance=importance,
-                                vector=vectors, sensitive=sensitive, created_at=created_at)
+                                vector=vectors, sensitive=sensitive, created_at=created_at, dedup=False)
             hub.charged(self.name, size)
         return memory_id
 
     def search(self, query: str | None = None, *, vector: Any = None, k: int = 10, kinds: Iterable[str] | None = None,
                where: Mapping[str, Any] | None = None, min_score: float | None = None,
-               scope: str = "all") -> list[Hit]:
+               scope: str = "all", mode: str = "dense") -> list[Hit]:
         """The k memories most similar to a query among its own and (``scope="all"``) those shared
-        with it; ``scope="private"`` or ``"shared"`` searches one side only."""
+        with it; ``scope="private"`` or ``"shared"`` searches one side only. ``mode`` as in
+        ``TieredMemory.search`` (dense by default here: the two sides are searched apart, and only
+        cosines compare across searches; in the text modes the sides merge by cosine)."""
         if scope not in SCOPES:
             raise InvalidInputError(f"scope must be one of {SCOPES}, got {scope!r}")
         hub, mem = self.hub, self.hub.mem
-        options: dict[str, Any] = {"vector": vector, "k": k, "kinds": kinds, "where": where, "min_score": min_score}
+        options: dict[str, Any] = {"vector": vector, "k": k, "kinds": kinds, "where": where, "min_score": min_score,
+                                   "mode": mode if query is not None else None}
         hits: list[Hit] = []
         if scope != "shared":
             hits += mem.search(query, namespace=self.namespace, **options)
@@ -179,7 +183,7 @@ class Agent:
             # Searched even when nothing is granted, so that bad arguments are refused the same way.
             # The same query twice costs one encoding: the engine caches query vectors.
             hits += mem.search(query, namespace=hub.shared_namespace, only_ids=allowed, **options)
-        hits.sort(key=lambda hit: -hit.score)
+        hits.sort(key=lambda hit: -(hit.score if hit.dense_score is None else hit.dense_score))
         return hits[:k]
 
     def recall(self, memory_id: str) -> Memory:

@@ -24,6 +24,7 @@ by the first read-write open.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -48,7 +49,7 @@ log = logging.getLogger(__name__)
 Op = tuple[str, bytes, bytes | None]
 
 STORE_SCHEMA = 3
-_DATABASES = ("records", "codes", "originals", "meta", "extra", "rows", "nscodes", "namespaces")
+_DATABASES = ("records", "codes", "originals", "meta", "extra", "rows", "nscodes", "namespaces", "texts")
 _NS_ID = struct.Struct(">I")
 
 
@@ -62,6 +63,16 @@ def ns_prefix(ns_id: int) -> bytes:
 
 def row_key(ns_id: int, memory_id: str) -> bytes:
     return _NS_ID.pack(ns_id) + memory_id.encode("utf-8")
+
+
+def normalised_text(text: str) -> str:
+    """What dedup compares: case-folded, white space collapsed."""
+    return " ".join(text.casefold().split())
+
+
+def text_key(ns_id: int, text: str) -> bytes:
+    """ns id + a 16-byte digest of the normalised text: the dedup index's key (never the text)."""
+    return _NS_ID.pack(ns_id) + hashlib.blake2b(normalised_text(text).encode("utf-8"), digest_size=16).digest()
 
 
 class NamespaceRows:
@@ -333,6 +344,12 @@ class ColdTier:
         found.codes = codes[: len(found.ids)]
         return found
 
+    def find_texts(self, keys: list[bytes | None]) -> list[str | None]:
+        """The memory id each dedup key names (None: no such text, or no key)."""
+        with self.env.begin(db=self.dbs["texts"]) as txn:
+            found = [None if key is None else txn.get(key) for key in keys]
+        return [None if value is None else bytes(value).decode("utf-8") for value in found]
+
     def namespace_ids(self, ns_id: int) -> list[str]:
         """Ids of a namespace's memories in key order (keys only: no row is decoded)."""
         prefix = ns_prefix(ns_id)
@@ -603,6 +620,9 @@ class ColdTier:
                 txn.put(rkey, self._vector_bytes(memory.id, memory.sensitive, "code", plain, rkey),
                         db=self.dbs["nscodes"])
                 counts[ns_id] = counts.get(ns_id, 0) + 1
+                if not memory.sensitive:
+                    txn.put(text_key(ns_id, memory.text), memory.id.encode("utf-8"), db=self.dbs["texts"],
+                            overwrite=False)
                 sealed_any = sealed_any or memory.sensitive
                 moved += 1
             txn.drop(old_codes, delete=False)

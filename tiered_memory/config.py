@@ -87,6 +87,11 @@ class MemoryConfig:
     max_metadata_bytes: int = 64 * 2**10  # 64 KiB, serialized
     max_metadata_depth: int = 16
 
+    # Adding a text already in the namespace (case-folded, white space collapsed) returns the
+    # existing memory's id and counts an access instead of storing a copy. Sealed memories are
+    # not deduplicated: their digest on disk would tell which secrets are equal.
+    dedup: bool = True
+
     query_cache_size: int = 1_024  # encoded query vectors kept (LRU), keyed by a digest of the text
 
     def __post_init__(self) -> None:
@@ -122,6 +127,8 @@ class MemoryConfig:
             )
         if self.max_map_size_bytes < self.map_size_bytes:
             raise ConfigError("max_map_size_bytes must be at least map_size_bytes")
+        if not isinstance(self.dedup, bool):
+            raise ConfigError(f"MemoryConfig.dedup must be True or False, got {self.dedup!r}")
         if self.durability not in ("sync", "async"):
             raise ConfigError(f"durability must be 'sync' or 'async', got {self.durability!r}")
         if self.keep_originals not in ("none", "float16", "float32"):

@@ -333,12 +333,13 @@ class Conversation:
         vectors = np.stack([self.track.take_vector(m.seq, m.content) for m in evicted])
         metadata = [{**m.metadata, "role": m.role, "conversation": self.id, "seq": m.seq} for m in evicted]
         self.memory.add_many([m.content for m in evicted], namespace=self.namespace, kind=self.kind,
-                             metadata=metadata, created_at=[m.timestamp for m in evicted], vectors=vectors)
+                             metadata=metadata, created_at=[m.timestamp for m in evicted], vectors=vectors,
+                             dedup=False)  # a conversation's turns are episodes: "ok" said twice happened twice
         self.archived += len(evicted)
         if self.summarize is not None:
             summary = self.summarize(list(evicted))
             if summary is not None and summary.strip():
-                self.memory.add(summary, namespace=self.namespace, kind="summary",
+                self.memory.add(summary, namespace=self.namespace, kind="summary", dedup=False,
                                 created_at=evicted[-1].timestamp, vector=self.track.embed(summary),
                                 metadata={"conversation": self.id, "first_seq": evicted[0].seq,
                                           "last_seq": evicted[-1].seq})

@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +31,7 @@ import numpy as np
 from cachetools import LRUCache
 
 from .catalog import COLD, WARM, Catalog
-from .cold import STORE_SCHEMA, ColdTier, Op
+from .cold import STORE_SCHEMA, ColdTier, Op, text_key
 from .config import MemoryConfig
 from .crypto import Sealer
 from .dirlock import DirectoryLock
@@ -48,6 +49,7 @@ from .errors import (
 from .extra import ExtraStore
 from .filters import compile_where
 from .hot import HotTier
+from .lexical_tier import Doc, LexicalTier
 from .locks import RWLock
 from .namespaces import NamespaceRegistry
 from .promoter import Promoter
@@ -277,6 +279,7 @@ class TieredMemory(SearchMixin, TierManagerMixin):
         self._mutex = threading.Lock()
         self._query_cache: LRUCache = LRUCache(max(config.query_cache_size, 1))
         self._query_lock = threading.Lock()
+        self.lexical = LexicalTier(self._lexical_docs)
         self._hits = {"hot": 0, "warm": 0, "cold": 0}
         self._misses = {"hot": 0, "warm": 0, "cold": 0}
         self._promotions = {"cold->warm": 0, "warm->hot": 0}
@@ -350,6 +353,7 @@ class TieredMemory(SearchMixin, TierManagerMixin):
         vector: Any = None,
         id: str | None = None,
         sensitive: bool = False,
+        dedup: bool | None = None,
     ) -> str:
         """Store one memory durably; returns its id. ``vector=`` skips encoding the text;
         ``sensitive=True`` seals its text, metadata and vectors at rest (needs encryption_key)."""
@@ -358,7 +362,7 @@ class TieredMemory(SearchMixin, TierManagerMixin):
             raise InvalidInputError(f"add() takes one vector, got {len(vectors)}; use add_many()")
         return self.add_many([text], namespace=namespace, kind=kind, metadata=None if metadata is None else [metadata],
                              importance=importance, created_at=created_at, vectors=vectors,
-                             ids=None if id is None else [id], sensitive=sensitive)[0]
+                             ids=None if id is None else [id], sensitive=sensitive, dedup=dedup)[0]
 
     def add_many(
         self,
@@ -372,11 +376,18 @@ class TieredMemory(SearchMixin, TierManagerMixin):
         vectors: Any = None,
         ids: Sequence[str] | None = None,
         sensitive: bool = False,
+        dedup: bool | None = None,
     ) -> list[str]:
         """Store many memories in one durable transaction (all or none); returns their ids.
 
-        Per-memory arguments take one value for all or a sequence with one value each.
+        Per-memory arguments take one value for all or a sequence with one value each. A text the
+        namespace already holds (case-folded, white space collapsed) is not stored again: its id is
+        the existing memory's, which counts an access, and the returned list's ``duplicates`` names
+        its index. ``dedup`` (default ``MemoryConfig.dedup``) switches that; with ``ids=`` given,
+        the caller owns identity and nothing is deduplicated.
         """
+        if dedup is not None and not isinstance(dedup, bool):
+            raise InvalidInputError(f"dedup must be True, False or None, got {dedup!r:.40}")
         self._check_writable()
         if isinstance(texts, str) or not isinstance(texts, Sequence):
             raise InvalidInputError("add_many() takes a list of texts; use add() for a single text")
@@ -392,9 +403,10 @@ class TieredMemory(SearchMixin, TierManagerMixin):
             matrix = self._encode([memory.text for memory in memories])
         with self._rw.write:
             self._check_writable()
-            self._insert(memories, matrix, check_ids=ids is not None)
+            use_dedup = (self.config.dedup if dedup is None else dedup) and ids is None
+            added = self._insert(memories, matrix, check_ids=ids is not None, dedup=use_dedup)
         self._after_ops(n)
-        return [memory.id for memory in memories]
+        return added
 
     def _new_memories(self, texts: Sequence[str], namespace: str, kind: Any, metadata: Any, importance: Any,
                       created_at: Any, ids: Sequence[str] | None, sensitive: bool) -> list[Memory]:
@@ -477,8 +489,10 @@ class TieredMemory(SearchMixin, TierManagerMixin):
                                "or open it with an encoder")
         return encode_checked(self.encoder, texts)
 
-    def _insert(self, memories: list[Memory], vectors: np.ndarray, check_ids: bool = True) -> None:
-        """Write new memories to cold (durably), then index them. Caller holds the write lock.
+    def _insert(self, memories: list[Memory], vectors: np.ndarray, check_ids: bool = True,
+                dedup: bool = False) -> AddedIds:
+        """Write new memories to cold (durably), then index them; returns the id of each (an
+        existing memory's for a duplicate text). Caller holds the write lock.
 
         Everything that can fail for a reason of the caller's happens before the cold write; what
         follows it only updates RAM, and a failed graph insertion leaves the memories in cold
@@ -492,6 +506,16 @@ class TieredMemory(SearchMixin, TierManagerMixin):
                                         "change your own memory")
         namespace = memories[0].namespace
         ns = self._load(namespace, create=True)
+        answer = AddedIds(memory.id for memory in memories)
+        text_keys: list[bytes | None] = [None] * len(memories)
+        if dedup:
+            memories, vectors, text_keys = self._without_duplicates(ns, memories, vectors, answer)
+            if not memories:
+                return answer
+        else:
+            text_keys = [None if memory.sensitive else text_key(ns, memory.text) for memory in memories]
+            taken = self.cold.find_texts(text_keys)  # the index names the first memory of each text
+            text_keys = [None if holder is not None else key for key, holder in zip(text_keys, taken)]
         self._calibrate_if_due(vectors)
         quantizer = self.cold.quantizer
         model = self.topics.get(namespace)
@@ -505,7 +529,9 @@ class TieredMemory(SearchMixin, TierManagerMixin):
         codes = quantizer.encode(vectors)
         sealing = self._key_check_ops() if any(memory.sensitive for memory in memories) and \
             not self._has_sealed else []
-        self.cold.write([*self.cold.memory_ops(ns, memories, codes, vectors), *sealing])
+        dedup_ops = [("texts", key, memory.id.encode("utf-8")) for key, memory in zip(text_keys, memories)
+                     if key is not None]
+        self.cold.write([*self.cold.memory_ops(ns, memories, codes, vectors), *dedup_ops, *sealing])
         if sealing:
             self._key_checked = self._has_sealed = True
         # Durable from here on; what follows only updates in-RAM structures.
@@ -515,10 +541,47 @@ class TieredMemory(SearchMixin, TierManagerMixin):
             slots = [self.catalog.insert(memory, code) for memory, code in zip(memories, codes)]
         if model is not None:
             model.absorb(vectors, topics)
+        self.lexical.added(namespace, [Doc(m.id, m.text, m.kind, m.created_at, m.sensitive) for m in memories])
         chosen = [slots[i] for i in np.flatnonzero(to_warm)]
         self._warm_put_or_cold(namespace, chosen)
         self._namespace_grew(namespace)
         self._enforce_warm_capacity(protect=set(chosen))
+        if answer.repeats:  # a repeat within the batch counts as a use of the memory it repeats
+            now = self.clock()
+            with self._mutex:
+                for i in answer.repeats:
+                    slot = self.catalog.slot_of.get(answer[i])
+                    if slot is not None:
+                        self.catalog.touch(slot, now)
+        return answer
+
+    def _without_duplicates(self, ns: int, memories: list[Memory], vectors: np.ndarray,
+                            answer: AddedIds) -> tuple[list[Memory], np.ndarray, list[bytes | None]]:
+        """Drop memories whose text the namespace (or this batch) already holds; each counts as an
+        access of the memory it repeats, and `answer` gets that memory's id and the index."""
+        keys = [None if memory.sensitive else text_key(ns, memory.text) for memory in memories]
+        found = self.cold.find_texts(keys)
+        catalog = self.catalog
+        first: dict[bytes, int] = {}
+        keep = []
+        now = self.clock()
+        for i, (key, existing) in enumerate(zip(keys, found)):
+            if key is not None and existing is not None and existing in catalog.slot_of:
+                answer[i] = existing
+                answer.duplicates.append(i)
+                with self._mutex:
+                    catalog.touch(catalog.slot_of[existing], now)
+            elif key is not None and key in first:
+                answer[i] = memories[first[key]].id  # touched once the first is stored
+                answer.duplicates.append(i)
+                answer.repeats.append(i)
+            else:
+                if key is not None:
+                    first[key] = i
+                keep.append(i)
+        if len(keep) == len(memories):
+            return memories, vectors, keys
+        return [memories[i] for i in keep], vectors[keep], [keys[i] for i in keep]
 
     def _warm_admissions(self, memories: list[Memory]) -> np.ndarray:
         """Which new memories enter the warm index (bool per memory).
@@ -605,8 +668,18 @@ class TieredMemory(SearchMixin, TierManagerMixin):
         where: Mapping[str, Any] | None = None,
         min_score: float | None = None,
         only_ids: Collection[str] | None = None,
+        mode: str | None = None,
+        since: Any = None,
+        until: Any = None,
     ) -> list[Hit]:
         """The k memories most similar to a query text (or ``vector=``), best first.
+
+        ``mode``: "hybrid" (the default with a text: dense and BM25 candidates fused by z-scored
+        scores, equal weights), "dense" (cosine only; the only mode with ``vector=`` alone) or
+        "lexical" (BM25 only). Filters apply alike in every mode; ``min_score`` is a floor on
+        the cosine in every mode. ``since`` / ``until`` (datetimes or seconds since the epoch, both
+        inclusive) keep memories created in that period ("what did we discuss last Tuesday?"),
+        checked on catalog columns across tiers.
 
         Covers every tier of the namespace(s) given, and nothing else. ``kinds`` keeps only those
         kinds; ``where`` filters on metadata (see :mod:`tiered_memory.filters`); ``only_ids``
@@ -634,15 +707,24 @@ class TieredMemory(SearchMixin, TierManagerMixin):
             if isinstance(only_ids, str) or not isinstance(only_ids, Collection) or \
                     not all(isinstance(i, str) for i in only_ids):
                 raise InvalidFilterError("only_ids takes a collection of str memory ids (a set is fastest)")
+        mode = _check_mode(mode, query, vector)
+        period = check_period(since, until)
         q = self._query_vector(query, vector)
-        fetch = k * self.config.rescore_oversample if self.config.rescore else k
         self._ensure_loaded(namespaces)
+        if mode != "dense":
+            hits = self._search_text(query, q, namespaces, k, kind_names, predicate, min_score, only_ids, mode,
+                                     period)
+            self._after_promotion_requests()
+            self._after_ops(1)
+            return hits
+        fetch = k * self.config.rescore_oversample if self.config.rescore else k
         with self._rw.read:
             self._check_open()
             lookup = Lookup(self)
             found: dict[int, float] = {}
             for ns in namespaces:
-                for slot, score in self._search_namespace(ns, q, fetch, kind_names, predicate, only_ids, lookup):
+                for slot, score in self._search_namespace(ns, q, fetch, kind_names, predicate, only_ids, lookup,
+                                                          period):
                     if score > found.get(slot, -math.inf):
                         found[slot] = score
             ranked = sorted(found.items(), key=lambda item: -item[1])[:fetch]
@@ -707,6 +789,14 @@ class TieredMemory(SearchMixin, TierManagerMixin):
             )
             model = self.topics.get(old.namespace)
             ops = self.cold.record_ops([changed])
+            if text is not None and not old.sensitive:
+                old_key, new_key = text_key(ns, old.text), text_key(ns, changed.text)
+                if old_key != new_key:
+                    holders = self.cold.find_texts([old_key, new_key])
+                    if holders[0] == memory_id:
+                        ops.append(("texts", old_key, None))
+                    if holders[1] is None:
+                        ops.append(("texts", new_key, memory_id.encode("utf-8")))
             if new_vector is not None:
                 if model is not None:
                     changed.topic = int(model.assign(new_vector)[0][0])
@@ -732,6 +822,9 @@ class TieredMemory(SearchMixin, TierManagerMixin):
                         catalog.set_tier(slot, WARM)
             if new_vector is not None and catalog.tier[slot] != COLD:
                 self._warm_put_or_cold(old.namespace, [slot])
+            if text is not None or kind is not None:
+                self.lexical.added(old.namespace, [Doc(memory_id, changed.text, changed.kind, changed.created_at,
+                                                       changed.sensitive)])
             result = catalog.memory(slot, changed)
         self._after_ops(1)
         return result
@@ -745,11 +838,18 @@ class TieredMemory(SearchMixin, TierManagerMixin):
             slot = self._slot(memory_id, namespace)
             ns = self.catalog.ns[slot]
             ns_name = self.catalog.namespaces.names[ns]
-            self.cold.write(self.cold.delete_ops(ns, [memory_id]))
+            ops = self.cold.delete_ops(ns, [memory_id])
+            record = self.cold.get(memory_id)
+            if record is not None and not record.sensitive:
+                key = text_key(ns, record.text)
+                if self.cold.find_texts([key])[0] == memory_id:
+                    ops.append(("texts", key, None))
+            self.cold.write(ops)
             with self._mutex:
                 self.hot.discard(memory_id)
                 self.catalog.remove(memory_id)
             self.warm.discard(memory_id, ns_name)
+            self.lexical.removed(ns_name, [memory_id])
             self._namespace_grew(ns_name)
         self._after_ops(1)
 
@@ -891,6 +991,35 @@ class TieredMemory(SearchMixin, TierManagerMixin):
             raise MemoryNotFoundError(f"no memory with id {memory_id!r}")
         return Tier.COLD
 
+    def list_memories(self, namespace: str = DEFAULT_NAMESPACE, *, since: Any = None, until: Any = None,
+                      limit: int = 100, offset: int = 0, newest_first: bool = False) -> list[Memory]:
+        """A namespace's memories in created_at order (then id), a page at a time, optionally within
+        [since, until]: for agents that replay a period. Not counted as accesses."""
+        self._check_open()
+        namespace = check_label(namespace, "namespace")
+        for name, value, low in (("limit", limit, 1), ("offset", offset, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise InvalidInputError(f"{name} must be an int >= {low}, got {value!r:.40}")
+        if not isinstance(newest_first, bool):
+            raise InvalidInputError(f"newest_first must be True or False, got {newest_first!r:.40}")
+        period = check_period(since, until)
+        self._ensure_loaded([namespace])
+        with self._rw.read:
+            self._check_open()
+            catalog = self.catalog
+            ns = catalog.namespaces.codes.get(namespace)
+            if ns is None or namespace not in self.registry:
+                return []
+            slots = catalog.slots(namespace=ns).tolist()
+            created, ids = catalog.created, catalog.ids
+            if period is not None:
+                slots = [slot for slot in slots if period[0] <= created[slot] <= period[1]]
+            slots.sort(key=lambda slot: (created[slot], ids[slot]), reverse=newest_first)
+            page = slots[offset:offset + limit]
+            records = self.cold.get_many([ids[slot] for slot in page])
+            with self._mutex:
+                return [catalog.memory(slot, record) for slot, record in zip(page, records) if record is not None]
+
     def preload(self, namespace: str | Sequence[str]) -> None:
         """Load namespaces now (e.g. from a background thread when a returning user's conversation
         starts), so that their first search does not pay the range read."""
@@ -984,6 +1113,47 @@ def _per_item(value: Any, n: int, name: str, kind: type | tuple[type, ...]) -> l
     if len(value) != n:
         raise InvalidInputError(f"{name} has {len(value)} values for {n} texts; give one value or one per text")
     return list(value)
+
+
+SEARCH_MODES = ("hybrid", "dense", "lexical")
+
+
+class AddedIds(list):  # type: ignore[type-arg]
+    """The ids add_many() returns, one per text given; ``duplicates`` holds the indices of texts the
+    namespace already had (their id is the existing memory's, which counted an access)."""
+
+    def __init__(self, ids: Iterable[str] = ()) -> None:
+        super().__init__(ids)
+        self.duplicates: list[int] = []
+        self.repeats: list[int] = []  # the duplicates of texts earlier in the same call
+
+
+def check_period(since: Any, until: Any) -> tuple[float, float] | None:
+    """(since, until) in seconds from datetimes or numbers; None when neither is given."""
+    if since is None and until is None:
+        return None
+    if isinstance(since, datetime) and isinstance(until, datetime) and \
+            (since.tzinfo is None) != (until.tzinfo is None):
+        raise InvalidFilterError("since and until mix a naive and an aware datetime; give both with a timezone "
+                                 "(or both naive, taken as UTC)")
+    try:
+        low = -math.inf if since is None else check_timestamp(since, "since")
+        high = math.inf if until is None else check_timestamp(until, "until")
+    except InvalidInputError as err:
+        raise InvalidFilterError(str(err)) from err
+    if low > high:
+        raise InvalidFilterError(f"since ({since!r:.60}) is after until ({until!r:.60}); swap them")
+    return low, high
+
+
+def _check_mode(mode: str | None, query: str | None, vector: Any) -> str:
+    if mode is None:
+        return "dense" if query is None else "hybrid"
+    if mode not in SEARCH_MODES:
+        raise InvalidInputError(f"mode must be one of {SEARCH_MODES}, got {mode!r:.80}")
+    if mode != "dense" and query is None:
+        raise InvalidInputError(f"mode={mode!r} needs a query text; with vector= alone, search is dense")
+    return mode
 
 
 def _check_kinds(kinds: Iterable[str] | None) -> list[str] | None:

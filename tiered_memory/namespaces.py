@@ -35,6 +35,7 @@ class NamespaceRegistry:
         self.half_life_s = half_life_s
         self.clock = clock
         self.loaded: dict[str, LoadedNamespace] = {}
+        self._bytes = 0  # the sum of loaded[*].nbytes, kept as they change: read on every operation
         self.loads = 0
         self.unloads = 0
         self.load_seconds: list[float] = []  # the last 1,024 loads' latencies
@@ -47,13 +48,17 @@ class NamespaceRegistry:
 
     def add(self, name: str, ns_id: int, nbytes: int, seconds: float) -> None:
         now = self.clock()
+        self.remove(name)
         self.loaded[name] = LoadedNamespace(name, ns_id, nbytes, now, now)
+        self._bytes += nbytes
         self.loads += 1
         self.load_seconds.append(seconds)
         del self.load_seconds[:-1024]
 
     def remove(self, name: str) -> None:
-        if self.loaded.pop(name, None) is not None:
+        entry = self.loaded.pop(name, None)
+        if entry is not None:
+            self._bytes -= entry.nbytes
             self.unloads += 1
 
     def touch(self, name: str) -> None:
@@ -67,11 +72,12 @@ class NamespaceRegistry:
     def resize(self, name: str, nbytes: int) -> None:
         entry = self.loaded.get(name)
         if entry is not None:
+            self._bytes += nbytes - entry.nbytes
             entry.nbytes = nbytes
 
     @property
     def nbytes(self) -> int:
-        return sum(entry.nbytes for entry in self.loaded.values())
+        return self._bytes
 
     def over_budget(self) -> bool:
         return self.nbytes > self.budget_bytes
@@ -90,7 +96,7 @@ class NamespaceRegistry:
             return (now - entry.last_used) / (1.0 + math.log1p(entry.uses))
 
         chosen = []
-        for entry in sorted(self.loaded.values(), key=staleness, reverse=True):
+        for entry in sorted(list(self.loaded.values()), key=staleness, reverse=True):
             if excess <= 0:
                 break
             if entry.name in keep:

@@ -71,11 +71,17 @@ class Memory:
 
 
 class Hit(NamedTuple):
-    """A search result: the memory, its similarity to the query, and the tier that served it."""
+    """A search result: the memory, its score, and the tier that served it.
+
+    ``score`` is the cosine similarity in dense mode, BM25 in lexical mode and the fused score
+    (z-scored cosine + z-scored BM25) in hybrid mode; ``dense_score`` (cosine) and
+    ``lexical_score`` (BM25, 0.0 when no query word matched) explain it in the text modes."""
 
     memory: Memory
     score: float
     tier: Tier
+    dense_score: float | None = None
+    lexical_score: float | None = None
 
 
 def pack_record(memory: Memory, sealer: Sealer | None = None) -> bytes:

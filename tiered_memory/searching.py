@@ -17,12 +17,17 @@ from .catalog import HOT, Catalog
 from .encoders import as_unit_vectors
 from .errors import InvalidInputError, TieredMemoryError
 from .filters import Predicate
+from .fusion import weighted_sum
+from .lexical_tier import Doc
 from .quantization import Int8Quantizer
 from .records import TIERS_BY_CODE, Hit, Memory, check_text
 from .topics import TopicModel
 
 if TYPE_CHECKING:
     from .engine import TieredMemory
+
+
+Period = tuple[float, float]  # created_at bounds, seconds, both inclusive
 
 
 class Lookup:
@@ -77,7 +82,7 @@ class RowFilter:
 
     @classmethod
     def build(cls, catalog: Catalog, ns: int, kinds: list[str] | None, predicate: Predicate | None,
-              only_ids: Collection[str] | None) -> RowFilter:
+              only_ids: Collection[str] | None, period: Period | None = None) -> RowFilter:
         total = catalog.count_by_ns[ns]
         eligible = total
         kind_codes = None
@@ -89,6 +94,12 @@ class RowFilter:
             slot_of, ns_column = catalog.slot_of, catalog.ns
             chosen = [slot_of[i] for i in only_ids if i in slot_of]
             allowed = np.array([slot for slot in chosen if ns_column[slot] == ns], dtype=np.int64)
+            eligible = min(eligible, len(allowed))
+        if period is not None:  # created_at in [since, until], on the catalog column: no record read
+            members = catalog.slots(namespace=ns)
+            created = np.asarray(catalog.created)[members] if len(members) else np.zeros(0)
+            inside = members[(created >= period[0]) & (created <= period[1])]
+            allowed = inside if allowed is None else np.intersect1d(allowed, inside)
             eligible = min(eligible, len(allowed))
         return cls(kind_codes, allowed, predicate, eligible, total, catalog)
 
@@ -144,6 +155,77 @@ class SearchMixin:
                 hits.append(Hit(catalog.memory(slot, content), float(score), TIERS_BY_CODE[tier]))
         return hits
 
+    def _lexical_docs(self, namespace: str) -> list[Doc]:
+        """Every memory of a loaded namespace as the lexical index needs it (records read in one
+        transaction). Runs under the caller's shared lock, the first time a text search needs it."""
+        catalog = self.catalog
+        ns = catalog.namespaces.codes.get(namespace)
+        if ns is None:
+            return []
+        slots = sorted(catalog.slots_by_ns.get(ns, ()))
+        ids = [catalog.ids[slot] for slot in slots]
+        docs = []
+        for slot, record in zip(slots, self.cold.get_many(ids)):
+            if record is not None and record.namespace == namespace:
+                docs.append(Doc(record.id, record.text, catalog.kinds.names[catalog.kind[slot]],
+                                catalog.created[slot], bool(catalog.sensitive[slot])))
+        return docs
+
+    def _search_text(self, query: str, q: np.ndarray, namespaces: list[str], k: int, kinds: list[str] | None,
+                     predicate: Predicate | None, min_score: float | None, only_ids: Collection[str] | None,
+                     mode: str, period: Period | None = None) -> list[Hit]:
+        """Hybrid or lexical search: candidates of both kinds per namespace (filters applied to
+        each), fused by z-scored scores with equal weights (LoCoMo dev: hit@10 0.805 with
+        neighbour context vs 0.557 dense, 0.789 BM25; min-max 0.797, RRF 0.749:
+        benchmarks/reports/retrieval.md), every candidate's cosine computed for Hit.dense_score
+        and for min_score."""
+        catalog = self.catalog
+        depth = max(4 * k, 50)  # candidates per list: the fusion measured fused the top 100 of each
+        with self._rw.read:
+            self._check_open()
+            lookup = Lookup(self)
+            dense: dict[int, float] = {}
+            lexical: dict[int, float] = {}
+            for namespace in namespaces:
+                ns = catalog.namespaces.codes.get(namespace)
+                if ns is None or namespace not in self.registry or not catalog.count_by_ns.get(ns):
+                    continue
+                if mode == "hybrid":
+                    for slot, score in self._search_namespace(namespace, q, depth, kinds, predicate, only_ids,
+                                                              lookup, period):
+                        dense[slot] = max(score, dense.get(slot, -np.inf))
+                rows = RowFilter.build(catalog, ns, kinds, predicate, only_ids, period)
+                if rows.eligible == 0:
+                    continue
+                ids, scores = self.lexical.search(namespace, query, depth * 2 if rows.active else depth)
+                kept = 0
+                for memory_id, score in zip(ids, scores):
+                    slot = catalog.slot_of.get(memory_id)
+                    if slot is not None and catalog.ns[slot] == ns and rows.accepts(slot, lookup):
+                        lexical[slot] = score
+                        kept += 1
+                        if kept == depth:
+                            break
+            candidates = list(dict.fromkeys([*dense, *lexical]))
+            if not candidates:
+                return []
+            cosine = dict(self._rescore(q, [(slot, 0.0) for slot in candidates]))
+            if mode == "hybrid":
+                lists = [(list(dense), list(dense.values()))]
+                if lexical:
+                    lists.append((list(lexical), list(lexical.values())))
+                fused_ids, fused_scores = weighted_sum(lists)
+            else:
+                fused_ids, fused_scores = list(lexical), list(lexical.values())
+                order = sorted(range(len(fused_ids)), key=lambda i: -fused_scores[i])
+                fused_ids, fused_scores = [fused_ids[i] for i in order], [fused_scores[i] for i in order]
+            ranked = [(slot, score) for slot, score in zip(fused_ids, fused_scores)
+                      if min_score is None or cosine[slot] >= min_score][:k]
+            hits = self._serve_hits(ranked, lookup)
+        explained = {catalog.ids[slot]: (cosine[slot], lexical.get(slot, 0.0)) for slot, _ in ranked}
+        return [hit._replace(dense_score=explained[hit.memory.id][0], lexical_score=explained[hit.memory.id][1])
+                for hit in hits]
+
     def _query_vector(self, query: str | None, vector: Any) -> np.ndarray:
         if (query is None) == (vector is None):
             raise InvalidInputError("pass either a query text or vector=, not both and not neither")
@@ -169,12 +251,12 @@ class SearchMixin:
 
     def _search_namespace(self, namespace: str, q: np.ndarray, k: int, kinds: list[str] | None,
                           predicate: Predicate | None, only_ids: Collection[str] | None,
-                          lookup: Lookup) -> list[tuple[int, float]]:
+                          lookup: Lookup, period: Period | None = None) -> list[tuple[int, float]]:
         catalog = self.catalog
         ns = catalog.namespaces.codes.get(namespace)
         if ns is None or not catalog.count_by_ns.get(ns):
             return []
-        if kinds is None and predicate is None and only_ids is None and \
+        if kinds is None and predicate is None and only_ids is None and period is None and \
                 catalog.count_by_ns[ns] > self.config.exact_search_max and not catalog.blocks.cold_count.get(ns):
             # The common case, taken straight: no filter, everything in the warm graph.
             graph = self.warm.graphs.get(namespace)
@@ -182,7 +264,7 @@ class SearchMixin:
             if result is not None:
                 slot_of = catalog.slot_of
                 return [(slot_of[memory_id], score) for memory_id, score in zip(result[0], result[1].tolist())]
-        rows = RowFilter.build(catalog, ns, kinds, predicate, only_ids)
+        rows = RowFilter.build(catalog, ns, kinds, predicate, only_ids, period)
         if rows.eligible == 0:
             return []
         if rows.allowed is not None and len(rows.allowed) <= self.config.exact_search_max:

@@ -148,6 +148,7 @@ class TierManagerMixin:
                 self._pending.pop(slot, None)
             catalog.unload_namespace(ns)
         self.warm.forget(namespace)
+        self.lexical.drop(namespace)
         self.topics.pop(namespace, None)
         self.registry.remove(namespace)
 

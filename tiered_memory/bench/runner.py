@@ -151,6 +151,7 @@ class Bench:
                     stop = min(start + self.options.batch, workload.size)
                     started = time.perf_counter_ns()
                     self.ids += mem.add_many([workload.text(i) for i in range(start, stop)], namespace=NAMESPACE,
+                                             dedup=False,
                                              vectors=np.asarray(workload.stored[start:stop], dtype=np.float32))
                     batches.append(time.perf_counter_ns() - started)
                     bar.update(stop - start)

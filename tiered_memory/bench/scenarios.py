@@ -117,7 +117,7 @@ def _add_with_encoding(bench: Bench) -> list[dict[str, Any]]:
                     note=f"{count:,} texts, batch {encoder.batch_size}", seconds=seconds))
     with TieredMemory(path, encoder=encoder, **bench.options.engine_settings) as fresh:
         started = time.perf_counter()
-        fresh.add_many(texts, namespace=NAMESPACE)
+        fresh.add_many(texts, namespace=NAMESPACE, dedup=False)
         seconds = time.perf_counter() - started
     shutil.rmtree(path, ignore_errors=True)
     rows.append(row("ours.add.encode", "tiered_memory add_many, encoding the texts", "ours",
@@ -290,7 +290,7 @@ def run_mixed(bench: Bench) -> dict[str, Any]:
             elif kind == "add":
                 source = int(rng.integers(workload.size))
                 vector = workload.stored[source] + noise * rng.standard_normal(workload.dimension, dtype=np.float32)
-                mine.append(mem.add(workload.text(source), vector=vector, namespace=NAMESPACE))
+                mine.append(mem.add(workload.text(source), vector=vector, namespace=NAMESPACE, dedup=False))
             elif kind == "update":
                 mem.update(mine[int(rng.integers(len(mine)))], importance=float(rng.random()),
                            metadata={"edited": True})

@@ -115,7 +115,7 @@ def engine_rows(data: Sequence[EncodedConversation]) -> list[dict[str, Any]]:
             with TieredMemory(path, encoder=None, dimension=dimension, durability="async", rescore=rescore) as mem:
                 if not rescore:
                     for conv in data:
-                        mem.add_many(conv.texts, namespace=conv.sample_id, vectors=conv.turns,
+                        mem.add_many(conv.texts, namespace=conv.sample_id, vectors=conv.turns, dedup=False,
                                      ids=[f"{conv.sample_id}/{turn_id}" for turn_id in conv.turn_ids])
                 found = []
                 for conv in data:
