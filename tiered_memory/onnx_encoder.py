@@ -41,8 +41,10 @@ VARIANTS = ("float", "int8")
 SOURCE_FILES = ("model.safetensors", "config.json", "tokenizer.json", "sentence_bert_config.json",
                 "1_Pooling/config.json")
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
-# One intra-op thread: on this 2-core machine a single query took 13.5 ms with 1 thread and
-# 24.5 ms with 2 (float, busy neighbours), int8 5.2 vs 9.0 ms; see benchmarks/results/encoders.md.
+# One intra-op thread: on 2 busy cores (no spinning) one sentence took 9.4 ms with 1 thread and
+# 9.0 ms with 2 (int8: 6.7 vs 6.8 ms), so the second thread buys nothing for single queries and
+# would take the caller's other core; batches gain from it (add_many 68 -> 84 texts/s), pass
+# threads=2 for bulk loads. See benchmarks/results/encoders.md.
 DEFAULT_THREADS = 1
 
 log = logging.getLogger(__name__)
@@ -301,6 +303,10 @@ class OnnxMiniLMEncoder:
             options.inter_op_num_threads = 1
             options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
             options.log_severity_level = 3
+            # No busy-waiting between runs: spinning pool threads took the cores from the PyTorch
+            # peer (and would from the caller's other threads): torch one-sentence p50 went from
+            # ~20 ms to 387 ms when interleaved with spinning 2-thread sessions.
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             try:
                 session = onnxruntime.InferenceSession(data, options, providers=["CPUExecutionProvider"])
             except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph types
