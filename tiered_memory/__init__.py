@@ -1,11 +1,12 @@
 """tiered_memory: an agent's memory in three tiers (hot LRU, warm hnswlib over int8, cold LMDB)."""
 
+from typing import TYPE_CHECKING, Any
+
 from .agents import AgentHub, SharedInfo, Version
 from .agents_handle import Agent, Entry
 from .agents_store import Notification
 from .config import MemoryConfig
-from .conversation import Conversation, ConversationBuffer, Message, MessageTooLargeError
-from .encoders import Encoder, MiniLMEncoder
+from .encoders import ENCODER_NAMES, Encoder, MiniLMEncoder, make_encoder
 from .engine import (
     DEFAULT_ENCODER,
     MaintenanceReport,
@@ -35,6 +36,7 @@ from .errors import (
     TextTooLargeError,
     TieredMemoryError,
 )
+from .onnx_encoder import OnnxMiniLMEncoder
 from .prefetch import PrefetchConfig, PrefetchStats
 from .quantization import (
     BinaryQuantizer,
@@ -46,7 +48,31 @@ from .quantization import (
     make_quantizer,
 )
 from .records import Hit, Memory, Tier
-from .tokens import TokenizerDataError, UnknownEncodingError, count_tokens
+
+if TYPE_CHECKING:
+    from .conversation import Conversation, ConversationBuffer, Message, MessageTooLargeError
+    from .tokens import TokenizerDataError, UnknownEncodingError, count_tokens
+
+# Imported on first use, so `import tiered_memory` does not load tiktoken (conversations and
+# token counting need it; -X importtime: 26 ms of the import). torch loads only with the PyTorch
+# encoder or an ONNX export; tests/test_imports.py checks both stay out.
+_LAZY = {
+    "Conversation": "conversation", "ConversationBuffer": "conversation", "Message": "conversation",
+    "MessageTooLargeError": "conversation",
+    "TokenizerDataError": "tokens", "UnknownEncodingError": "tokens", "count_tokens": "tokens",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tiered_memory' has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
 
 __version__ = "0.1.0"
 
@@ -90,6 +116,9 @@ __all__ = [
     "MemoryNotFoundError",
     "MetadataError",
     "MiniLMEncoder",
+    "OnnxMiniLMEncoder",
+    "ENCODER_NAMES",
+    "make_encoder",
     "PermissionDenied",
     "Quantizer",
     "QuotaExceededError",

@@ -12,7 +12,19 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from .errors import DimensionMismatchError, EncoderError, InvalidVectorError
+from .errors import ConfigError, DimensionMismatchError, EncoderError, InvalidVectorError
+
+# Encoder identity. A store records its encoder's ``name`` and refuses any other, so the name
+# names a vector space, not a code path: backends whose vectors agree to a cosine of at least
+# SAME_VECTORS_MIN_COSINE share a name and open each other's stores. ONNX float32 and PyTorch
+# agree to 1 - 1e-6 (DailyDialog, benchmarks/results/encoders.md); int8 weights move vectors by
+# up to 0.04 in cosine, so int8 has its own name and is refused on a float store and vice versa.
+SAME_VECTORS_MIN_COSINE = 0.9999
+MINILM = "all-MiniLM-L6-v2"
+MINILM_INT8 = "all-MiniLM-L6-v2-onnx-int8"
+BACKEND_IDENTITY = {"torch": MINILM, "onnx": MINILM, "onnx-int8": MINILM_INT8}
+# What TieredMemory(path, encoder=<str>) accepts, fastest first.
+ENCODER_NAMES = ("minilm-onnx-int8", "minilm-onnx", "minilm-torch")
 
 
 @runtime_checkable
@@ -34,7 +46,8 @@ class MiniLMEncoder:
     never pays for it. Nothing is fetched from a model hub: HF_HUB_OFFLINE is forced on.
     """
 
-    name = "all-MiniLM-L6-v2"
+    name = MINILM
+    backend = "torch"
 
     def __init__(self, model_path: str | os.PathLike[str] | None = None, batch_size: int = 64) -> None:
         if model_path is None:
@@ -83,6 +96,53 @@ class MiniLMEncoder:
             show_progress_bar=False,
         )
         return np.asarray(vectors, dtype=np.float32)
+
+
+def identity_for(backend: str) -> str:
+    """The store identity (``Encoder.name``) of a MiniLM backend."""
+    return BACKEND_IDENTITY[backend]
+
+
+def onnx_available() -> bool:
+    """Whether the ONNX backend can run here (found without importing it)."""
+    from importlib.util import find_spec
+
+    return all(find_spec(module) is not None for module in ("onnxruntime", "onnx", "tokenizers"))
+
+
+def default_encoder_name() -> str:
+    """The default: ONNX float32 (int8 misses the quality bar: DailyDialog recall@10 0.90 < 0.98,
+    see benchmarks/results/encoders.md); PyTorch where onnxruntime is not installed. Both give
+    the same vectors, so a store opens with either."""
+    return "minilm-onnx" if onnx_available() else "minilm-torch"
+
+
+def make_encoder(name: str) -> Encoder:
+    """The encoder for ``TieredMemory(path, encoder=name)``: one of ENCODER_NAMES or "default"."""
+    if name == "default":
+        name = default_encoder_name()
+    if name == "minilm-torch":
+        return MiniLMEncoder()
+    if name in ("minilm-onnx", "minilm-onnx-int8"):
+        if not onnx_available():
+            raise ConfigError(f"encoder={name!r} needs onnxruntime and onnx: pip install onnxruntime onnx "
+                              "(or use encoder='minilm-torch')")
+        from .onnx_encoder import OnnxMiniLMEncoder
+
+        return OnnxMiniLMEncoder("int8" if name.endswith("int8") else "float")
+    raise ConfigError(f"unknown encoder {name!r}; use one of {', '.join(ENCODER_NAMES)}, \"default\", "
+                      "an Encoder object, or None with dimension=")
+
+
+def check_store_encoder(path: object, stored: str | None, encoder: Encoder) -> None:
+    """Refuse to open a store with an encoder whose vectors are not comparable with the stored ones."""
+    if stored is None or stored == encoder.name:
+        return
+    openers = [n for n in ENCODER_NAMES if BACKEND_IDENTITY[n.removeprefix("minilm-")] == stored]
+    fix = (f"open it with encoder={' or '.join(repr(n) for n in openers)}" if openers
+           else "open it with the encoder it was built with")
+    raise ConfigError(f"{path} was built with encoder {stored!r}, not {encoder.name!r}; vectors from "
+                      f"different encoders are not comparable: {fix}, or add the memories to a new directory")
 
 
 def as_unit_vectors(vectors: object, dimension: int) -> np.ndarray:

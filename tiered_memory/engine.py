@@ -35,7 +35,7 @@ from .cold import STORE_SCHEMA, ColdTier, Op, text_key
 from .config import MemoryConfig
 from .crypto import Sealer
 from .dirlock import DirectoryLock
-from .encoders import Encoder, MiniLMEncoder, as_unit_vectors, encode_checked
+from .encoders import Encoder, as_unit_vectors, check_store_encoder, encode_checked, make_encoder
 from .errors import (
     ConfigError,
     EncoderError,
@@ -203,7 +203,9 @@ class TieredMemory(SearchMixin, TierManagerMixin):
     @staticmethod
     def _resolve_encoder(encoder: Any) -> Encoder | None:
         if encoder is DEFAULT_ENCODER:
-            return MiniLMEncoder()
+            return make_encoder("default")
+        if isinstance(encoder, str):
+            return make_encoder(encoder)
         if encoder is None:
             return None
         if not isinstance(encoder, Encoder):
@@ -225,10 +227,7 @@ class TieredMemory(SearchMixin, TierManagerMixin):
         if dimension is not None and from_encoder is not None and dimension != from_encoder:
             raise ConfigError(f"dimension={dimension} disagrees with the encoder's {from_encoder}")
         if self.encoder is not None:
-            encoder_name = self.cold.meta_get("encoder")
-            if encoder_name is not None and encoder_name != self.encoder.name:
-                raise ConfigError(f"{self.path} was built with encoder {encoder_name!r}, not {self.encoder.name!r}; "
-                                  "vectors from different encoders are not comparable")
+            check_store_encoder(self.path, self.cold.meta_get("encoder"), self.encoder)
         resolved = stored or dimension or from_encoder
         if resolved is None:
             raise ConfigError("a store without an encoder needs dimension=")

@@ -13,7 +13,7 @@ from typing import Any
 
 LIBRARIES = (
     "tiered-memory", "numpy", "hnswlib", "lmdb", "msgpack", "cachetools", "sentence-transformers", "torch",
-    "transformers", "chromadb", "usearch", "tqdm",
+    "transformers", "onnxruntime", "onnx", "tokenizers", "chromadb", "usearch", "tqdm",
 )
 
 
