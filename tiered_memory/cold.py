@@ -182,6 +182,16 @@ class ColdTier:
         self.sealer: Sealer | None = None  # set by the engine when the store has an encryption key
         self._ns_ids: dict[str, int] = {}  # names seen so far -> ns id (ids never change once given)
 
+    def _begin(self, **options: Any) -> lmdb.Transaction:
+        """A transaction; more threads reading at once than LMDB has reader slots is a
+        StorageError that says what to raise, not lmdb.ReadersFullError (issue 11.11)."""
+        try:
+            return self.env.begin(**options)
+        except lmdb.ReadersFullError as err:
+            raise StorageError(f"more threads are reading {self.path} at once than max_readers="
+                               f"{self.config.max_readers} allows; raise MemoryConfig.max_readers or read "
+                               "from fewer threads") from err
+
     def _check_file_size(self) -> None:
         """LMDB maps data.mdb and trusts it: pages past the end of a truncated file kill the
         process with SIGBUS on first touch. The meta page says how many pages are in use."""
@@ -221,7 +231,7 @@ class ColdTier:
         ops = list(ops)
         while True:
             try:
-                with self.env.begin(write=True) as txn:
+                with self._begin(write=True) as txn:
                     for db, key, value in ops:
                         if db == "nscount":
                             self._count_in(txn, key, int.from_bytes(value or b"", "big", signed=True))
@@ -262,7 +272,7 @@ class ColdTier:
         ns_id = self._ns_ids.get(name)
         if ns_id is not None:
             return ns_id
-        with self.env.begin(db=self.dbs["namespaces"]) as txn:
+        with self._begin(db=self.dbs["namespaces"]) as txn:
             data = txn.get(b"n" + name.encode("utf-8"))
         if data is not None:
             ns_id = _NS_ID.unpack(data)[0]
@@ -280,7 +290,7 @@ class ColdTier:
 
     def namespace_info(self, ns_id: int) -> tuple[str, int, int]:
         """(name, memory count, generation) of a namespace id."""
-        with self.env.begin(db=self.dbs["namespaces"]) as txn:
+        with self._begin(db=self.dbs["namespaces"]) as txn:
             data = txn.get(b"i" + _NS_ID.pack(ns_id))
         if data is None:
             raise StorageError(f"namespace id {ns_id} is not in the store: the store is damaged")
@@ -290,7 +300,7 @@ class ColdTier:
     def namespace_counts(self) -> list[tuple[str, int]]:
         """(name, memory count) of every namespace the store has seen, in id order."""
         out = []
-        with self.env.begin(db=self.dbs["namespaces"]) as txn:
+        with self._begin(db=self.dbs["namespaces"]) as txn:
             cursor = txn.cursor()
             if cursor.set_range(b"i"):
                 for key, data in cursor:
@@ -304,7 +314,7 @@ class ColdTier:
         """Every catalog row and int8 code of one namespace: one range read of each database,
         the two cursors walking side by side (both hold the same keys in the same order)."""
         prefix = ns_prefix(ns_id)
-        with self.env.begin(buffers=True) as txn:
+        with self._begin(buffers=True) as txn:
             rows_cursor = txn.cursor(db=self.dbs["rows"])
             codes_cursor = txn.cursor(db=self.dbs["nscodes"])
             found = NamespaceRows(self.dimension, count_hint)
@@ -346,7 +356,7 @@ class ColdTier:
 
     def find_texts(self, keys: list[bytes | None]) -> list[str | None]:
         """The memory id each dedup key names (None: no such text, or no key)."""
-        with self.env.begin(db=self.dbs["texts"]) as txn:
+        with self._begin(db=self.dbs["texts"]) as txn:
             found = [None if key is None else txn.get(key) for key in keys]
         return [None if value is None else bytes(value).decode("utf-8") for value in found]
 
@@ -354,7 +364,7 @@ class ColdTier:
         """Ids of a namespace's memories in key order (keys only: no row is decoded)."""
         prefix = ns_prefix(ns_id)
         out = []
-        with self.env.begin(db=self.dbs["rows"]) as txn:
+        with self._begin(db=self.dbs["rows"]) as txn:
             cursor = txn.cursor()
             if cursor.set_range(prefix):
                 for key in cursor.iternext(keys=True, values=False):
@@ -482,7 +492,7 @@ class ColdTier:
         return None if data is None else unpack_record(data, self.sealer)
 
     def get_many(self, memory_ids: Iterable[str]) -> list[Memory | None]:
-        with self.env.begin(db=self.dbs["records"]) as txn:
+        with self._begin(db=self.dbs["records"]) as txn:
             found = [txn.get(_key(memory_id)) for memory_id in memory_ids]
         return [None if data is None else unpack_record(data, self.sealer) for data in found]
 
@@ -496,7 +506,7 @@ class ColdTier:
         if ns_id is None:
             return None
         rkey = row_key(ns_id, memory_id)
-        with self.env.begin(db=self.dbs["nscodes"]) as txn:
+        with self._begin(db=self.dbs["nscodes"]) as txn:
             code = txn.get(rkey)
         if code is None:
             return None
@@ -507,7 +517,7 @@ class ColdTier:
         """Records (and float originals, if asked and kept) of several memories, in one read."""
         out: list[tuple[Memory | None, np.ndarray | None]] = []
         want_originals = originals and self.originals_dtype is not None
-        with self.env.begin(buffers=True) as txn:
+        with self._begin(buffers=True) as txn:
             records, kept = self.dbs["records"], self.dbs["originals"]
             for memory_id in memory_ids:
                 key = _key(memory_id)
@@ -527,7 +537,7 @@ class ColdTier:
         if self.originals_dtype is None:
             return None
         out = np.empty((len(memory_ids), self.dimension), dtype=np.float32)
-        with self.env.begin(db=self.dbs["originals"], buffers=True) as txn:
+        with self._begin(db=self.dbs["originals"], buffers=True) as txn:
             for i, memory_id in enumerate(memory_ids):
                 data = txn.get(_key(memory_id))
                 if data is None:
@@ -540,11 +550,11 @@ class ColdTier:
         return isinstance(memory_id, str) and self._read("records", memory_id) is not None
 
     def __len__(self) -> int:
-        with self.env.begin() as txn:
+        with self._begin() as txn:
             return int(txn.stat(self.dbs["records"])["entries"])
 
     def ids(self) -> Iterator[str]:
-        with self.env.begin(db=self.dbs["records"]) as txn:
+        with self._begin(db=self.dbs["records"]) as txn:
             keys = [bytes(key).decode("utf-8") for key in txn.cursor().iternext(keys=True, values=False)]
         return iter(keys)
 
@@ -564,7 +574,7 @@ class ColdTier:
         A whole-archive pass for verification and export: opening a store never calls it."""
         memories: list[Memory] = []
         names = {}
-        with self.env.begin(db=self.dbs["namespaces"]) as txn:
+        with self._begin(db=self.dbs["namespaces"]) as txn:
             for key, data in txn.cursor():
                 if bytes(key).startswith(b"i"):
                     names[_NS_ID.unpack(bytes(key)[1:5])[0]] = msgpack.unpackb(data, raw=False)[0]
@@ -589,7 +599,7 @@ class ColdTier:
         stored = self.meta_get("store_schema")
         if stored is not None:
             return stored
-        with self.env.begin() as txn:
+        with self._begin() as txn:
             empty = int(txn.stat(self.dbs["records"])["entries"]) == 0
         return STORE_SCHEMA if empty else 2
 
@@ -602,7 +612,7 @@ class ColdTier:
         ns_ids: dict[str, int] = {}
         counts: dict[int, int] = {}
         sealed_any = False
-        with self.env.begin(write=True) as txn:
+        with self._begin(write=True) as txn:
             records, old_codes = self.dbs["records"], self.dbs["codes"]
             for key, data in txn.cursor(db=records):
                 memory = unpack_record(bytes(data), self.sealer)
@@ -648,7 +658,7 @@ class ColdTier:
     def recode_all(self, encode: Any, decode_old: Any) -> None:
         """Re-encode every stored int8 code (re-calibration), from the originals when kept, else
         from the old codes, streaming through the archive in one write transaction."""
-        with self.env.begin(write=True) as txn:
+        with self._begin(write=True) as txn:
             codes_db, originals_db = self.dbs["nscodes"], self.dbs["originals"]
             cursor = txn.cursor(db=codes_db)
             for key, stored in list(cursor):
@@ -670,7 +680,7 @@ class ColdTier:
             txn.put(b"generation", msgpack.packb(generation), db=meta)
 
     def meta_get(self, name: str, default: Any = None) -> Any:
-        with self.env.begin(db=self.dbs["meta"]) as txn:
+        with self._begin(db=self.dbs["meta"]) as txn:
             data = txn.get(name.encode())
         if data is None:
             return default
@@ -682,7 +692,7 @@ class ColdTier:
 
     def extra_items(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
         """Entries of the ``extra`` database whose key starts with prefix, in key order."""
-        with self.env.begin(db=self.dbs["extra"]) as txn:
+        with self._begin(db=self.dbs["extra"]) as txn:
             cursor = txn.cursor()
             if not cursor.set_range(prefix):
                 return
@@ -694,5 +704,5 @@ class ColdTier:
         yield from items
 
     def _read(self, db: str, memory_id: str) -> bytes | None:
-        with self.env.begin(db=self.dbs[db]) as txn:
+        with self._begin(db=self.dbs[db]) as txn:
             return txn.get(_key(memory_id))

@@ -45,6 +45,7 @@ from .errors import (
     MemoryNotFoundError,
     SchemaVersionError,
     StoreClosedError,
+    short_repr,
 )
 from .extra import ExtraStore
 from .filters import compile_where
@@ -64,6 +65,7 @@ from .records import (
     check_metadata,
     check_text,
     check_timestamp,
+    is_real_number,
     new_id,
 )
 from .searching import Lookup, SearchMixin
@@ -699,9 +701,10 @@ class TieredMemory(SearchMixin, TierManagerMixin):
         namespaces = list(dict.fromkeys(check_label(ns, "namespace") for ns in namespaces))
         kind_names = _check_kinds(kinds)
         predicate = compile_where(where)
-        if min_score is not None and (isinstance(min_score, bool) or not isinstance(min_score, (int, float))
-                                      or not math.isfinite(min_score)):
-            raise InvalidInputError(f"min_score must be a finite number, got {min_score!r}")
+        if min_score is not None:
+            if not is_real_number(min_score) or not math.isfinite(float(min_score)):
+                raise InvalidInputError(f"min_score must be a finite number, got {short_repr(min_score)}")
+            min_score = float(min_score)
         if only_ids is not None:
             if isinstance(only_ids, str) or not isinstance(only_ids, Collection) or \
                     not all(isinstance(i, str) for i in only_ids):

@@ -6,6 +6,8 @@ subclass ``ValueError`` / ``TypeError`` / ``KeyError`` so generic handlers still
 
 from __future__ import annotations
 
+import reprlib
+
 
 class TieredMemoryError(Exception):
     """Base class of every error this library raises on purpose."""
@@ -88,3 +90,16 @@ class DecryptionError(TieredMemoryError):
 
 class EncryptionRequiredError(TieredMemoryError):
     """A sensitive memory was written or read without the store's encryption key."""
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother, _SHORT.maxlist, _SHORT.maxdict = 3, 80, 80, 6, 6
+
+
+def short_repr(value: object) -> str:
+    """A bounded repr for error messages: a hostile, deeply nested or huge value cannot make the
+    message itself raise RecursionError or run to megabytes (issue 11.11)."""
+    try:
+        return _SHORT.repr(value)
+    except Exception:  # a __repr__ that raises: say what type it was
+        return f"<{type(value).__name__}>"

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .errors import InvalidFilterError
+from .errors import InvalidFilterError, short_repr
 
 Predicate = Callable[[Mapping[str, Any]], bool]
 
@@ -66,7 +66,8 @@ def compile_where(where: Mapping[str, Any] | None, depth: int = 0) -> Predicate 
     if depth > MAX_NESTING:
         raise InvalidFilterError(f"where is nested more than {MAX_NESTING} $and/$or levels deep; flatten it")
     if not isinstance(where, Mapping) or not where:
-        raise InvalidFilterError(f"where must be a non-empty mapping such as {{'project': 'rag'}}, got {where!r}")
+        raise InvalidFilterError("where must be a non-empty mapping such as {'project': 'rag'}, "
+                                 f"got {short_repr(where)}")
     clauses = [_compile_clause(key, spec, depth) for key, spec in where.items()]
     if len(clauses) == 1:
         return clauses[0]
@@ -76,12 +77,13 @@ def compile_where(where: Mapping[str, Any] | None, depth: int = 0) -> Predicate 
 def _compile_clause(key: object, spec: Any, depth: int) -> Predicate:
     if key in ("$and", "$or"):
         if not isinstance(spec, list) or not spec:
-            raise InvalidFilterError(f"{key} takes a non-empty list of filters, got {spec!r}")
+            raise InvalidFilterError(f"{key} takes a non-empty list of filters, got {short_repr(spec)}")
         parts = [compile_where(part, depth + 1) for part in spec]
         combine = all if key == "$and" else any
         return lambda metadata: combine(part(metadata) for part in parts)  # type: ignore[misc]
     if not isinstance(key, str) or key.startswith("$"):
-        raise InvalidFilterError(f"unknown filter operator or bad field name {key!r}; fields are str keys of metadata")
+        raise InvalidFilterError(f"unknown filter operator or bad field name {short_repr(key)}; "
+                                 "fields are str keys of metadata")
     if isinstance(spec, Mapping) and any(isinstance(op, str) and op.startswith("$") for op in spec):
         tests = [_compile_operator(key, op, operand) for op, operand in spec.items()]
     else:
@@ -97,13 +99,14 @@ def _compile_clause(key: object, spec: Any, depth: int) -> Predicate:
 def _compile_operator(key: str, op: object, operand: Any) -> tuple[Callable[[Any, Any], bool], Any]:
     test = _OPERATORS.get(op) if isinstance(op, str) else None
     if test is None:
-        raise InvalidFilterError(f"unknown operator {op!r} on field {key!r}; use one of {sorted(_OPERATORS)}")
+        raise InvalidFilterError(f"unknown operator {short_repr(op)} on field {short_repr(key)}; "
+                                 f"use one of {sorted(_OPERATORS)}")
     if op in ("$in", "$nin"):
         if not isinstance(operand, (list, tuple, set, frozenset)):
-            raise InvalidFilterError(f"{op} on field {key!r} takes a list, got {operand!r}")
+            raise InvalidFilterError(f"{op} on field {short_repr(key)} takes a list, got {short_repr(operand)}")
         operand = list(operand)
     elif op == "$exists" and not isinstance(operand, bool):
-        raise InvalidFilterError(f"$exists on field {key!r} takes True or False, got {operand!r}")
+        raise InvalidFilterError(f"$exists on field {short_repr(key)} takes True or False, got {short_repr(operand)}")
     elif op in ("$gt", "$gte", "$lt", "$lte") and not isinstance(operand, (int, float, str, bytes)):
-        raise InvalidFilterError(f"{op} on field {key!r} takes a number or a str, got {operand!r}")
+        raise InvalidFilterError(f"{op} on field {short_repr(key)} takes a number or a str, got {short_repr(operand)}")
     return test, operand

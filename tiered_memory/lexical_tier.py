@@ -21,10 +21,15 @@ import threading
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from .lexical import LexicalIndex
 
 CONVERSATION_KIND = "conversation"
 _LEVELS = 2
+# Turns further apart than this belong to different sessions and are not each other's context
+# (a conversation's messages are seconds apart; its sessions hours or days).
+SESSION_GAP_S = 3_600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,13 +72,19 @@ class _Turns:
         i = self._position(memory_id)
         return [self.keys[j][1] for j in range(max(0, i - _LEVELS), min(len(self.keys), i + _LEVELS + 1)) if j != i]
 
-    def contexts(self, memory_id: str) -> tuple[str, str]:
+    def levels(self, memory_id: str) -> list[list[str]]:
+        """The turns one and two places away in the same session, nearest level first."""
         i = self._position(memory_id)
-        levels = []
+        created = self.keys[i][0]
+        out = []
         for step in range(1, _LEVELS + 1):
-            near = [self.keys[j][1] for j in (i - step, i + step) if 0 <= j < len(self.keys)]
-            levels.append(" ".join(self.texts[n] for n in near))
-        return levels[0], levels[1]
+            out.append([self.keys[j][1] for j in (i - step, i + step)
+                        if 0 <= j < len(self.keys) and abs(self.keys[j][0] - created) <= SESSION_GAP_S])
+        return out
+
+    def contexts(self, memory_id: str) -> tuple[str, str]:
+        first, second = (" ".join(self.texts[n] for n in level) for level in self.levels(memory_id))
+        return first, second
 
 
 class _Namespace:
@@ -82,6 +93,7 @@ class _Namespace:
         self.turns = _Turns()
         self.sealed: dict[str, bool] = {}
         self.kinds: dict[str, str] = {}
+        self.neighbours: tuple[dict[str, int], np.ndarray] | None = None  # built on demand, reset by changes
 
 
 class LexicalTier:
@@ -129,7 +141,23 @@ class LexicalTier:
                 entry.sealed.pop(memory_id, None)
                 entry.kinds.pop(memory_id, None)
             entry.index.remove(ids)
+            entry.neighbours = None
             self._reindex(entry, [i for i in dict.fromkeys(affected) if i in entry.turns.texts])
+
+    def neighbours(self, namespace: str) -> tuple[dict[str, int], np.ndarray] | None:
+        """The namespace's conversation turns as (position of each id, neighbour positions): an
+        (n, 2 levels, 2) int array, -1 where a turn has no neighbour there; None without turns."""
+        entry = self._get(namespace)
+        with self._lock:
+            if entry.neighbours is None and entry.turns.texts:
+                ids = [key[1] for key in entry.turns.keys]
+                position = {memory_id: i for i, memory_id in enumerate(ids)}
+                table = np.full((len(ids), _LEVELS, 2), -1, dtype=np.int64)
+                for i, memory_id in enumerate(ids):
+                    for level, near in enumerate(entry.turns.levels(memory_id)):
+                        table[i, level, :len(near)] = [position[n] for n in near]
+                entry.neighbours = (position, table)
+            return entry.neighbours
 
     def drop(self, namespace: str) -> None:
         """The namespace unloads: its index goes with it."""
@@ -137,6 +165,7 @@ class LexicalTier:
             self._indexes.pop(namespace, None)
 
     def _add_docs(self, entry: _Namespace, docs: Sequence[Doc]) -> None:
+        entry.neighbours = None
         plain = [doc for doc in docs if doc.kind != CONVERSATION_KIND]
         for doc in docs:
             entry.sealed[doc.id] = doc.sealed

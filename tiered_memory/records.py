@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 import msgpack
+import numpy as np
 
 from .crypto import Sealer
 from .errors import (
@@ -24,6 +25,7 @@ from .errors import (
     SchemaVersionError,
     StorageError,
     TextTooLargeError,
+    short_repr,
 )
 
 # The version written first in every cold record (its field layout and how its sealed blob is bound):
@@ -256,7 +258,7 @@ def new_id() -> str:
 def check_id(memory_id: object) -> str:
     """Ids are LMDB keys: at most 128 characters and 480 UTF-8 bytes (LMDB's key limit is 511)."""
     if not isinstance(memory_id, str) or not 1 <= len(memory_id) <= 128:
-        raise InvalidInputError(f"a memory id is a str of 1 to 128 characters, got {memory_id!r}")
+        raise InvalidInputError(f"a memory id is a str of 1 to 128 characters, got {short_repr(memory_id)}")
     try:
         if len(memory_id.encode("utf-8")) > 480:
             raise InvalidInputError(f"memory id {memory_id!r} is longer than 480 bytes in UTF-8")
@@ -288,7 +290,9 @@ def check_text(text: object, max_chars: int) -> str:
 def check_label(value: object, what: str) -> str:
     """Namespaces and kinds: short non-empty strings."""
     if not isinstance(value, str) or not value or len(value) > 256:
-        raise InvalidInputError(f"{what} must be a non-empty str of at most 256 characters, got {value!r}")
+        raise InvalidInputError(f"{what} must be a non-empty str of at most 256 characters, got {short_repr(value)}")
+    if len(value.encode("utf-8", "surrogatepass")) > 480:  # namespaces are LMDB keys: at most 511 bytes
+        raise InvalidInputError(f"{what} {short_repr(value)} is longer than 480 bytes in UTF-8; use a shorter name")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as err:
@@ -296,10 +300,15 @@ def check_label(value: object, what: str) -> str:
     return value
 
 
+def is_real_number(value: object) -> bool:
+    """int, float and numpy's integer and floating scalars (np.float32 included), never bool."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
 def check_importance(value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-        raise InvalidInputError(f"importance must be a number between 0 and 1, got {value!r}")
-    return float(value)
+    if not is_real_number(value) or not 0.0 <= float(value) <= 1.0:  # type: ignore[arg-type]
+        raise InvalidInputError(f"importance must be a number between 0 and 1, got {short_repr(value)}")
+    return float(value)  # type: ignore[arg-type]
 
 
 def check_timestamp(value: object, what: str) -> float:
@@ -308,9 +317,9 @@ def check_timestamp(value: object, what: str) -> float:
         if value.tzinfo is None:
             value = value.replace(tzinfo=UTC)
         return value.timestamp()
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise InvalidInputError(f"{what} must be seconds since the epoch or a datetime, got {value!r}")
-    return float(value)
+    if not is_real_number(value) or not math.isfinite(float(value)):  # type: ignore[arg-type]
+        raise InvalidInputError(f"{what} must be seconds since the epoch or a datetime, got {short_repr(value)}")
+    return float(value)  # type: ignore[arg-type]
 
 
 def check_metadata(metadata: object, max_bytes: int, max_depth: int) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from .catalog import HOT, Catalog
 from .encoders import as_unit_vectors
 from .errors import InvalidInputError, TieredMemoryError
 from .filters import Predicate
-from .fusion import weighted_sum
+from .fusion import NEIGHBOUR_WEIGHTS
 from .lexical_tier import Doc
 from .quantization import Int8Quantizer
 from .records import TIERS_BY_CODE, Hit, Memory, check_text
@@ -28,6 +28,12 @@ if TYPE_CHECKING:
 
 
 Period = tuple[float, float]  # created_at bounds, seconds, both inclusive
+
+
+def _z_scores(values: np.ndarray) -> np.ndarray:
+    """fusion.z_score on an array (all 0.0 when the values are all equal)."""
+    spread = values.std()
+    return np.zeros_like(values) if spread == 0 else (values - values.mean()) / spread
 
 
 class Lookup:
@@ -171,6 +177,39 @@ class SearchMixin:
                                 catalog.created[slot], bool(catalog.sensitive[slot])))
         return docs
 
+    def _dense_candidates(self, namespace: str, ns: int, q: np.ndarray, depth: int, kinds: list[str] | None,
+                          predicate: Predicate | None, only_ids: Collection[str] | None, lookup: Lookup,
+                          period: Period | None) -> list[tuple[int, float]]:
+        """The dense list for fusion. In a small namespace holding conversation turns, every row is
+        scored (an exact scan) and each turn's cosine gains its session neighbours' (0.5 / 0.25 of
+        their mean per step, as on the lexical side: LoCoMo dev hit@10 0.557 -> 0.593 dense alone)."""
+        catalog = self.catalog
+        count = catalog.count_by_ns.get(ns, 0)
+        turns = self.lexical.neighbours(namespace) if count <= self.config.exact_search_max else None
+        if turns is None:
+            return self._search_namespace(namespace, q, depth, kinds, predicate, only_ids, lookup, period)
+        position, table = turns
+        scored = self._search_namespace(namespace, q, count, kinds, predicate, only_ids, lookup, period)
+        if not scored:
+            return []
+        slots = np.fromiter((slot for slot, _ in scored), dtype=np.int64, count=len(scored))
+        scores = np.fromiter((score for _, score in scored), dtype=np.float64, count=len(scored))
+        ids = catalog.ids
+        where = np.fromiter((position.get(ids[slot], -1) for slot in slots.tolist()), dtype=np.int64,
+                            count=len(slots))
+        by_turn = np.full(len(table) + 1, scores.min())  # a neighbour the filters dropped counts as the floor
+        by_turn[where[where >= 0]] = scores[where >= 0]
+        smoothed = scores.copy()
+        turn_rows = np.flatnonzero(where >= 0)
+        for level, weight in enumerate(NEIGHBOUR_WEIGHTS):
+            near = table[where[turn_rows], level]  # (rows, 2), -1 = none
+            present = near >= 0
+            counts = present.sum(axis=1)
+            sums = np.where(present, by_turn[np.where(present, near, len(table))], 0.0).sum(axis=1)
+            smoothed[turn_rows] += np.where(counts > 0, weight * sums / np.maximum(counts, 1), 0.0)
+        order = np.argsort(-smoothed, kind="stable")[:depth]
+        return list(zip(slots[order].tolist(), smoothed[order].tolist()))
+
     def _search_text(self, query: str, q: np.ndarray, namespaces: list[str], k: int, kinds: list[str] | None,
                      predicate: Predicate | None, min_score: float | None, only_ids: Collection[str] | None,
                      mode: str, period: Period | None = None) -> list[Hit]:
@@ -191,7 +230,7 @@ class SearchMixin:
                 if ns is None or namespace not in self.registry or not catalog.count_by_ns.get(ns):
                     continue
                 if mode == "hybrid":
-                    for slot, score in self._search_namespace(namespace, q, depth, kinds, predicate, only_ids,
+                    for slot, score in self._dense_candidates(namespace, ns, q, depth, kinds, predicate, only_ids,
                                                               lookup, period):
                         dense[slot] = max(score, dense.get(slot, -np.inf))
                 rows = RowFilter.build(catalog, ns, kinds, predicate, only_ids, period)
@@ -209,12 +248,23 @@ class SearchMixin:
             candidates = list(dict.fromkeys([*dense, *lexical]))
             if not candidates:
                 return []
-            cosine = dict(self._rescore(q, [(slot, 0.0) for slot in candidates]))
+            # Cosines from the int8 codes (what dense mode ranks by); with rescore=True, from the
+            # float originals, as dense mode does.
+            if self.config.rescore:
+                cosine = dict(self._rescore(q, [(slot, 0.0) for slot in candidates]))
+            else:
+                weights, offset = self._scan_weights(q)
+                values = catalog.blocks.codes(candidates).astype(np.float32) @ weights + np.float32(offset)
+                cosine = dict(zip(candidates, values.tolist()))
             if mode == "hybrid":
-                lists = [(list(dense), list(dense.values()))]
-                if lexical:
-                    lists.append((list(lexical), list(lexical.values())))
-                fused_ids, fused_scores = weighted_sum(lists)
+                # Every candidate has both scores for real: its cosine (neighbour-smoothed where the
+                # dense list smoothed it) and its BM25 (0.0: none of the query's words), so nothing
+                # is imputed, and a list of one candidate cannot zero the other signal's z-scores.
+                dense_side = np.array([dense.get(slot, cosine[slot]) for slot in candidates])
+                lexical_side = np.array([lexical.get(slot, 0.0) for slot in candidates])
+                fused = _z_scores(dense_side) + _z_scores(lexical_side)  # equal weights
+                order = np.argsort(-fused, kind="stable")
+                fused_ids, fused_scores = [candidates[i] for i in order.tolist()], fused[order].tolist()
             else:
                 fused_ids, fused_scores = list(lexical), list(lexical.values())
                 order = sorted(range(len(fused_ids)), key=lambda i: -fused_scores[i])

@@ -187,9 +187,10 @@ def run_engine(namespaces: Sequence[Namespace], workdir: Path) -> dict[str, list
     methods: dict[str, list[dict[str, Any]]] = {}
     with TieredMemory(workdir / "engine-store", encoder=_Lookup(pairs), durability="async") as mem:
         for ns in namespaces:
-            # Ids are store-wide; turn ids ("D1:3") repeat across conversations.
+            # Ids are store-wide and turn ids ("D1:3") repeat across conversations; ids that sort in
+            # turn order keep turns of one session (which share a created_at) in order.
             mem.add_many(ns.texts, namespace=ns.sample_id, kind="conversation",
-                         ids=[f"{ns.sample_id}/{turn}" for turn in ns.turn_ids], created_at=ns.created_at)
+                         ids=[f"{ns.sample_id}/{i:05d}" for i in range(len(ns.turn_ids))], created_at=ns.created_at)
         for ns in namespaces:
             for mode in ENGINE_MODES:
                 mem.search(ns.questions[0].question, namespace=ns.sample_id, k=max(KS), mode=mode)  # warm up
@@ -200,7 +201,7 @@ def run_engine(namespaces: Sequence[Namespace], workdir: Path) -> dict[str, list
                     methods.setdefault(f"TieredMemory.search mode={mode}", []).append(
                         {"conversation": ns.sample_id, "category": question.category,
                          "evidence": list(question.evidence),
-                         "found": [h.memory.id.split("/", 1)[1] for h in hits],
+                         "found": [ns.turn_ids[int(h.memory.id.rsplit("/", 1)[1])] for h in hits],
                          "seconds": seconds})
     return methods
 
