@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import lmdb
@@ -114,3 +118,68 @@ def test_an_open_with_a_wrong_key_never_writes_a_key_check(tmp_path: Path) -> No
             mem.get(secret)
     with TieredMemory(tmp_path / "k", encoder=None, dimension=DIM, encryption_key=right) as mem:
         assert mem.get(secret).text == "the secret"  # the wrong key locked nobody out
+
+
+def test_a_reader_never_serves_another_namespaces_record_under_a_reused_id(tmp_path: Path) -> None:
+    vectors = unit_rows(3, seed=11)
+    writer = TieredMemory(tmp_path / "r", encoder=None, dimension=DIM)
+    writer.add("tenant A's note", namespace="A", vector=vectors[0], id="X")
+    writer.add("filler", namespace="A", vector=vectors[1])
+    script = textwrap.dedent(f"""
+        import json, sys, numpy as np
+        from tiered_memory import TieredMemory, MemoryNotFoundError
+        reader = TieredMemory({str(tmp_path / "r")!r}, encoder=None, dimension={DIM}, read_only=True)
+        q = np.array({vectors[0].tolist()!r}, dtype=np.float32)
+        print(reader.search(vector=q, namespace="A", k=1)[0].memory.id, flush=True)  # A is loaded now
+        sys.stdin.readline()
+        hits = reader.search(vector=q, namespace="A", k=2)
+        try:
+            reader.get("X", namespace="A")
+            got = "served"
+        except MemoryNotFoundError:
+            got = "not found"
+        print(json.dumps([[h.memory.namespace, h.memory.text] for h in hits] + [got]), flush=True)
+        reader.close()
+    """)
+    child = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             text=True, cwd=Path(__file__).resolve().parent.parent)
+    try:
+        assert child.stdout.readline().strip() == "X"
+        writer.delete("X")
+        writer.add("tenant B's secret", namespace="B", vector=vectors[0], id="X")
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        out = json.loads(child.stdout.readline())
+    finally:
+        child.communicate(timeout=60)  # closes the pipes
+        writer.close()
+    assert out[-1] == "not found"
+    assert all(namespace == "A" and text != "tenant B's secret" for namespace, text in out[:-1])
+
+
+def test_statistics_flushes_do_not_reseal_records(tmp_path: Path) -> None:
+    key = os.urandom(32)
+    with TieredMemory(tmp_path / "f", encoder=None, dimension=DIM, encryption_key=key) as mem:
+        secret = mem.add("sealed note", vector=unit_rows(1)[0], sensitive=True)
+        before = mem.cold.get_raw("records", secret)
+        for _ in range(3):
+            mem.get(secret)
+            mem.maintain()  # flushes statistics
+        assert mem.cold.get_raw("records", secret) == before  # not sealed again under a fresh nonce
+        assert mem.get(secret).access_count == 4
+
+
+def test_a_sealed_namespaces_topic_model_is_not_on_disk_in_clear(tmp_path: Path) -> None:
+    key = os.urandom(32)
+    path = tmp_path / "t"
+    with TieredMemory(path, encoder=None, dimension=DIM, encryption_key=key, topic_min_memories=32) as mem:
+        mem.seal_namespace("vault")
+        mem.add_many([f"secret {i}" for i in range(64)], namespace="vault", vectors=unit_rows(64, seed=5))
+        assert "vault" in mem.maintain().topics_fitted
+        centroids = mem.topics["vault"].centroids
+    data = b"".join(p.read_bytes() for p in path.rglob("*") if p.is_file())
+    for centroid in centroids:
+        assert centroid.astype(np.float32).tobytes()[:16] not in data
+    with TieredMemory(path, encoder=None, dimension=DIM, encryption_key=key) as mem:
+        mem.preload("vault")
+        assert np.allclose(mem.topics["vault"].centroids, centroids)  # sealed, and read back with the key

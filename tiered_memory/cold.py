@@ -703,6 +703,12 @@ class ColdTier:
                 items.append((bytes(key), bytes(value)))
         yield from items
 
+    def get_raw(self, db: str, memory_id: str) -> bytes | None:
+        """The stored bytes of one memory's value in a database keyed by memory id (verification)."""
+        if db not in ("records", "originals"):
+            raise ValueError(f"{db!r} is not keyed by memory id")
+        return self._read(db, memory_id)
+
     def _read(self, db: str, memory_id: str) -> bytes | None:
         with self._begin(db=self.dbs[db]) as txn:
             return txn.get(_key(memory_id))
