@@ -56,7 +56,8 @@ def _usearch() -> Any:
     try:
         from usearch.index import Index
     except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ConfigError("the cold index needs usearch: pip install 'tiered-memory[huge]' (or usearch>=2.12)") from err
+        raise ConfigError("the cold index needs usearch, a dependency of tiered-memory: pip install 'usearch>=2.12'"
+                          ) from err
     return Index
 
 
