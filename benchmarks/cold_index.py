@@ -171,28 +171,26 @@ def _run_child(method: str, scratch: Path, queries_n: int) -> dict[str, Any]:
 # -- builds ---------------------------------------------------------------------------------------
 
 
-def _build_all(scratch: Path, vectors: np.ndarray) -> dict[str, dict[str, Any]]:
-    import hnswlib
-
+def _build_usearch(scratch: Path, vectors: np.ndarray) -> dict[str, dict[str, Any]]:
     from tiered_memory.cold_index import ColdIndex
+
+    started = time.perf_counter()
+    index = ColdIndex.build(scratch / "usearch" / "cold.json", [f"m{i}" for i in range(len(vectors))], vectors,
+                            generation=1, connectivity=CONNECTIVITY, expansion_add=EXPANSION_ADD, threads=THREADS)
+    built = {"build_s": round(time.perf_counter() - started, 2), "file_bytes": index.file_bytes()}
+    index.close()
+    return {"usearch-i8-view": built}
+
+
+def _build_ivf(scratch: Path, vectors: np.ndarray) -> dict[str, dict[str, Any]]:
     from tiered_memory.quantization import Int8Quantizer
     from tiered_memory.topics import TopicModel
 
     n, dimension = vectors.shape
-    built: dict[str, dict[str, Any]] = {}
-    ids = [f"m{i}" for i in range(n)]
-
-    started = time.perf_counter()
-    index = ColdIndex.build(scratch / "usearch" / "cold.json", ids, vectors, generation=1,
-                            connectivity=CONNECTIVITY, expansion_add=EXPANSION_ADD, threads=THREADS)
-    built["usearch-i8-view"] = {"build_s": round(time.perf_counter() - started, 2), "file_bytes": index.file_bytes()}
-    index.close()
-    print(f"  usearch built in {built['usearch-i8-view']['build_s']} s", file=sys.stderr, flush=True)
-
     started = time.perf_counter()
     quantizer = Int8Quantizer(dimension)
     quantizer.fit(vectors[:: max(1, n // 20_000)])
-    model = TopicModel.fit(vectors, int(math.sqrt(n)), seed=0)
+    model = TopicModel.fit(vectors, int(math.sqrt(n)), seed=0)  # the engine's default: about sqrt(n) topics
     topics, _ = model.assign(vectors)
     order = np.argsort(topics, kind="stable")
     bounds = np.zeros(len(model) + 1, dtype=np.int64)
@@ -207,27 +205,32 @@ def _build_all(scratch: Path, vectors: np.ndarray) -> dict[str, dict[str, Any]]:
     np.save(scratch / "centroids.npy", model.centroids)
     (scratch / "ivf.json").write_text(json.dumps({"dimension": dimension, "lo": quantizer.lo.tolist(),
                                                   "step": quantizer.step.tolist()}))
-    ivf_s = time.perf_counter() - started
+    ivf_s = round(time.perf_counter() - started, 2)
     ivf_bytes = sum((scratch / name).stat().st_size for name in ("codes.npy", "slots.npy", "bounds.npy",
                                                                    "centroids.npy"))
-    built["ivf-memmap"] = {"build_s": round(ivf_s, 2), "file_bytes": ivf_bytes, "lists": len(model)}
-    built["scan-0.4"] = {"build_s": round(ivf_s, 2), "file_bytes": 0, "ram_code_bytes": n * dimension,
-                         "topics": len(model)}
-    print(f"  IVF built in {ivf_s:.1f} s", file=sys.stderr, flush=True)
+    return {"ivf-memmap": {"build_s": ivf_s, "file_bytes": ivf_bytes, "lists": len(model)},
+            "scan-0.4": {"build_s": ivf_s, "file_bytes": 0, "ram_code_bytes": n * dimension, "topics": len(model)}}
 
+
+def _build_hnswlib(scratch: Path, vectors: np.ndarray) -> dict[str, dict[str, Any]]:
+    import hnswlib
+
+    n, dimension = vectors.shape
     started = time.perf_counter()
     graph = hnswlib.Index(space="ip", dim=dimension)
     graph.init_index(max_elements=n, M=CONNECTIVITY, ef_construction=EXPANSION_ADD)
     graph.add_items(vectors, np.arange(n), num_threads=THREADS)
     graph.save_index(str(scratch / "hnswlib.bin"))
-    built["hnswlib-f32"] = {"build_s": round(time.perf_counter() - started, 2),
-                            "file_bytes": (scratch / "hnswlib.bin").stat().st_size}
-    del graph
-    print(f"  hnswlib built in {built['hnswlib-f32']['build_s']} s", file=sys.stderr, flush=True)
-    return built
+    return {"hnswlib-f32": {"build_s": round(time.perf_counter() - started, 2),
+                            "file_bytes": (scratch / "hnswlib.bin").stat().st_size}}
 
 
-def run_size(n: int, queries_n: int, scratch_root: Path) -> dict[str, Any]:
+# Each build is followed at once by its fresh-process searches, so a run cut short keeps what it measured.
+STAGES = ((_build_usearch, ("usearch-i8-view",)), (_build_ivf, ("ivf-memmap", "scan-0.4")),
+          (_build_hnswlib, ("hnswlib-f32",)))
+
+
+def run_size(n: int, queries_n: int, scratch_root: Path, save: Any) -> dict[str, Any]:
     from tiered_memory.corpora import exact_neighbors, load_dailydialog, scaled_vectors, tie_aware_recall
 
     base = load_dailydialog().embeddings()
@@ -239,19 +242,24 @@ def run_size(n: int, queries_n: int, scratch_root: Path) -> dict[str, Any]:
     _, truth = exact_neighbors(queries, vectors, K)
     kth = truth[:, -1]
     print(f"{n}: data ready", file=sys.stderr, flush=True)
-    built = _build_all(scratch, vectors)
     result: dict[str, Any] = {"n": n, "queries": queries_n, "methods": {}}
-    for method in ("usearch-i8-view", "ivf-memmap", "scan-0.4", "hnswlib-f32"):
-        child = _run_child(method, scratch, queries_n)
-        for run in child["runs"]:
-            found = np.load(scratch / f"found-{method}-{run['setting']}.npy")
-            exact = np.einsum("qd,qkd->qk", queries, vectors[np.maximum(found, 0)])
-            run["recall@10"] = round(tie_aware_recall(found, exact, kth), 4)
-        result["methods"][method] = {**built[method], **child}
-        print(f"  {method}: {json.dumps(child['runs'])}", file=sys.stderr, flush=True)
-    for path in sorted(scratch.rglob("*"), reverse=True):
-        path.unlink() if path.is_file() else path.rmdir()
-    scratch.rmdir()
+    try:
+        for build, methods in STAGES:
+            built = build(scratch, vectors)
+            for method in methods:
+                child = _run_child(method, scratch, queries_n)
+                for run in child["runs"]:
+                    found = np.load(scratch / f"found-{method}-{run['setting']}.npy")
+                    exact = np.einsum("qd,qkd->qk", queries, vectors[np.maximum(found, 0)])
+                    run["recall@10"] = round(tie_aware_recall(found, exact, kth), 4)
+                result["methods"][method] = {**built[method], **child}
+                print(f"  {method}: build {built[method]['build_s']} s, {json.dumps(child)}", file=sys.stderr,
+                      flush=True)
+                save(result)
+    finally:
+        for path in sorted(scratch.rglob("*"), reverse=True):
+            path.unlink() if path.is_file() else path.rmdir()
+        scratch.rmdir()
     return result
 
 
@@ -261,8 +269,8 @@ def render(results: dict[str, Any]) -> str:
     knob = {"usearch-i8-view": "expansion", "ivf-memmap": "nprobe", "scan-0.4": "fraction", "hnswlib-f32": "ef"}
     lines = ["# Cold index for one huge namespace: which on-disk index", "",
              f"Generated by `benchmarks/cold_index.py`. Machine: {results['machine']['cpus']} CPUs (shared), "
-             f"Python {results['machine']['python']}, load average at start "
-             f"{results['machine']['load_avg'][0]:.2f}. Builds with {THREADS} threads "
+             f"Python {results['machine']['python']}, load average at the start of the last size's run "
+             f"{results['machine']['load_avg'][0]:.2f} (other jobs shared the cores). Builds with {THREADS} threads "
              f"(graphs: connectivity/M {CONNECTIVITY}, expansion_add/ef_construction {EXPANSION_ADD}). "
              f"Search: one query at a time, one thread, k={K}, {WARMUP} warm-up queries discarded; "
              "RSS of a fresh process (baseline = after imports). Recall@10 tie-aware against exact float32.", ""]
@@ -283,7 +291,8 @@ def render(results: dict[str, Any]) -> str:
     lines += ["Notes: the IVF build time (k-means on a 20k sample + assignment + int8 encode) is shared by "
               "`ivf-memmap` and `scan-0.4`, which scan the same partitions; `scan-0.4` holds its codes on the heap "
               "(n x 384 bytes), the others map or load files. usearch's file is its graph + int8 vectors + "
-              "the ids file.", ""]
+              "the ids file. RSS counts the file pages a process has touched through its mapping (page cache the "
+              "kernel can reclaim); the usearch view's heap is about 8 bytes per row.", ""]
     return "\n".join(lines)
 
 
@@ -294,6 +303,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/cold-index"))
     parser.add_argument("--scratch", type=Path, default=None)
     parser.add_argument("--child", default=None)
+    parser.add_argument("--append", action="store_true", help="keep the sizes already in --out's results")
     args = parser.parse_args()
     if args.child:
         _child(args.child, args.scratch, args.queries)
@@ -303,11 +313,18 @@ def main() -> None:
     results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                                            "platform": platform.platform(), "load_avg": os.getloadavg()},
                                "sizes": []}
-    for n in args.sizes:
-        results["sizes"].append(run_size(n, args.queries, scratch_root))
+    if args.append and (args.out / "cold-index.json").is_file():  # add sizes to an earlier run's results
+        results["sizes"] = json.loads((args.out / "cold-index.json").read_text())["sizes"]
+    done = len(results["sizes"])
+
+    def save(size: dict[str, Any]) -> None:
+        results["sizes"][done + args.sizes.index(size["n"]):] = [size]
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "cold-index.json").write_text(json.dumps(results, indent=1))
         (args.out / "cold-index.md").write_text(render(results))
+
+    for n in args.sizes:
+        save(run_size(n, args.queries, scratch_root, save))
     print(render(results))
 
 
