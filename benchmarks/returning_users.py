@@ -56,6 +56,8 @@ def build(path: Path, sizes: np.ndarray, vectors: np.ndarray) -> tuple[float, li
 
 def summary(samples: list[float], served: list[bool]) -> dict[str, float]:
     ms = np.asarray(samples) * 1e3
+    if not len(ms):
+        return {"n": 0}
     return {"n": len(ms), "p50_ms": float(np.percentile(ms, 50)), "p90_ms": float(np.percentile(ms, 90)),
             "p99_ms": float(np.percentile(ms, 99)), "max_ms": float(ms.max()), "mean_ms": float(ms.mean()),
             "served_loaded": float(np.mean(served))}
@@ -68,7 +70,7 @@ def replay(mem: Any, spans: list[tuple[int, int]], vectors: np.ndarray, args: ar
     weights = 1.0 / np.arange(1, users + 1) ** args.zipf_s
     ranked = rng.permutation(users)  # activity rank -> user, so the busiest users are spread over the store
     session_users = ranked[rng.choice(users, size=args.warmup + args.sessions, p=weights / weights.sum())]
-    out: dict[str, Any] = {arm: {"first": [], "first_loaded": [], "all": [], "all_loaded": [], "waited": 0}
+    out: dict[str, Any] = {arm: {"first": [], "first_loaded": [], "first_unload": [], "all": [], "all_loaded": []}
                            for arm in ARMS}
     worker = None
     for i, user in enumerate(session_users.tolist()):
@@ -80,6 +82,7 @@ def replay(mem: Any, spans: list[tuple[int, int]], vectors: np.ndarray, args: ar
         def embed(text: str, lo: int = lo, hi: int = hi, namespace: str = namespace, turn: dict = turn) -> np.ndarray:
             time.sleep(rng.uniform(args.gap_ms[0], args.gap_ms[1]) / 1e3)  # the query embedding
             turn["loaded"] = namespace in mem.registry
+            turn["unloads"] = mem.registry.unloads
             turn["ready"] = time.perf_counter()
             row = vectors[rng.integers(lo, hi)]
             query = row + 0.05 / np.sqrt(len(row)) * rng.standard_normal(len(row), dtype=np.float32)
@@ -91,11 +94,13 @@ def replay(mem: Any, spans: list[tuple[int, int]], vectors: np.ndarray, args: ar
             conv.add_message("user", f"session {i} turn {t}")
             conv.recall(k=10)
             took = time.perf_counter() - turn["ready"]
+            unloaded = mem.registry.unloads != turn["unloads"]  # the maintenance thread unloaded meanwhile
             if i >= args.warmup:
                 record = out[arm]
                 if t == 0:
                     record["first"].append(took)
                     record["first_loaded"].append(turn["loaded"])
+                    record["first_unload"].append(unloaded)
                 record["all"].append(took)
                 record["all_loaded"].append(turn["loaded"])
         conv.close()
@@ -118,9 +123,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--more-recalls", type=int, default=3, help="recalls after the first in a session")
     parser.add_argument("--gap-ms", type=float, nargs=2, default=(10.0, 20.0),
                         help="the query embedding's duration, uniform in this range (ms)")
+    parser.add_argument("--durability", choices=("sync", "async"), default="sync",
+                        help="durability of the replayed store (default sync, the engine's default)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/returning-users"))
-    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--name", default=None, help="result file name (default returning-users)")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="where the store is built; kept, and reused by a later run with the same users and seed")
     args = parser.parse_args(argv)
     from tiered_memory import TieredMemory
     from tiered_memory.corpora import load_dailydialog, scaled_vectors
@@ -134,11 +143,20 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     load_avg_start = os.getloadavg()
     try:
-        path = work / "store"
-        build_s, spans = build(path, sizes, vectors)
+        work.mkdir(parents=True, exist_ok=True)
+        path = work / f"store-{args.users}-{args.seed}"
+        marker = work / f"store-{args.users}-{args.seed}.built"
+        if args.workdir is not None and marker.is_file():  # a store this script built: reuse it
+            build_s = float(marker.read_text())
+            edges = np.concatenate([[0], np.cumsum(sizes)]).tolist()
+            spans = list(zip(edges[:-1], edges[1:]))
+        else:
+            build_s, spans = build(path, sizes, vectors)
+            marker.write_text(f"{build_s}")
         print(f"built {int(sizes.sum()):,} memories over {args.users:,} users in {build_s:.0f} s", flush=True)
         budget = int(args.warm_budget_mib * 2**20)
-        mem = TieredMemory(path, encoder=None, dimension=vectors.shape[1], warm_budget_bytes=budget)
+        mem = TieredMemory(path, encoder=None, dimension=vectors.shape[1], warm_budget_bytes=budget,
+                           durability=args.durability)
         try:
             assert len(mem.registry) == 0  # reopened: nothing loaded
             raw = replay(mem, spans, vectors, args, rng)
@@ -161,16 +179,24 @@ def main(argv: list[str] | None = None) -> int:
         "arms": {}, "duration_s": time.perf_counter() - started,
     }
     for arm in ARMS:
+        first, loaded, unload = (np.asarray(raw[arm][key]) for key in ("first", "first_loaded", "first_unload"))
         results["arms"][arm] = {"first_recall": summary(raw[arm]["first"], raw[arm]["first_loaded"]),
-                                "every_recall": summary(raw[arm]["all"], raw[arm]["all_loaded"])}
+                                "every_recall": summary(raw[arm]["all"], raw[arm]["all_loaded"]),
+                                "first_recall_by_case": {
+                                    name: summary(first[mask].tolist(), loaded[mask].tolist())
+                                    for name, mask in (("loaded, no unload during it", loaded & ~unload),
+                                                       ("loaded, an unload during it", loaded & unload),
+                                                       ("not loaded, no unload during it", ~loaded & ~unload),
+                                                       ("not loaded, an unload during it", ~loaded & unload))}}
     on, off = results["arms"]["prefetch on"], results["arms"]["prefetch off"]
     results["ratios_off_over_on"] = {
         f"{part}_{q}": off[part][f"{q}_ms"] / on[part][f"{q}_ms"]
         for part in ("first_recall", "every_recall") for q in ("p50", "p90", "p99")}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "returning-users.json").write_text(json.dumps(results, indent=2) + "\n")
+    name = args.name or "returning-users"
+    (args.out / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
     lines = render(results)
-    (args.out / "returning-users.md").write_text("\n".join(lines) + "\n")
+    (args.out / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 
@@ -186,7 +212,8 @@ def render(results: dict[str, Any]) -> list[str]:
         "",
         f"{s['users']:,} users, {s['min_memories']}-{s['max_memories']} memories each ({results['memories']:,} in all; "
         f"DailyDialog MiniLM vectors + noise, vectors given), Zipf activity s = {s['zipf_s']}, "
-        f"warm_budget_bytes = {results['warm_budget_bytes'] / 2**20:.1f} MiB; store reopened (nothing loaded), "
+        f"warm_budget_bytes = {results['warm_budget_bytes'] / 2**20:.1f} MiB, durability {s['durability']}; "
+        "store reopened (nothing loaded), "
         f"{s['warmup']} unmeasured sessions, then {s['sessions']:,} sessions alternating prefetch on / off, each: "
         f"conversation start, message, query embedding (sleep {s['gap_ms'][0]:.0f}-{s['gap_ms'][1]:.0f} ms), "
         f"recall k=10, then {s['more_recalls']} more turns. Latency: the search part of the recall (from the "
@@ -199,6 +226,14 @@ def render(results: dict[str, Any]) -> list[str]:
             lines.append(f"| {arm} | {label} | {r['n']:,} | {r['p50_ms']:.3f} ms | {r['p90_ms']:.3f} ms | "
                          f"{r['p99_ms']:.3f} ms | {r['max_ms']:.2f} ms | {r['mean_ms']:.3f} ms | "
                          f"{r['served_loaded']:.1%} |")
+    lines += ["", "First recalls by what the search met (an unload during it: the maintenance thread unloaded "
+              "a namespace, under the write lock, between the end of the embedding and the recall's return):", "",
+              "| arm | case | n | p50 | p99 | max |", "|---|---|---|---|---|---|"]
+    for arm in ARMS:
+        for case, r in results["arms"][arm]["first_recall_by_case"].items():
+            if r["n"]:
+                lines.append(f"| {arm} | {case} | {r['n']:,} | {r['p50_ms']:.3f} ms | {r['p99_ms']:.3f} ms | "
+                             f"{r['max_ms']:.2f} ms |")
     ratios = results["ratios_off_over_on"]
     lines += ["", "Off ÷ on (above 1: prefetch is faster): first recall p50 "
               f"{ratios['first_recall_p50']:.2f}x, p90 {ratios['first_recall_p90']:.2f}x, "
