@@ -238,9 +238,9 @@ def _returning_user(open_store, tmp_path: Path) -> tuple[object, list[str], np.n
     callers: list[str] = []
     preload = mem.preload
 
-    def spy(namespace, **options):
+    def spy(namespace):
         callers.append(threading.current_thread().name)
-        return preload(namespace, **options)
+        return preload(namespace)
 
     mem.preload = spy
     return mem, ids, rows[:120], callers
@@ -282,8 +282,8 @@ def test_a_message_reloads_an_unloaded_namespace_without_waiting_for_the_yield(o
     loaded = threading.Event()
     spy = mem.preload
 
-    def signal(namespace, **options):
-        spy(namespace, **options)
+    def signal(namespace):
+        spy(namespace)
         loaded.set()
 
     mem.preload = signal
@@ -293,32 +293,6 @@ def test_a_message_reloads_an_unloaded_namespace_without_waiting_for_the_yield(o
     assert "user" in mem.registry and conv.worker.stats.messages == 0
     assert callers == ["tiered-memory-prefetch", "tiered-memory-prefetch"]
     assert conv.worker.stats.preloads == 2
-
-
-def test_the_worker_makes_room_for_the_namespace_it_loads(open_store, tmp_path: Path) -> None:
-    rows, _, _ = clustered()
-    mem = open_store(tmp_path / "budget")
-    mem.add_many([f"memory {i}" for i in range(120)], namespace="user", vectors=rows[:120])
-    mem.add_many([f"other {i}" for i in range(120)], namespace="other", vectors=rows[200:320])
-    mem.close()
-    # Room for one of the two; the maintenance thread is on, as in production.
-    mem = open_store(tmp_path / "budget", preload=False, promote_in_background=True,
-                     warm_budget_bytes=120 * (DIM + 300))
-    mem.search(vector=rows[210], namespace="other", k=1)
-    assert set(mem.registry.loaded) == {"other"}
-    unloaded_by: list[str] = []
-    unload = mem._unload
-
-    def spy(namespace):
-        unloaded_by.append(threading.current_thread().name)
-        unload(namespace)
-
-    mem._unload = spy
-    conv = mem.conversation("user", embed=lambda text: rows[7], prefetch=True)
-    assert conv.worker.wait_idle(10)
-    # Unloaded in the worker's step, before any search could arrive, not by the maintenance thread later.
-    assert set(mem.registry.loaded) == {"user"} and unloaded_by == ["tiered-memory-prefetch"]
-    assert mem.search(vector=rows[210], namespace="other", k=1)[0].memory.text == "other 10"
 
 
 def test_preloading_a_namespace_without_memories_loads_nothing(open_store) -> None:

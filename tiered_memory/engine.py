@@ -891,21 +891,12 @@ class TieredMemory(SearchMixin, TierManagerMixin):
             raise MemoryNotFoundError(f"no memory with id {memory_id!r}")
         return Tier.COLD
 
-    def preload(self, namespace: str | Sequence[str], *, make_room: bool = False) -> None:
+    def preload(self, namespace: str | Sequence[str]) -> None:
         """Load namespaces now (e.g. from a background thread when a returning user's conversation
-        starts), so that their first search does not pay the range read. make_room: also unload
-        what the budget needs, in the same write-locked step, here rather than on the maintenance
-        thread (which polls every 20 ms, i.e. just when the search arrives); for background callers."""
+        starts), so that their first search does not pay the range read."""
         self._check_open()
-        names = [check_label(name, "namespace") for name in ([namespace] if isinstance(namespace, str) else namespace)]
-        if make_room:
-            with self._rw.write:
-                self._check_open()
-                for name in names:
-                    self._load(name)
-                for victim in self.registry.victims(keep=set(names)):
-                    self._unload(victim)
-        self._ensure_loaded(names)
+        names = [namespace] if isinstance(namespace, str) else list(namespace)
+        self._ensure_loaded([check_label(name, "namespace") for name in names])
 
     # -- the surface features build on (agents, conversations, prefetch) -------------------
 

@@ -290,9 +290,7 @@ class PrefetchWorker:
     def _preload(self, namespace: str) -> None:
         if self._stopping or namespace in self.memory.registry:
             return
-        # Takes the write lock (on this thread only) and makes room in the same step, so the unloads
-        # are done while the caller embeds its query, not during its search.
-        self.memory.preload(namespace, make_room=True)
+        self.memory.preload(namespace)  # takes the write lock: on this thread only
         if namespace in self.memory.registry:  # a namespace with no memory yet has nothing to load
             with self._cond:
                 self.stats.preloads += 1
