@@ -222,6 +222,86 @@ def test_the_worker_stops_cleanly_when_the_store_closes(topic_store) -> None:
                    for t in threading.enumerate())
 
 
+# -- loading a returning user's namespace ahead of the first search --------------------------------
+
+
+def _returning_user(open_store, tmp_path: Path) -> tuple[object, list[str], np.ndarray, list[str]]:
+    """A store with one user's 120 memories (and another's), closed and reopened: nothing loaded.
+    Returns (store, the user's ids, their vectors, the names of the threads that called preload)."""
+    rows, _, _ = clustered()
+    mem = open_store(tmp_path / "users")
+    ids = mem.add_many([f"memory {i}" for i in range(120)], namespace="user", vectors=rows[:120])
+    mem.add_many([f"other {i}" for i in range(40)], namespace="other", vectors=rows[200:240])
+    mem.close()
+    mem = open_store(tmp_path / "users", preload=False)
+    assert len(mem.registry) == 0
+    callers: list[str] = []
+    preload = mem.preload
+
+    def spy(namespace):
+        callers.append(threading.current_thread().name)
+        return preload(namespace)
+
+    mem.preload = spy
+    return mem, ids, rows[:120], callers
+
+
+def test_a_conversations_start_loads_its_namespace_on_the_worker(open_store, tmp_path: Path) -> None:
+    mem, ids, rows, callers = _returning_user(open_store, tmp_path)
+    conv = mem.conversation("user", embed=lambda text: rows[7], prefetch=True)
+    assert conv.worker.wait_idle(10)
+    # Loaded before anything searched, by the worker: the caller's thread never took the write lock.
+    assert "user" in mem.registry and "other" not in mem.registry
+    assert callers == ["tiered-memory-prefetch"]
+    assert conv.worker.stats.preloads == 1 and mem.stats().loaded["loads"] == 1
+    conv.add_message("user", "hello")  # loaded already: nothing queued
+    assert conv.recall(k=1)[0].memory.id == ids[7]
+    assert conv.worker.wait_idle(10)
+    assert callers == ["tiered-memory-prefetch"] and mem.stats().loaded["loads"] == 1
+
+
+def test_with_prefetch_off_nothing_loads_before_the_first_search(open_store, tmp_path: Path) -> None:
+    mem, ids, rows, callers = _returning_user(open_store, tmp_path)
+    conv = mem.conversation("user", embed=lambda text: rows[7], prefetch=False)
+    assert conv.worker is not None  # embedding ahead still runs on the worker
+    conv.add_message("user", "hello")
+    assert conv.worker.wait_idle(10)
+    assert conv.worker.stats.messages == 1
+    assert len(mem.registry) == 0 and callers == [] and conv.worker.stats.preloads == 0
+    assert conv.recall(k=1)[0].memory.id == ids[7]  # the search loads it, on the caller's path
+    assert "user" in mem.registry and mem.stats().loaded["loads"] == 1
+
+
+def test_a_message_reloads_an_unloaded_namespace_without_waiting_for_the_yield(open_store, tmp_path: Path) -> None:
+    mem, ids, rows, callers = _returning_user(open_store, tmp_path)
+    conv = mem.conversation("user", embed=lambda text: rows[3], prefetch=True)
+    assert conv.worker.wait_idle(10) and "user" in mem.registry
+    with mem._rw.write:  # idle long enough to be unloaded
+        mem._unload("user")
+    assert "user" not in mem.registry
+    loaded = threading.Event()
+    spy = mem.preload
+
+    def signal(namespace):
+        spy(namespace)
+        loaded.set()
+
+    mem.preload = signal
+    conv.worker.yield_s = 30.0  # the message's own job waits; the load does not
+    conv.add_message("user", "I am back")
+    assert loaded.wait(10)
+    assert "user" in mem.registry and conv.worker.stats.messages == 0
+    assert callers == ["tiered-memory-prefetch", "tiered-memory-prefetch"]
+    assert conv.worker.stats.preloads == 2
+
+
+def test_preloading_a_namespace_without_memories_loads_nothing(open_store) -> None:
+    mem = open_store()
+    conv = mem.conversation("nobody", embed=lambda text: np.eye(DIM, dtype=np.float32)[0], prefetch=True)
+    assert conv.worker.wait_idle(10)
+    assert "nobody" not in mem.registry and conv.worker.stats.preloads == 0 and conv.worker.stats.errors == 0
+
+
 # -- traces and the replay benchmark (need ../shared/datasets) -------------------------------------
 
 

@@ -219,10 +219,12 @@ class Conversation:
     is lost; `summarize` (optional) turns each evicted batch into one extra ``kind="summary"``
     memory. With `prefetch` on, a background worker embeds each message off the caller's path,
     tracks the conversation's topic and moves the memories of the nearest topics into the hot
-    and warm tiers before they are searched for. `embed` maps a text to a unit vector (default:
-    the store's cached query encoder). Messages still in the window when the conversation (or
-    the store) closes are archived too, unless ``archive_on_close=False``; pinned (system)
-    messages are instructions, not things said, and are never archived.
+    and warm tiers before they are searched for; and when the conversation starts (or a message
+    arrives) while `namespace` is not loaded, the worker loads it, overlapping the query's embedding.
+    `embed` maps a text to a unit vector (default: the store's cached query encoder). Messages
+    still in the window when the conversation (or the store) closes are archived too, unless
+    ``archive_on_close=False``; pinned (system) messages are instructions, not things said, and
+    are never archived.
     """
 
     def __init__(
@@ -265,6 +267,7 @@ class Conversation:
         self.worker: PrefetchWorker | None = None
         if prefetch or embed_ahead:
             self.worker = worker_for(memory)
+        self._preload()  # a returning user: their namespace loads while the first query is embedded
         self.archived = 0  # messages stored as memories so far
         self._closed = False
         memory.on_close(self.close)
@@ -279,9 +282,16 @@ class Conversation:
         if not message.pinned:
             self.track.last_seq = message.seq
             self.track.last_text = message.content
+            self._preload()
             if self.worker is not None:
                 self.worker.submit(self.track, message.seq, message.content)
         return message
+
+    def _preload(self) -> None:
+        """With prefetch on, have the worker load the namespace if it is not loaded (a dict lookup
+        when it is); the load itself, and its write lock, stay on the worker's thread."""
+        if self.worker is not None and self.track.config is not None:
+            self.worker.preload(self.namespace)
 
     def context(self) -> list[dict[str, str]]:
         """The messages ready for an LLM call; too-old ones are archived first."""

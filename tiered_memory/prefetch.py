@@ -16,6 +16,13 @@ vector ready; a later search finds the vector the worker made. Work is bounded a
 dropped: the queue holds at most ``queue_size`` jobs (the oldest leaves first), a message that
 is no longer its conversation's newest is embedded but triggers no prefetch, and a prefetch
 stops between chunks when a newer message arrives.
+
+Loading a returning user's namespace is the exception to yielding: a conversation's start and each
+message ask the worker to :meth:`PrefetchWorker.preload` the namespace, and when it is not loaded
+(a dict lookup on the caller's path; nothing else happens when it is) the worker is woken and loads
+it at once, while the caller embeds its query (8-20 ms with MiniLM here). Loading takes the store's
+write lock, so it only ever runs on the worker's thread; a search that arrives during the load
+waits for the rest of it instead of doing all of it.
 """
 
 from __future__ import annotations
@@ -151,6 +158,7 @@ class PrefetchStats:
     promoted_hot: int = 0
     promoted_warm: int = 0
     skipped_stale: int = 0  # messages superseded before their prefetch ran
+    preloads: int = 0  # namespaces the worker loaded ahead of their first search
     dropped_full: int = 0  # jobs dropped because the queue was full
     errors: int = 0
     busy_s: float = 0.0
@@ -178,6 +186,7 @@ class PrefetchWorker:
         self.on_promoted = on_promoted
         self.stats = PrefetchStats()
         self._jobs: deque[_Job] = deque()
+        self._preloads: deque[str] = deque()  # namespaces to load, before any message job
         self._cond = threading.Condition()
         self._busy = False
         self._stopping = False
@@ -202,16 +211,33 @@ class PrefetchWorker:
             if self.yield_s == 0:  # no yielding asked for: start at once
                 self._cond.notify_all()
 
+    def preload(self, namespace: str) -> bool:
+        """Have the worker load `namespace` now, ahead of its first search, unless it is loaded or
+        queued already; never blocks and never loads on the calling thread. True if queued."""
+        if namespace in self.memory.registry:
+            return False
+        with self._cond:
+            if self._stopping or namespace in self._preloads:
+                return False
+            if len(self._preloads) >= self.queue_size:
+                self._preloads.popleft()
+                self.stats.dropped_full += 1
+            self._preloads.append(namespace)
+            self._cond.notify_all()  # a load is worth a wake-up: it saves the next search a range read
+            return True
+
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Block until the queue is empty and no job runs (True), or until `timeout` s pass (False)."""
         with self._cond:
-            return self._cond.wait_for(lambda: self._stopping or (not self._jobs and not self._busy), timeout)
+            return self._cond.wait_for(
+                lambda: self._stopping or (not self._jobs and not self._preloads and not self._busy), timeout)
 
     def close(self) -> None:
         """Drop queued jobs, let the running one finish, and join the thread. Idempotent."""
         with self._cond:
             self._stopping = True
             self._jobs.clear()
+            self._preloads.clear()
             self._cond.notify_all()
         if self._thread is not threading.current_thread():
             self._thread.join()
@@ -219,11 +245,15 @@ class PrefetchWorker:
             if _WORKERS.get(id(self.memory)) is self:
                 del _WORKERS[id(self.memory)]
 
-    def _next_job(self) -> _Job | None:
-        """The oldest job once it may start (see the module docstring); None when stopping."""
+    def _next_job(self) -> _Job | str | None:
+        """A namespace to preload (at once), else the oldest message job once it may start (see the
+        module docstring); None when stopping."""
         # Timed waits rather than wake-ups from submit(): see the module docstring.
         with self._cond:
             while not self._stopping:
+                if self._preloads:
+                    self._busy = True
+                    return self._preloads.popleft()
                 if not self._jobs:
                     self._cond.wait(self.yield_s or None)
                     continue
@@ -239,19 +269,31 @@ class PrefetchWorker:
     def _loop(self) -> None:
         while (job := self._next_job()) is not None:
             started, cpu = time.perf_counter(), time.thread_time()
+            namespace = job if isinstance(job, str) else job[0].namespace
             try:
-                self._run(job[0], job[1], job[2])
+                if isinstance(job, str):
+                    self._preload(job)
+                else:
+                    self._run(job[0], job[1], job[2])
             except StoreClosedError:
                 pass  # the store closed under a job: nothing left to do
             except Exception:  # a background thread has no caller to raise to: log, count, go on
                 self.stats.errors += 1
-                log.exception("prefetch job for namespace %r failed", job[0].namespace)
+                log.exception("prefetch job for namespace %r failed", namespace)
             finally:
                 with self._cond:
                     self.stats.busy_s += time.perf_counter() - started
                     self.stats.cpu_s += time.thread_time() - cpu
                     self._busy = False
                     self._cond.notify_all()
+
+    def _preload(self, namespace: str) -> None:
+        if self._stopping or namespace in self.memory.registry:
+            return
+        self.memory.preload(namespace)  # takes the write lock: on this thread only
+        if namespace in self.memory.registry:  # a namespace with no memory yet has nothing to load
+            with self._cond:
+                self.stats.preloads += 1
 
     def _run(self, track: ConversationTrack, seq: int, text: str) -> None:
         if track.closed or self._stopping:
