@@ -221,12 +221,14 @@ class ColdTier:
 
     # -- writing ---------------------------------------------------------------------------
 
-    def write(self, ops: Iterable[Op]) -> int:
+    def write(self, ops: Iterable[Op], grow: bool = True) -> int:
         """Apply puts and deletes in one transaction; returns the store's new generation number.
 
         The generation counts committed writes; saved warm indexes remember the generation they
         match, so an index older than the archive is detected at open. A full map is grown and
-        the whole transaction retried, so ``MapFullError`` never reaches the caller.
+        the whole transaction retried, so ``MapFullError`` never reaches the caller; with
+        grow=False (a writer holding only the engine's shared lock: growing needs every other
+        transaction of the process closed) it does, and nothing was written.
         """
         ops = list(ops)
         while True:
@@ -244,6 +246,8 @@ class ColdTier:
                     txn.put(b"generation", msgpack.packb(generation), db=meta)
                 return generation
             except lmdb.MapFullError:
+                if not grow:
+                    raise
                 self._grow()
             except lmdb.Error as err:
                 raise StorageError(

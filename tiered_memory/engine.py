@@ -292,6 +292,7 @@ class TieredMemory(SearchMixin, TierManagerMixin):
         self._coded = 0
         self._calibrated_on = self.cold.meta_get("calibrated_on", 0)
         self._has_sealed = bool(self.cold.meta_get("has_sealed", False))
+        self._topics_dirty: set[str] = set()  # namespaces whose topic model changed since it was written
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -542,6 +543,7 @@ class TieredMemory(SearchMixin, TierManagerMixin):
             slots = [self.catalog.insert(memory, code) for memory, code in zip(memories, codes)]
         if model is not None:
             model.absorb(vectors, topics)
+            self._topics_dirty.add(namespace)
         self.lexical.added(namespace, [Doc(m.id, m.text, m.kind, m.created_at, m.sensitive) for m in memories])
         chosen = [slots[i] for i in np.flatnonzero(to_warm)]
         self._warm_put_or_cold(namespace, chosen)
