@@ -183,3 +183,23 @@ def test_a_sealed_namespaces_topic_model_is_not_on_disk_in_clear(tmp_path: Path)
     with TieredMemory(path, encoder=None, dimension=DIM, encryption_key=key) as mem:
         mem.preload("vault")
         assert np.allclose(mem.topics["vault"].centroids, centroids)  # sealed, and read back with the key
+
+
+def test_with_a_key_the_quantizers_ranges_are_sealed(tmp_path: Path) -> None:
+    from tiered_memory import EncryptionRequiredError
+
+    key = os.urandom(32)
+    path = tmp_path / "qz"
+    with TieredMemory(path, encoder=None, dimension=DIM, encryption_key=key, calibration_size=32) as mem:
+        mem.add_many([f"m{i}" for i in range(40)], vectors=unit_rows(40, seed=8))
+        mem.add("sealed", vector=unit_rows(1, seed=9)[0], sensitive=True)
+        state = mem.cold.quantizer.state()
+        assert mem.cold.quantizer.calibrated
+    ranges = [value for value in state.values() if isinstance(value, bytes) and len(value) >= 16]
+    assert ranges, state.keys()
+    data = b"".join(p.read_bytes() for p in path.rglob("*") if p.is_file())
+    assert not any(value[:16] in data for value in ranges)
+    with pytest.raises(EncryptionRequiredError):
+        TieredMemory(path, encoder=None, dimension=DIM)
+    with TieredMemory(path, encoder=None, dimension=DIM, encryption_key=key) as mem:
+        assert mem.cold.quantizer.state() == state

@@ -207,6 +207,11 @@ class ColdTier:
         """Fix the vector dimension and load the quantizer persisted with the store (if any)."""
         self.dimension = dimension
         state = self.meta_get("quantizer")
+        if isinstance(state, dict) and "sealed" in state:
+            if self.sealer is None:
+                raise EncryptionRequiredError(f"{self.path.parent} keeps its quantizer sealed: open it with its "
+                                              "encryption_key=")
+            state = msgpack.unpackb(self.sealer.open(state["sealed"], b"quantizer"), raw=False)
         if state is None:
             self.quantizer = make_quantizer("int8", dimension, self.config.clip_quantile)
         else:
@@ -472,7 +477,12 @@ class ColdTier:
         return ("meta", name.encode(), msgpack.packb(value, use_bin_type=True))
 
     def quantizer_op(self) -> Op:
-        return self.meta_op("quantizer", self.quantizer.state())
+        """The quantizer's state; sealed in a store opened with a key, since its per-dimension
+        ranges are quantiles of the stored vectors, sealed ones included (issue 11.1)."""
+        state: Any = self.quantizer.state()
+        if self.sealer is not None:
+            state = {"sealed": self.sealer.seal(msgpack.packb(state, use_bin_type=True), b"quantizer")}
+        return self.meta_op("quantizer", state)
 
     # -- the tier contract -----------------------------------------------------------------
 

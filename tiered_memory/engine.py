@@ -163,8 +163,8 @@ class TieredMemory(SearchMixin, TierManagerMixin):
         try:
             self.cold = ColdTier(self.path / "cold", self.config, read_only=read_only)
             self.dimension = self._resolve_dimension(dimension)
+            self._check_key()  # before the quantizer: with a key, its state is sealed
             self.cold.use_dimension(self.dimension)
-            self._check_key()
             self._upgrade()
             self._open()
         except BaseException:
