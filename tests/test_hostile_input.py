@@ -187,7 +187,6 @@ FINITE_EXTREMES = [
     (DIRECTION * 1e-42).astype(np.float32),  # subnormal float32
     DIRECTION * 1e300,  # float64, beyond float32's range
     DIRECTION.astype(np.float16),
-    (DIRECTION > 0),  # bool: a direction all the same
     [int(v * 1000) for v in DIRECTION],  # Python ints
 ]
 
@@ -206,7 +205,9 @@ def test_any_finite_nonzero_vector_keeps_its_direction(store, vector) -> None:
 HOSTILE_VECTORS = [
     (np.zeros(DIM, dtype=np.float32), InvalidVectorError, "zeros"),
     (DIRECTION.astype(np.complex128) + 1j, InvalidVectorError, "complex"),
-    ([None] * DIM, InvalidVectorError, "NaN"),
+    ([None] * DIM, InvalidVectorError, "arrays of numbers"),
+    (DIRECTION > 0, InvalidVectorError, "arrays of numbers"),  # bool is not a coordinate (issue 11.13)
+    (np.array(["1.0"] * DIM), InvalidVectorError, "arrays of numbers"),
     ([[1.0] * DIM, [1.0] * (DIM - 1)], InvalidVectorError, "numeric"),
     (np.float32(1.0), InvalidVectorError, "single number"),
     (np.zeros(0), DimensionMismatchError, "dimension"),
@@ -214,7 +215,7 @@ HOSTILE_VECTORS = [
     (np.full(DIM, np.nan), InvalidVectorError, "NaN"),
     (np.array([np.inf] + [0.0] * (DIM - 1)), InvalidVectorError, "infinity"),
     (np.ones(DIM * 2), DimensionMismatchError, "dimension"),
-    ({"not": "a vector"}, InvalidVectorError, "numeric"),
+    ({"not": "a vector"}, InvalidVectorError, "numbers"),
 ]
 
 

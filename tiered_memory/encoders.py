@@ -166,8 +166,11 @@ def as_unit_vectors(vectors: object, dimension: int) -> np.ndarray:
             return (wide / math.sqrt(squared)).astype(np.float32).reshape(1, dimension)
     try:
         raw = np.asarray(vectors)
-        if raw.dtype.kind not in "iufc":  # bool, str, bytes, objects: not coordinates (issue 11.13)
-            raise InvalidVectorError(f"vectors must be arrays of numbers, got dtype {raw.dtype}")
+    except (TypeError, ValueError) as err:
+        raise InvalidVectorError(f"vectors must be numeric arrays: {err}") from err
+    if raw.dtype.kind not in "iufc":  # bool, str, bytes, objects: not coordinates (issue 11.13)
+        raise InvalidVectorError(f"vectors must be arrays of numbers, got dtype {raw.dtype}")
+    try:
         complex_values = raw.dtype.kind == "c"
         array = raw.real.astype(np.float64) if complex_values else raw.astype(np.float64)
     except (TypeError, ValueError) as err:
