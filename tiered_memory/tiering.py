@@ -32,9 +32,11 @@ log = logging.getLogger(__name__)
 
 _CALIBRATION_SAMPLE_MAX = 50_000
 _RECALIBRATE_GROWTH = 8  # re-learn int8 ranges when the store is 8x the size they were learned on
-# RAM of one loaded memory's catalog row besides its code: 11 column entries (~60 B), its id
-# string (~80 B), slot_of and slots_by_ns entries and block bookkeeping (~120 B).
-_ROW_BYTES = 260
+# RAM of one loaded memory's catalog row besides its code: 11 column entries, its id string,
+# slot_of, slots_by_ns and block-place entries. 260 B counted from the parts fell short: with every
+# namespace of the 1M many-tenants set touched, anonymous RSS was 765 MiB for 512 + 64 MiB of
+# budgets and ~35 MiB of interpreter (benchmarks/results/many-tenants/), ~190 B more per row.
+_ROW_BYTES = 450
 
 
 @dataclass
