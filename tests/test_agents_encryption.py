@@ -125,3 +125,27 @@ def test_a_sealed_shared_namespace_seals_every_shared_memory(tmp_path: Path) -> 
         assert hub.info(memory_id).sensitive and writer.recall(memory_id).text == "shared secret HERON-10"
         mem.maintain()
     assert leaked(path, ("HERON", "KESTREL")) == []
+
+
+def test_an_unsealed_grant_of_a_sealed_memory_written_without_the_key_is_ignored(tmp_path: Path) -> None:
+    """Grants decide who reads a memory: a sensitive memory's grants are sealed, so someone who can
+    write the files but has no key cannot grant an agent of his a sealed memory (issue 11.5)."""
+    path = tmp_path / "s"
+    with TieredMemory(path, encoder=None, dimension=DIM, encryption_key=KEY) as mem:
+        hub = mem.agents()
+        owner, friend = hub.register("owner"), hub.register("friend")
+        intruder = hub.register("intruder")
+        secret = hub.share(owner, [friend], "the vault code", vector=VECTORS[2], sensitive=True)
+        grants = dict(mem.cold.extra_items(f"hub/default/g/{secret}/".encode()))
+        assert grants and all(msgpack.unpackb(value)[0] for value in grants.values())  # sealed
+        forged_key = f"hub/default/g/{secret}/intruder".encode()
+        forged = msgpack.packb([False, msgpack.packb("read")])  # what an attacker without the key can write
+        with mem.cold.env.begin(write=True, db=mem.cold.dbs["extra"]) as txn:
+            txn.put(forged_key, forged)
+        del intruder
+    with TieredMemory(path, encoder=None, dimension=DIM, encryption_key=KEY) as mem:
+        hub = mem.agents()
+        assert hub.agent("friend").recall(secret).text == "the vault code"
+        with pytest.raises(Exception, match="not|denied|refused"):
+            hub.agent("intruder").recall(secret)
+        assert hub.agent("intruder").search(vector=VECTORS[2], k=5) == []

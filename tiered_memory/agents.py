@@ -273,7 +273,9 @@ class AgentHub(NotifyingMixin):
                                            f"access={access!r}: {why}; nothing was changed")
             version = self._store.engine_version(memory_id)
             now = self.mem.clock()
-            ops = [self._store.op("g", (memory_id, name), access) for name in targets]
+            # A sensitive memory's grants are sealed (bound to their key): someone who can write the
+            # files but has no key cannot grant himself a sealed memory (issue 11.5).
+            ops = [self._store.op("g", (memory_id, name), access, sealed=record.sensitive) for name in targets]
             self._store.commit(ops + self._notify_ops(targets, memory_id, "shared", version, agent, now))
 
     def _share_new(self, owner: str, targets: list[str], content: str | None, source_id: str | None, kind: str,
@@ -313,7 +315,7 @@ class AgentHub(NotifyingMixin):
                 raise InvalidInputError(f"a shared memory is already named {key!r}; update it or choose another key")
             grants = {owner: "read-write", **{name: access for name in targets}}
             ops = [self._store.op("m", (memory_id,), [owner, key, sensitive, owner, now], sealed=sensitive)]
-            ops += [self._store.op("g", (memory_id, name), grant) for name, grant in grants.items()]
+            ops += [self._store.op("g", (memory_id, name), grant, sealed=sensitive) for name, grant in grants.items()]
             ops.append(self._history_op(memory_id, 1, text, metadata, kind, importance, owner, now, sensitive))
             ops += self._notify_ops(targets, memory_id, "shared", 1, owner, now)
             self._store.coordinated(memory_id, 1, ops, lambda: mem.add(

@@ -29,6 +29,7 @@ point leaves either the whole change or none of it, and running the recovery twi
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -41,6 +42,8 @@ from .records import Memory
 
 if TYPE_CHECKING:
     from .engine import TieredMemory
+
+log = logging.getLogger(__name__)
 
 Op = tuple[bytes, bytes | None]  # (key, value): a hub record to write; None deletes it
 GENERATION = "G"  # hub/<user>/G: the hub generation, bumped by every hub transaction (see HubStore.refresh)
@@ -240,6 +243,7 @@ class HubStore:
         """Complete or drop pending intents, then mirror every record in RAM."""
         unsettled = self._recover()
         state, generation = HubState(), 0
+        plain_grants: list[list[str]] = []
         for key, data in self.extra.items():  # one read transaction: a consistent snapshot
             if key == self.key(GENERATION):
                 generation = self.open_envelope(key, data)
@@ -247,6 +251,15 @@ class HubStore:
             kind, parts = self._split(key)
             if kind not in ("h", "p"):  # history is read on demand; intents were settled above
                 state.apply(kind, parts, self.open_envelope(key, data))
+                if kind == "g" and not unpack(data)[0]:
+                    plain_grants.append(parts)
+        for memory_id, agent in plain_grants:  # a sensitive memory's grant must be sealed (issue 11.5)
+            record = state.shared.get(memory_id)
+            if record is not None and record.sensitive:
+                log.warning("the agent hub %r holds an unsealed grant of sealed memory %r to %r: it was not "
+                            "written by this library with the store's key; ignored", self.prefix.decode(),
+                            memory_id, agent)
+                state.apply("g", [memory_id, agent], None)
         self._follow(unsettled, state)
         self.state, self.generation = state, generation  # replaced whole: a reader thread sees one or the other
 
