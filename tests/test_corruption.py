@@ -171,8 +171,8 @@ def test_graph_verify_finds_ids_a_sidecar_swapped(saved, monkeypatch, read: str)
     monkeypatch.setattr(warm_module, "_STATE_READ_MIN", 10**9 if read == "get_items" else 0)
     path, _, _ = saved
     intact = WarmTier(DIM, capacity=10_000)
-    loaded = intact.load(path / "warm")
-    namespace = sorted(loaded)[0]
+    namespace = "a"  # the saved store's namespaces are "a" and "b"
+    assert intact.load_one(path / "warm", namespace) is not None
     graph = intact.graphs[namespace]
     ids = sorted(graph.label_of)
     truth = graph.vectors(ids)
@@ -185,7 +185,7 @@ def test_graph_verify_finds_ids_a_sidecar_swapped(saved, monkeypatch, read: str)
 
     _rewrite_sidecar(meta_path, swap)
     damaged = WarmTier(DIM, capacity=10_000)
-    assert namespace in damaged.load(path / "warm")  # well-formed: loaded
+    assert damaged.load_one(path / "warm", namespace) is not None  # well-formed: loaded
     swapped = damaged.graphs[namespace]
     assert swapped.verify(ids, truth) == [ids[3], ids[8]]
     assert swapped.search(truth[3], 1)[0] == [ids[8]]  # what a search would serve without the check

@@ -433,49 +433,9 @@ class WarmTier:
         missing = sum(1 for label in meta["labels"] if label not in held)
         return None if not missing else f"{missing} of its labels are not in the index file"
 
-    def load(self, directory: Path) -> dict[str, dict[str, Any]]:
-        """Load every graph whose file is intact; returns {namespace: meta} of those loaded.
-
-        A file is read by hnswlib only after its size and CRC-32 match the sidecar: hnswlib's
-        loader trusts the header and can overrun its buffers on a damaged file.
-        """
-        loaded: dict[str, dict[str, Any]] = {}
-        if not directory.is_dir():
-            return loaded
-        for meta_path in sorted(directory.glob("*.meta")):
-            index_path = meta_path.with_suffix(".hnsw")
-            meta = _read_meta(meta_path)
-            index = hnswlib.Index(space="ip", dim=self.dimension)
-            try:
-                problem = self._load_checked(index, index_path, meta)
-                if problem is None and meta is not None and self.file_key(meta["namespace"]) != meta_path.stem:
-                    problem = f"it describes namespace {meta['namespace'][:80]!r}, whose files are named otherwise"
-                if problem is None and meta is not None:
-                    problem = self._labels_problem(index, meta)
-            except (RuntimeError, MemoryError, ValueError, OSError, TieredMemoryError) as err:
-                problem = f"it failed to load: {err}"
-            if meta is None or problem is not None:
-                log.warning("warm index %s is unusable (%s); it will be rebuilt from the cold tier",
-                            index_path.name, problem)
-                continue
-            if index.dim != self.dimension or index.M != self.m:
-                log.warning("warm index %s was built with other settings; it will be rebuilt", index_path.name)
-                continue
-            graph = Graph(meta["namespace"], self.dimension, self.m, self.ef_construction, self.ef_search, index)
-            graph.index.set_ef(self.ef_search)
-            graph.index.set_num_threads(1)
-            graph.id_of = dict(zip(meta["labels"], meta["ids"]))
-            graph.label_of = {memory_id: label for label, memory_id in graph.id_of.items()}
-            graph.next_label = meta["next_label"]
-            self.graphs[graph.namespace] = graph
-            self._size += len(graph)
-            loaded[graph.namespace] = meta
-        return loaded
-
-
     def load_one(self, directory: Path, namespace: str) -> dict[str, Any] | None:
-        """Load one namespace's saved graph if its file is intact (as :meth:`load` checks it);
-        returns its sidecar, or None when there is no usable file."""
+        """Load one namespace's saved graph if its file and sidecar pass every check;
+        returns its sidecar, or None when there is no usable file (a namespace loads its own graph only)."""
         meta_path = directory / f"{self.file_key(namespace)}.meta"
         if not meta_path.is_file():
             return None
