@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ConfigError, DimensionMismatchError, InvalidInputError, InvalidVectorError, StorageError
+from .fileio import fsync_dir
 from .records import check_id
 
 log = logging.getLogger(__name__)
@@ -72,14 +73,6 @@ def _crc32(path: Path) -> int:
         while chunk := file.read(_CRC_CHUNK):
             crc = zlib.crc32(chunk, crc)
     return crc
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_synced(path: Path, data: bytes) -> None:
@@ -219,7 +212,7 @@ class ColdIndex:
             written.append(temporary)
             _write_synced(temporary, json.dumps(meta, sort_keys=True).encode())
             os.replace(temporary, path)  # the commit point
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
         except OSError as err:
             for file in written:
                 file.unlink(missing_ok=True)

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from .errors import EncoderError
+from .fileio import fsync_dir
 
 # Bump when the export steps change: the cache key includes it, so old exports are not reused.
 RECIPE_VERSION = 1
@@ -85,14 +86,6 @@ def cache_key(model_path: Path, variant: str) -> str:
     return f"minilm-{variant}-{digest.hexdigest()[:20]}"
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_atomic(path: Path, data: bytes) -> None:
     partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
@@ -103,7 +96,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 @contextlib.contextmanager
