@@ -242,6 +242,13 @@ class ApproximateStoreMachine(StoreMachine):
     exact = False
 
 
+class TinyBudgetStoreMachine(StoreMachine):
+    """A warm budget of a few memories' rows: namespaces load and unload all the time, and every
+    answer must still be the exact model's."""
+
+    extra_settings = {"warm_budget_bytes": 4_000}
+
+
 def run_fuzz(machine: type[StoreMachine], examples: int, steps: int) -> None:
     """Run one machine (used by the tests below and by benchmarks/reliability.py)."""
     run_state_machine_as_test(machine, settings=settings(FUZZ_SETTINGS, max_examples=examples,
@@ -258,6 +265,10 @@ def test_approximate_search_agrees_with_an_exact_model_within_recall() -> None:
     expected = FIGURES.expected_results - before[0]
     returned = FIGURES.returned_expected - before[1]
     assert expected > 0 and returned / expected >= MIN_APPROXIMATE_RECALL, (returned, expected)
+
+
+def test_namespaces_loading_and_unloading_under_a_tiny_budget_agree_with_the_model() -> None:
+    run_fuzz(TinyBudgetStoreMachine, examples=15, steps=30)
 
 
 @pytest.mark.slow

@@ -69,7 +69,7 @@ from .records import (
     new_id,
 )
 from .searching import Lookup, SearchMixin
-from .tiering import MaintenanceReport, TierManagerMixin
+from .tiering import LoadedRead, MaintenanceReport, TierManagerMixin
 from .topics import TopicModel
 from .warm import WarmTier
 
@@ -637,9 +637,11 @@ class TieredMemory(SearchMixin, TierManagerMixin):
         with self._rw.read:
             self._check_open()
             content = self.cold.get(memory_id)
-        if content is not None and (namespace is None or content.namespace == namespace):
-            self._ensure_loaded([content.namespace])
-        with self._rw.read:
+        names = [content.namespace] if content is not None and (namespace is None or
+                                                                content.namespace == namespace) else []
+        if names:
+            self._ensure_loaded(names)
+        with LoadedRead(self, names):
             self._check_open()
             slot = self.catalog.slot_of.get(memory_id, -1)
             if slot >= 0:
@@ -722,7 +724,7 @@ class TieredMemory(SearchMixin, TierManagerMixin):
             self._after_ops(1)
             return hits
         fetch = k * self.config.rescore_oversample if self.config.rescore else k
-        with self._rw.read:
+        with LoadedRead(self, namespaces):
             self._check_open()
             lookup = Lookup(self)
             found: dict[int, float] = {}
@@ -1008,7 +1010,7 @@ class TieredMemory(SearchMixin, TierManagerMixin):
             raise InvalidInputError(f"newest_first must be True or False, got {newest_first!r:.40}")
         period = check_period(since, until)
         self._ensure_loaded([namespace])
-        with self._rw.read:
+        with LoadedRead(self, [namespace]):
             self._check_open()
             catalog = self.catalog
             ns = catalog.namespaces.codes.get(namespace)

@@ -96,7 +96,8 @@ class NamespaceRegistry:
             return (now - entry.last_used) / (1.0 + math.log1p(entry.uses))
 
         chosen = []
-        for entry in sorted(list(self.loaded.values()), key=staleness, reverse=True):
+        ranked = sorted(list(self.loaded.values()), key=staleness, reverse=True)
+        for entry in ranked[:-1]:  # never the most recently used one: it may be in use right now
             if excess <= 0:
                 break
             if entry.name in keep:

@@ -21,6 +21,7 @@ from .fusion import NEIGHBOUR_WEIGHTS
 from .lexical_tier import Doc
 from .quantization import Int8Quantizer
 from .records import TIERS_BY_CODE, Hit, Memory, check_text
+from .tiering import LoadedRead
 from .topics import TopicModel
 
 if TYPE_CHECKING:
@@ -220,7 +221,7 @@ class SearchMixin:
         and for min_score."""
         catalog = self.catalog
         depth = max(4 * k, 50)  # candidates per list: the fusion measured fused the top 100 of each
-        with self._rw.read:
+        with LoadedRead(self, namespaces):
             self._check_open()
             lookup = Lookup(self)
             dense: dict[int, float] = {}

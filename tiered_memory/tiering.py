@@ -53,6 +53,32 @@ class MaintenanceReport:
 
 
 
+class LoadedRead:
+    """The shared lock, taken once every namespace of a call is loaded: an unload (which needs
+    the exclusive lock) cannot come between the check and the read. Retries a few times when the
+    background thread unloaded one in between (a budget smaller than the call's namespaces)."""
+
+    __slots__ = ("engine", "names")
+
+    def __init__(self, engine: Any, names: Sequence[str]) -> None:
+        self.engine = engine
+        self.names = names
+
+    def __enter__(self) -> None:
+        engine = self.engine
+        for _ in range(16):
+            engine._rw.read.__enter__()
+            if engine._all_loaded(self.names):
+                return
+            engine._rw.read.__exit__(None, None, None)
+            engine._ensure_loaded(self.names)
+        raise StorageError(f"the namespaces {list(self.names)[:5]!r} were unloaded 16 times before they could be "
+                           "read: raise MemoryConfig.warm_budget_bytes above what one call needs")
+
+    def __exit__(self, *exc: object) -> None:
+        self.engine._rw.read.__exit__(*exc)
+
+
 class TierManagerMixin:
     """Moves memories between tiers and keeps RAM state consistent with the cold tier."""
 
@@ -64,7 +90,9 @@ class TierManagerMixin:
 
     def _ensure_loaded(self, names: Sequence[str]) -> None:
         """Load the namespaces of a call that are not loaded yet (the call's own need: it takes
-        the write lock for the range read), and count a use of each."""
+        the write lock for the range read), and count a use of each. Unloading for the budget
+        happens after the call (or on the background thread), never between this and its use:
+        readers use :class:`LoadedRead`, which checks under the shared lock."""
         registry = self.registry
         missing = [name for name in names if name not in registry]
         if missing:
@@ -72,11 +100,13 @@ class TierManagerMixin:
                 self._check_open()
                 for name in missing:
                     self._load(name)
-            if registry.over_budget():
-                self._maintain_if_due()
         with self._mutex:
             for name in names:
                 registry.touch(name)
+
+    def _all_loaded(self, names: Sequence[str]) -> bool:
+        registry = self.registry
+        return all(name in registry or self.cold.namespace_id(name) is None for name in names)
 
     def _load(self, namespace: str, create: bool = False) -> int | None:
         """Make a namespace's rows, codes, graph and topic model resident; returns its ns id (None:
