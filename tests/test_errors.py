@@ -63,7 +63,7 @@ BAD_ADDS = [
     (dict(vector=INF), InvalidVectorError, "NaN or infinity"),
     (dict(vector=np.zeros(DIM, dtype=np.float32)), InvalidVectorError, "zeros"),
     (dict(vector=np.ones((2, 2, DIM))), InvalidVectorError, "1-D or 2-D"),
-    (dict(vector="not a vector"), InvalidVectorError, "numeric"),
+    (dict(vector="not a vector"), InvalidVectorError, "arrays of numbers"),
     (dict(metadata={"when": object()}), MetadataError, "not serializable"),
     (dict(metadata={1: "int key"}), MetadataError, "str"),
     (dict(metadata=["not", "a", "mapping"]), MetadataError, "mapping"),
