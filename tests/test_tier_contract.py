@@ -149,10 +149,10 @@ class TestWarmTier(TierContract):
         vectors = unit_rows(100)
         for i in range(100):
             tier.put(memory(i), vectors[i])
-        tier.save(tmp_path / "warm", generation=7, stamp="s")
+        tier.save_some(tmp_path / "warm", {"ns": 7}, "s", {"ns"})
         again = WarmTier(DIM, capacity=1_000)
-        loaded = again.load(tmp_path / "warm")
-        assert loaded["ns"]["generation"] == 7
+        loaded = again.load_one(tmp_path / "warm", "ns")
+        assert loaded is not None and loaded["generation"] == 7
         assert len(again) == 100
         assert again.search("ns", vectors[3], 1)[0] == ["id3"]
 
@@ -160,13 +160,13 @@ class TestWarmTier(TierContract):
         vectors = unit_rows(100)
         for i in range(100):
             tier.put(memory(i), vectors[i])
-        tier.save(tmp_path / "warm", generation=1, stamp="s")
+        tier.save_some(tmp_path / "warm", {"ns": 1}, "s", {"ns"})
         index_file = next((tmp_path / "warm").glob("*.hnsw"))
         data = bytearray(index_file.read_bytes())
         data[len(data) // 2] ^= 0xFF
         index_file.write_bytes(bytes(data))
         again = WarmTier(DIM, capacity=1_000)
-        assert again.load(tmp_path / "warm") == {}
+        assert again.load_one(tmp_path / "warm", "ns") is None and "ns" not in again.graphs
         assert len(again) == 0
 
 

@@ -328,30 +328,6 @@ class WarmTier:
     def file_key(namespace: str) -> str:
         return hashlib.sha1(namespace.encode("utf-8")).hexdigest()[:20]
 
-    def save(self, directory: Path, generation: int, stamp: str) -> None:
-        """Write every dirty graph (atomically: temp file, fsync, rename) and remove dropped ones."""
-        directory.mkdir(parents=True, exist_ok=True)
-        for namespace in sorted(self.dirty):
-            key = self.file_key(namespace)
-            graph = self.graphs.get(namespace)
-            if graph is None:
-                for suffix in (".hnsw", ".meta"):
-                    (directory / (key + suffix)).unlink(missing_ok=True)
-                continue
-            self._save_graph(graph, directory / f"{key}.hnsw", directory / f"{key}.meta", generation, stamp)
-        self.dirty.clear()
-        # Clean graphs keep their files; bring their generation up to date so the next open trusts them.
-        for namespace, graph in self.graphs.items():
-            key = self.file_key(namespace)
-            meta_path = directory / f"{key}.meta"
-            meta = _read_meta(meta_path)
-            if meta is None or sidecar_problem(meta) is not None:  # damaged since: write the graph again
-                self._save_graph(graph, directory / f"{key}.hnsw", meta_path, generation, stamp)
-            elif meta["generation"] != generation:
-                meta["generation"] = generation
-                meta["stamp"] = stamp
-                _write_meta(meta_path, meta)
-
     def _save_graph(self, graph: Graph, index_path: Path, meta_path: Path, generation: int, stamp: str) -> None:
         tmp = index_path.with_suffix(".hnsw.tmp")
         if self.sealer is None:
