@@ -515,9 +515,9 @@ class TieredMemory(SearchMixin, TierManagerMixin):
             if not memories:
                 return answer
         else:
+            # Still indexed (the latest memory of a text wins), so a later deduplicating add finds
+            # it: no lookup on this path, which archives and benchmark builds take.
             text_keys = [None if memory.sensitive else text_key(ns, memory.text) for memory in memories]
-            taken = self.cold.find_texts(text_keys)  # the index names the first memory of each text
-            text_keys = [None if holder is not None else key for key, holder in zip(text_keys, taken)]
         self._calibrate_if_due(vectors)
         quantizer = self.cold.quantizer
         model = self.topics.get(namespace)

@@ -48,7 +48,9 @@ class NamespaceRegistry:
 
     def add(self, name: str, ns_id: int, nbytes: int, seconds: float) -> None:
         now = self.clock()
-        self.remove(name)
+        previous = self.loaded.pop(name, None)  # not an unload: the same namespace, measured again
+        if previous is not None:
+            self._bytes -= previous.nbytes
         self.loaded[name] = LoadedNamespace(name, ns_id, nbytes, now, now)
         self._bytes += nbytes
         self.loads += 1
