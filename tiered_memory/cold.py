@@ -24,11 +24,8 @@ by the first read-write open.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import math
 import os
-import struct
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -37,98 +34,27 @@ import lmdb
 import msgpack
 import numpy as np
 
+# The key layout and row packing live in cold_ops (shared by every cold store); the engine and the
+# tier manager import them from here.
+from .cold_ops import NS_ID as _NS_ID
+from .cold_ops import ColdOps, NamespaceRows, Op, memory_row, ns_prefix, row_key, text_key, unpack_row
+from .cold_ops import memory_key as _key
+from .cold_ops import normalised_text as normalised_text
+from .cold_ops import pack_row as pack_row
+from .cold_store import ColdStore
 from .config import MemoryConfig
-from .crypto import OVERHEAD, Sealer
+from .crypto import Sealer
 from .errors import EncryptionRequiredError, SchemaVersionError, StorageError
 from .quantization import Quantizer, make_quantizer, quantizer_from_state
-from .records import TIER_CODES, TIERS_BY_CODE, Memory, pack_record, unpack_record
+from .records import TIERS_BY_CODE, Memory, unpack_record
 
 log = logging.getLogger(__name__)
 
-# (database, key, value or None to delete); database "nscount" carries (ns id, count delta).
-Op = tuple[str, bytes, bytes | None]
-
 STORE_SCHEMA = 3
 _DATABASES = ("records", "codes", "originals", "meta", "extra", "rows", "nscodes", "namespaces", "texts")
-_NS_ID = struct.Struct(">I")
 
 
-def _key(memory_id: str) -> bytes:
-    return memory_id.encode("utf-8")
-
-
-def ns_prefix(ns_id: int) -> bytes:
-    return _NS_ID.pack(ns_id)
-
-
-def row_key(ns_id: int, memory_id: str) -> bytes:
-    return _NS_ID.pack(ns_id) + memory_id.encode("utf-8")
-
-
-def normalised_text(text: str) -> str:
-    """What dedup compares: case-folded, white space collapsed."""
-    return " ".join(text.casefold().split())
-
-
-def text_key(ns_id: int, text: str) -> bytes:
-    """ns id + a 16-byte digest of the normalised text: the dedup index's key (never the text)."""
-    return _NS_ID.pack(ns_id) + hashlib.blake2b(normalised_text(text).encode("utf-8"), digest_size=16).digest()
-
-
-class NamespaceRows:
-    """What one range read of a namespace returns: ids, catalog columns, int8 codes."""
-
-    __slots__ = ("ids", "kinds", "importance", "created", "updated", "accessed", "uses", "topic", "tier",
-                 "version", "sensitive", "codes")
-
-    def __init__(self, dimension: int, count: int) -> None:
-        self.ids: list[str] = []
-        self.kinds: list[str] = []
-        self.importance: list[float] = []
-        self.created: list[float] = []
-        self.updated: list[float] = []
-        self.accessed: list[float] = []
-        self.uses: list[int] = []
-        self.topic: list[int] = []
-        self.tier: list[int] = []
-        self.version: list[int] = []
-        self.sensitive: list[int] = []
-        self.codes = np.empty((count, dimension), dtype=np.int8)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-
-def pack_row(kind: str, importance: float, created: float, updated: float, accessed: float, uses: int,
-             topic: int, tier: int, version: int, sensitive: bool) -> bytes:
-    return msgpack.packb([kind, importance, created, updated, accessed, uses, topic, tier, version,
-                          bool(sensitive)], use_bin_type=True)
-
-
-def memory_row(memory: Memory) -> bytes:
-    return pack_row(memory.kind, memory.importance, memory.created_at, memory.updated_at, memory.last_accessed,
-                    memory.access_count, memory.topic, TIER_CODES[memory.tier], memory.version, memory.sensitive)
-
-
-def _unpack_row(key: bytes, data: bytes) -> list[Any]:
-    """A catalog row, every field checked: a damaged row is reported by id, never a raw error."""
-    try:
-        row = msgpack.unpackb(data, raw=False)
-        kind, importance, created, updated, accessed, uses, topic, tier, version, sensitive = row
-        ok = (isinstance(kind, str) and kind and all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                                     and math.isfinite(v)
-                                                     for v in (importance, created, updated, accessed))
-              and all(isinstance(v, int) and not isinstance(v, bool) for v in (uses, topic, tier, version))
-              and tier in (0, 1, 2) and version >= 1 and uses >= 0 and isinstance(sensitive, bool))
-    except (ValueError, TypeError, msgpack.UnpackException):
-        ok = False
-    if not ok:
-        raise StorageError(f"the catalog row of memory {bytes(key[4:]).decode('utf-8', 'replace')!r} is damaged; "
-                           "restore the store from a backup (or delete that memory)")
-    return row
-
-
-class ColdTier:
+class ColdTier(ColdOps, ColdStore):
     """LMDB environment with the sub-databases described in the module doc.
 
     ``extra`` belongs to features layered on the engine (agent grants, histories, topic
@@ -217,10 +143,6 @@ class ColdTier:
         else:
             self.quantizer = quantizer_from_state(state)
 
-    @property
-    def _original_size(self) -> int:
-        return self.dimension * np.dtype(self.originals_dtype).itemsize
-
     def close(self) -> None:
         self.env.close()
 
@@ -268,11 +190,6 @@ class ColdTier:
             raise StorageError(f"namespace id {ns_key.hex()} is not in the store: the store is damaged")
         name, count, generation = msgpack.unpackb(data, raw=False)
         txn.put(b"i" + ns_key, msgpack.packb([name, count + delta, generation + 1], use_bin_type=True), db=db)
-
-    @staticmethod
-    def count_op(ns_id: int, delta: int) -> Op:
-        """Counts a namespace's memories up or down (and marks it written) in the same transaction."""
-        return ("nscount", ns_prefix(ns_id), delta.to_bytes(8, "big", signed=True))
 
     # -- namespaces --------------------------------------------------------------------------
 
@@ -342,7 +259,7 @@ class ColdTier:
                     raise StorageError(f"memory {key[4:].decode('utf-8', 'replace')!r} has a catalog row but no "
                                        "code; the store is damaged (restore it from a backup)")
                 kind, importance, created, updated, accessed, uses, topic, tier, version, sensitive = \
-                    _unpack_row(key, data)
+                    unpack_row(key, data)
                 memory_id = key[4:].decode("utf-8")
                 i = len(found.ids)
                 if i == len(codes):
@@ -393,96 +310,6 @@ class ColdTier:
         log.info("growing the LMDB map of %s from %d to %d bytes", self.path, self.map_size, new_size)
         self.env.set_mapsize(new_size)
         self.map_size = new_size
-
-    def memory_ops(self, ns_id: int, memories: list[Memory], codes: np.ndarray,
-                   originals: np.ndarray | None) -> list[Op]:
-        """Puts for whole new memories of one namespace: record, catalog row, int8 code, the float
-        original (if kept), and the namespace's count."""
-        ops: list[Op] = []
-        for i, memory in enumerate(memories):
-            key, rkey = _key(memory.id), row_key(ns_id, memory.id)
-            ops.append(("records", key, pack_record(memory, self.sealer)))
-            ops.append(("rows", rkey, memory_row(memory)))
-            ops.append(("nscodes", rkey, self._vector_bytes(memory.id, memory.sensitive, "code",
-                                                            codes[i].tobytes(), rkey)))
-            if self.originals_dtype is not None and originals is not None:
-                raw = originals[i].astype(self.originals_dtype).tobytes()
-                ops.append(("originals", key, self._vector_bytes(memory.id, memory.sensitive, "original", raw)))
-        ops.append(self.count_op(ns_id, len(memories)))
-        return ops
-
-    def vector_ops(self, ns_id: int, memory: Memory, code: np.ndarray, original: np.ndarray | None) -> list[Op]:
-        """Puts of a changed memory's code and original (an update with a new vector)."""
-        key, rkey = _key(memory.id), row_key(ns_id, memory.id)
-        ops: list[Op] = [("nscodes", rkey, self._vector_bytes(memory.id, memory.sensitive, "code",
-                                                              code.tobytes(), rkey))]
-        if self.originals_dtype is not None and original is not None:
-            raw = original.astype(self.originals_dtype).tobytes()
-            ops.append(("originals", key, self._vector_bytes(memory.id, memory.sensitive, "original", raw)))
-        return ops
-
-    def _vector_bytes(self, memory_id: str, sensitive: bool, field: str, raw: bytes,
-                      bound_to: bytes | None = None) -> bytes:
-        # Embeddings can be inverted back to text: a sensitive memory's code and original are
-        # sealed like its text. Sealed values are OVERHEAD bytes longer, which is how reads
-        # tell them apart without reading the record. A code is bound to its row key (namespace
-        # id + memory id), so a sealed code moved into another namespace fails to open.
-        if not sensitive:
-            return raw
-        if self.sealer is None:
-            raise EncryptionRequiredError(f"memory {memory_id!r} is sensitive: open the store with encryption_key=")
-        return self.sealer.seal(raw, self._context(field, memory_id, bound_to))
-
-    @staticmethod
-    def _context(field: str, memory_id: str, bound_to: bytes | None) -> bytes:
-        return f"{field}:".encode() + (bound_to if bound_to is not None else memory_id.encode())
-
-    def _plain_vector_bytes(self, memory_id: str, field: str, stored: bytes, plain_size: int,
-                            bound_to: bytes | None = None) -> bytes:
-        if len(stored) == plain_size:
-            return stored
-        if len(stored) != plain_size + OVERHEAD:
-            raise StorageError(f"the stored {field} of memory {memory_id!r} has {len(stored)} bytes, neither "
-                               f"{plain_size} nor {plain_size + OVERHEAD} (sealed): the store is damaged")
-        if self.sealer is None:
-            raise EncryptionRequiredError(f"memory {memory_id!r} is sealed: open the store with its encryption_key")
-        return self.sealer.open(stored, self._context(field, memory_id, bound_to))
-
-    def code_ops(self, ns_id: int, memory_ids: list[str], sensitive: list[bool], codes: np.ndarray) -> list[Op]:
-        """Puts of new int8 codes only (re-calibration)."""
-        ops: list[Op] = []
-        for memory_id, sealed, code in zip(memory_ids, sensitive, codes):
-            rkey = row_key(ns_id, memory_id)
-            ops.append(("nscodes", rkey, self._vector_bytes(memory_id, sealed, "code", code.tobytes(), rkey)))
-        return ops
-
-    def record_ops(self, memories: Iterable[Memory]) -> list[Op]:
-        return [("records", _key(memory.id), pack_record(memory, self.sealer)) for memory in memories]
-
-    @staticmethod
-    def row_ops(ns_id: int, memory_ids: Iterable[str], rows: Iterable[bytes]) -> list[Op]:
-        """Puts of catalog rows (statistics flushes): records and sealed blobs are left alone."""
-        return [("rows", row_key(ns_id, memory_id), row) for memory_id, row in zip(memory_ids, rows)]
-
-    def delete_ops(self, ns_id: int, memory_ids: list[str]) -> list[Op]:
-        ops: list[Op] = []
-        for memory_id in memory_ids:
-            key, rkey = _key(memory_id), row_key(ns_id, memory_id)
-            ops.extend((("records", key, None), ("originals", key, None), ("rows", rkey, None),
-                        ("nscodes", rkey, None)))
-        ops.append(self.count_op(ns_id, -len(memory_ids)))
-        return ops
-
-    def meta_op(self, name: str, value: Any) -> Op:
-        return ("meta", name.encode(), msgpack.packb(value, use_bin_type=True))
-
-    def quantizer_op(self) -> Op:
-        """The quantizer's state; sealed in a store opened with a key, since its per-dimension
-        ranges are quantiles of the stored vectors, sealed ones included (issue 11.1)."""
-        state: Any = self.quantizer.state()
-        if self.sealer is not None:
-            state = {"sealed": self.sealer.seal(msgpack.packb(state, use_bin_type=True), b"quantizer")}
-        return self.meta_op("quantizer", state)
 
     # -- the tier contract -----------------------------------------------------------------
 

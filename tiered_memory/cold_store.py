@@ -1,0 +1,197 @@
+"""The cold store's contract: what the engine asks of the store that is its source of truth.
+
+Two stores keep it: :class:`~tiered_memory.cold.ColdTier` (LMDB, one directory, one process
+writing) and :class:`~tiered_memory.pg_cold.PostgresColdStore` (PostgreSQL, shared). The engine,
+its tier manager, search and the features layered on it (agents, conversations, extra stores)
+call exactly the members listed here; ``tests/test_cold_store_contract.py`` runs one test class
+against every store.
+
+Keys and values are the LMDB layout (store schema 3, :mod:`tiered_memory.cold`): writes are lists
+of ``(database, key, value)`` op tuples, most built by the store's own builders (shared in
+:class:`~tiered_memory.cold_ops.ColdOps`), a few by the engine (``texts`` dedup keys, ``rows``,
+``extra`` records). Databases: ``records``, ``rows``, ``nscodes``, ``originals``, ``texts``,
+``meta``, ``extra``, and the pseudo-database ``nscount`` of :meth:`ColdStore.count_op`.
+
+Common rules:
+
+- Every write is atomic and durable: all of its ops or none, committed before ``write`` returns;
+  an op that fails (an unknown namespace in a count op, a full disk, a lost connection) leaves the
+  store as it was and raises :class:`~tiered_memory.errors.StorageError`.
+- A read sees committed writes only, each read one consistent snapshot.
+- Values are bytes the store never interprets beyond what is documented here: sealed (encrypted)
+  values arrive sealed and leave sealed, except where a read decodes records or vectors with the
+  store's ``sealer``.
+- A damaged value is reported as ``StorageError`` naming the memory; a sealed value read without
+  a key as :class:`~tiered_memory.errors.EncryptionRequiredError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from .cold_ops import NamespaceRows, Op
+    from .crypto import Sealer
+    from .quantization import Quantizer
+    from .records import Memory
+
+
+@runtime_checkable
+class ColdStore(Protocol):
+    """The members of a cold store the engine calls (attributes first, then methods)."""
+
+    # The store-wide quantizer: loaded by use_dimension(), replaced by the engine after a
+    # re-calibration (together with recode_all() and a write of quantizer_op()).
+    quantizer: Quantizer
+    # Set by the engine before any read that decodes: seals sensitive values in the op builders,
+    # opens them in get/get_many/fetch/originals/vector/load_namespace.
+    sealer: Sealer | None
+    # np.float16, np.float32, or None when float originals are not kept (MemoryConfig.keep_originals).
+    originals_dtype: Any
+
+    # -- opening and closing ---------------------------------------------------------------
+
+    def use_dimension(self, dimension: int) -> None:
+        """Fix the vector dimension and load the stored quantizer (a new one if none is stored).
+        A sealed quantizer without a sealer: EncryptionRequiredError."""
+        ...
+
+    def schema(self) -> int:
+        """The layout's store schema (3; 2 for an LMDB store written before namespaces loaded lazily)."""
+        ...
+
+    def migrate_from_schema_2(self) -> int:
+        """Bring a schema-2 store to schema 3 in one transaction; returns how many memories moved.
+        Called only when schema() < 3."""
+        ...
+
+    def close(self) -> None:
+        """Release the store's resources (files, connections). The engine calls it once, at close."""
+        ...
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def write(self, ops: Iterable[Op], grow: bool = True) -> int:
+        """Apply the ops, in order, as one transaction committed before returning; returns the
+        store's new generation (increases with every write). A put replaces, a value of None
+        deletes (deleting an absent key is no error). All or nothing: an op that fails raises
+        StorageError and nothing of the call is stored. grow=False: an LMDB writer holding only
+        the engine's shared lock must not grow the map (it raises lmdb.MapFullError instead);
+        other stores ignore it."""
+        ...
+
+    @staticmethod
+    def count_op(ns_id: int, delta: int) -> Op:
+        """An op adding delta to a namespace's memory count and bumping its generation (delta 0:
+        only the bump, "this namespace's vectors changed"). The namespace must exist (else the
+        whole write fails). The delta must equal the memories the same write adds or deletes."""
+        ...
+
+    def memory_ops(self, ns_id: int, memories: list[Memory], codes: np.ndarray,
+                   originals: np.ndarray | None) -> list[Op]:
+        """Puts of whole new memories of one namespace: record, catalog row, code, original (if
+        kept), and the count op; sensitive memories' values sealed."""
+        ...
+
+    def vector_ops(self, ns_id: int, memory: Memory, code: np.ndarray, original: np.ndarray | None) -> list[Op]:
+        """Puts of a changed memory's code and original."""
+        ...
+
+    def record_ops(self, memories: Iterable[Memory]) -> list[Op]:
+        """Puts of memories' records (text, metadata; sealed when sensitive)."""
+        ...
+
+    def row_ops(self, ns_id: int, memory_ids: Iterable[str], rows: Iterable[bytes]) -> list[Op]:
+        """Puts of catalog rows only (statistics flushes)."""
+        ...
+
+    def delete_ops(self, ns_id: int, memory_ids: list[str]) -> list[Op]:
+        """Deletes of memories (record, row, code, original) and the count op."""
+        ...
+
+    def meta_op(self, name: str, value: Any) -> Op:
+        """A put of a store-level value (msgpack-able)."""
+        ...
+
+    def quantizer_op(self) -> Op:
+        """A put of the quantizer's state, sealed when the store has a sealer."""
+        ...
+
+    def recode_all(self, encode: Callable[[np.ndarray], np.ndarray],
+                   decode_old: Callable[[np.ndarray], np.ndarray]) -> None:
+        """Re-encode every stored code (re-calibration) in one transaction: from the original when
+        kept, else from the old code decoded with decode_old; sealed codes stay sealed."""
+        ...
+
+    # -- namespaces --------------------------------------------------------------------------
+
+    def namespace_id(self, name: str, create: bool = False) -> int | None:
+        """The namespace's fixed id (never changes once given); None if absent and not create.
+        create=True makes the namespace durably (count 0, generation 0) before returning."""
+        ...
+
+    def namespace_info(self, ns_id: int) -> tuple[str, int, int]:
+        """(name, memory count, generation) of a namespace; an unknown id is StorageError."""
+        ...
+
+    def namespace_counts(self) -> list[tuple[str, int]]:
+        """(name, memory count) of every namespace ever created (empty ones too), in id order."""
+        ...
+
+    def namespace_ids(self, ns_id: int) -> list[str]:
+        """Ids of a namespace's memories, in key order (UTF-8 byte order of the ids)."""
+        ...
+
+    def load_namespace(self, ns_id: int, count_hint: int = 0) -> NamespaceRows:
+        """Every catalog row and (opened) code of one namespace, in key order: one range read.
+        A row without its code is StorageError."""
+        ...
+
+    def find_texts(self, keys: list[bytes | None]) -> list[str | None]:
+        """The memory id each dedup key (text_key: ns id + digest) names; None for no key or no match."""
+        ...
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def get(self, memory_id: str) -> Memory | None:
+        """The stored record (statistics as of its last record write), or None."""
+        ...
+
+    def get_many(self, memory_ids: Iterable[str]) -> list[Memory | None]:
+        """get() of each id, in order, from one snapshot."""
+        ...
+
+    def fetch(self, memory_ids: list[str], originals: bool) -> list[tuple[Memory | None, np.ndarray | None]]:
+        """(record, float32 original or None) of each id, from one snapshot."""
+        ...
+
+    def originals(self, memory_ids: list[str]) -> np.ndarray | None:
+        """Float32 originals of these ids, or None if not kept or any one is missing."""
+        ...
+
+    def vector(self, memory_id: str) -> np.ndarray | None:
+        """The best float vector kept: the original, else the decoded code; None if unknown."""
+        ...
+
+    def meta_get(self, name: str, default: Any = None) -> Any:
+        """A store-level value written by meta_op, or default. Unreadable: StorageError."""
+        ...
+
+    def extra_items(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """(key, value) of the ``extra`` entries whose key starts with prefix, in byte order of keys."""
+        ...
+
+    def ids(self) -> Iterator[str]:
+        """Every memory id, in key order."""
+        ...
+
+    def __len__(self) -> int:
+        """How many memories the store holds."""
+        ...
+
+    def nbytes(self) -> int:
+        """Bytes the store occupies on its storage (files, tables and indexes)."""
+        ...
