@@ -95,3 +95,50 @@ def dailydialog_vectors() -> np.ndarray:
 
 def small_config(**changes: object) -> MemoryConfig:
     return MemoryConfig(**changes)  # type: ignore[arg-type]
+
+
+# -- PostgreSQL ---------------------------------------------------------------------------------
+# Tests marked `postgres` run against the server TIERED_MEMORY_PG_DSN names (default: the local
+# one), each in a schema of its own that is dropped afterwards. Without a server they skip; in CI
+# (CI and TIERED_MEMORY_PG_DSN set) a server that does not answer fails them instead.
+
+PG_DSN_DEFAULT = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def _pg_unavailable(reason: str) -> None:
+    if os.environ.get("CI") and os.environ.get("TIERED_MEMORY_PG_DSN"):
+        pytest.fail(f"CI must run the PostgreSQL tests, but {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def pg_dsn() -> str:
+    dsn = os.environ.get("TIERED_MEMORY_PG_DSN", PG_DSN_DEFAULT)
+    try:
+        import psycopg
+        import psycopg_pool  # noqa: F401
+    except ImportError:
+        _pg_unavailable("psycopg 3 / psycopg_pool are not installed (pip install '.[postgres]')")
+    try:
+        with psycopg.connect(dsn, connect_timeout=3) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.Error as err:
+        _pg_unavailable(f"no PostgreSQL server answers at TIERED_MEMORY_PG_DSN={dsn!r} ({err})")
+    return dsn
+
+
+@pytest.fixture
+def pg_schema(pg_dsn: str) -> Iterator[str]:
+    """A fresh schema (tm_test_<random>) for one test, dropped with everything in it at the end."""
+    import secrets
+
+    import psycopg
+
+    name = f"tm_test_{secrets.token_hex(6)}"
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{name}"')
+    try:
+        yield name
+    finally:
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')

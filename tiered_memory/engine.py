@@ -32,6 +32,7 @@ from cachetools import LRUCache
 
 from .catalog import COLD, WARM, Catalog
 from .cold import STORE_SCHEMA, ColdTier, Op, text_key
+from .cold_store import ColdStore
 from .config import MemoryConfig
 from .crypto import Sealer
 from .dirlock import DirectoryLock
@@ -140,6 +141,7 @@ class TieredMemory(SearchMixin, TierManagerMixin):
         clock: Callable[[], float] = time.time,
         read_only: bool = False,
         encryption_key: bytes | None = None,
+        cold: Callable[[MemoryConfig, bool], ColdStore] | None = None,
         **settings: Any,
     ) -> None:
         config = config or MemoryConfig()
@@ -152,16 +154,21 @@ class TieredMemory(SearchMixin, TierManagerMixin):
         self._key_checked = False
         self.encoder = self._resolve_encoder(encoder)
         self._sealer = Sealer(encryption_key) if encryption_key is not None else None
-        if read_only:
+        # -- cold store: LMDB in path/cold, or the store `cold` opens (config, read_only), e.g.
+        # pg_cold.postgres_cold(dsn); path then holds only this process's caches (warm graphs,
+        # lexical indexes) and the lock on them. The engine closes the store at close().
+        if read_only and cold is None:
             if not (self.path / "cold" / "data.mdb").is_file():
                 raise StoreClosedError(f"no tiered_memory store at {self.path} to open read-only")
-        else:
+        elif not read_only:
             self.path.mkdir(parents=True, exist_ok=True)
         self._dirlock = DirectoryLock(self.path)
         if not read_only:
             self._dirlock.acquire()
         try:
-            self.cold = ColdTier(self.path / "cold", self.config, read_only=read_only)
+            self.cold: ColdStore = (ColdTier(self.path / "cold", self.config, read_only=read_only) if cold is None
+                                    else cold(self.config, read_only))
+            # -- end of the cold store's choice
             self.dimension = self._resolve_dimension(dimension)
             self._check_key()  # before the quantizer: with a key, its state is sealed
             self.cold.use_dimension(self.dimension)

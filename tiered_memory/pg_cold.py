@@ -1,0 +1,630 @@
+"""A cold store on PostgreSQL: the engine's source of truth in a database several processes share.
+
+Use it through the engine's ``cold=`` factory; the engine's directory then holds only local
+caches (saved warm graphs, lexical indexes) and its lock, so each process opens its own::
+
+    from tiered_memory import TieredMemory
+    from tiered_memory.pg_cold import postgres_cold
+
+    mem = TieredMemory("./cache-of-this-process", cold=postgres_cold("postgresql://app@db/memories"))
+
+Needs ``pip install 'tiered-memory[postgres]'`` (psycopg 3 and psycopg_pool). The DSN defaults to
+the environment variable ``TIERED_MEMORY_PG_DSN``, else libpq's own defaults (``PGHOST``, ...).
+
+Tables (created and migrated by the library; ``tm_schema_version`` lists the versions applied), in
+the schema given by ``schema=`` or the connection's ``search_path``:
+
+- ``tm_records``, ``tm_rows``, ``tm_codes``, ``tm_originals``: ``(ns_id, memory_id) -> value``,
+  the LMDB databases ``records``, ``rows``, ``nscodes``, ``originals``.
+- ``tm_texts``: ``(ns_id, digest) -> memory_id``, the dedup index (digests, never texts).
+- ``tm_namespaces``: ``ns_id -> name, count, generation``.
+- ``tm_meta``, ``tm_extra``: store-level ``key -> value`` (dimension, quantizer, key check; agent hubs).
+
+``ns_id`` is the tenant key: it is the first column of every per-namespace table's primary key and
+the Citus distribution column (``tm_namespaces``, ``tm_meta`` and ``tm_extra`` would be reference
+tables). Every write and every range read (load_namespace, namespace_ids, find_texts) stays within
+one tenant. Reads by memory id alone (get, get_many, fetch, originals, vector: the engine's API
+takes ids without their namespace) use the ``memory_id`` indexes; under Citus they are
+multi-shard lookups. ``recode_all`` (store-wide re-calibration) walks every tenant.
+
+Values are ``bytea``, exactly the bytes the LMDB store keeps: sensitive memories' records and
+vectors arrive sealed by the op builders and stay sealed on the server.
+
+Writes: each ``write()`` is one database transaction, committed before it returns. Puts are
+upserts (``ON CONFLICT``), deletes of absent keys are no-ops, and a namespace's count moves by the
+rows actually inserted or deleted, so a write retried after a lost connection (its commit unknown)
+cannot double anything: memory ids are made by the client. Connection failures, serialization
+failures and deadlocks are retried (``retries``); any other failure rolls back and raises
+StorageError.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from .cold import STORE_SCHEMA
+from .cold_ops import NS_ID, ColdOps, NamespaceRows, Op, row_key, unpack_row
+from .cold_store import ColdStore
+from .config import MemoryConfig
+from .crypto import Sealer
+from .errors import ConfigError, EncryptionRequiredError, SchemaVersionError, StorageError
+from .quantization import Quantizer, make_quantizer, quantizer_from_state
+from .records import Memory, unpack_record
+
+try:
+    import psycopg
+    from psycopg import errors as pg_errors
+    from psycopg_pool import ConnectionPool, PoolTimeout
+except ImportError as err:  # pragma: no cover - the extra is not installed
+    raise ImportError("the PostgreSQL cold store needs psycopg 3 and psycopg_pool: "
+                      "pip install 'tiered-memory[postgres]'") from err
+
+log = logging.getLogger(__name__)
+
+DSN_ENV = "TIERED_MEMORY_PG_DSN"
+
+# The tables' schema versions, applied in order by the first read-write open that lacks them.
+MIGRATIONS: list[tuple[int, list[str]]] = [
+    (1, [
+        "CREATE TABLE tm_meta (key bytea PRIMARY KEY, value bytea NOT NULL)",
+        "CREATE TABLE tm_extra (key bytea PRIMARY KEY, value bytea NOT NULL)",
+        "CREATE SEQUENCE tm_namespace_ids",
+        "CREATE SEQUENCE tm_store_generation",
+        """CREATE TABLE tm_namespaces (
+               ns_id integer PRIMARY KEY,
+               name text COLLATE "C" NOT NULL UNIQUE,
+               count bigint NOT NULL DEFAULT 0,
+               generation bigint NOT NULL DEFAULT 0)""",
+        *(f"""CREATE TABLE {table} (
+                  ns_id integer NOT NULL,
+                  memory_id text COLLATE "C" NOT NULL,
+                  value bytea NOT NULL,
+                  PRIMARY KEY (ns_id, memory_id))"""
+          for table in ("tm_records", "tm_rows", "tm_codes", "tm_originals")),
+        "CREATE INDEX tm_records_by_id ON tm_records (memory_id)",
+        "CREATE INDEX tm_originals_by_id ON tm_originals (memory_id)",
+        """CREATE TABLE tm_texts (
+               ns_id integer NOT NULL,
+               digest bytea NOT NULL,
+               memory_id text COLLATE "C" NOT NULL,
+               PRIMARY KEY (ns_id, digest))""",
+    ]),
+]
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+# LMDB database of an op -> table; the tables keyed by (ns_id, memory_id).
+_BY_MEMORY = {"records": "tm_records", "rows": "tm_rows", "nscodes": "tm_codes", "originals": "tm_originals"}
+_BY_KEY = {"meta": "tm_meta", "extra": "tm_extra"}
+_TABLES = ("tm_records", "tm_rows", "tm_codes", "tm_originals", "tm_texts", "tm_namespaces", "tm_meta", "tm_extra",
+           "tm_schema_version")
+_RETRIED = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected, psycopg.OperationalError, PoolTimeout)
+_SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+
+
+def postgres_cold(dsn: str | None = None, **options: Any) -> Callable[[MemoryConfig, bool], PostgresColdStore]:
+    """The engine's ``cold=`` factory for a PostgreSQL store: ``TieredMemory(dir, cold=postgres_cold(dsn))``.
+
+    The engine calls it with its config and read_only flag, and closes the store at close();
+    options go to :class:`PostgresColdStore` (schema, pool_size, retries)."""
+
+    def open_store(config: MemoryConfig, read_only: bool) -> PostgresColdStore:
+        return PostgresColdStore(dsn, config, read_only=read_only, **options)
+
+    return open_store
+
+
+def _prefix_end(prefix: bytes) -> bytes | None:
+    """The smallest byte string greater than every string starting with prefix (None: no bound)."""
+    trimmed = prefix.rstrip(b"\xff")
+    if not trimmed:
+        return None
+    return trimmed[:-1] + bytes([trimmed[-1] + 1])
+
+
+def _last_per_key(items: list[tuple[Any, ...]], width: int) -> list[tuple[Any, ...]]:
+    """Puts of one statement, the last of each key kept (as applying them in order would)."""
+    return list({item[:width]: item for item in items}.values())
+
+
+class PostgresColdStore(ColdOps, ColdStore):
+    """The cold store contract (:class:`~tiered_memory.cold_store.ColdStore`) on PostgreSQL."""
+
+    name = "cold"
+
+    def __init__(self, dsn: str | None = None, config: MemoryConfig | None = None, *, read_only: bool = False,
+                 schema: str | None = None, pool_size: int = 4, retries: int = 3, timeout_s: float = 30.0) -> None:
+        self.config = config or MemoryConfig()
+        self.read_only = read_only
+        self.dsn = dsn if dsn is not None else os.environ.get(DSN_ENV, "")
+        if schema is not None and not _SCHEMA_NAME.fullmatch(schema):
+            raise ConfigError(f"schema={schema!r} is not a plain SQL identifier (letters, digits, _)")
+        self.schema_name = schema
+        self.retries = max(1, retries)
+        self.dimension = 0
+        self.originals_dtype = {"none": None, "float16": np.float16, "float32": np.float32}[self.config.keep_originals]
+        self.quantizer: Quantizer = make_quantizer("int8", 1)
+        self.sealer: Sealer | None = None
+        self._ns_ids: dict[str, int] = {}
+        self._closed = False
+        self.pool = ConnectionPool(self.dsn, min_size=1, max_size=max(1, pool_size), timeout=timeout_s,
+                                   kwargs={"autocommit": True}, configure=self._configure, open=False,
+                                   name="tiered_memory")
+        try:
+            self.pool.open(wait=True, timeout=timeout_s)
+            self._migrate()
+        except PoolTimeout as err:
+            self.pool.close()
+            raise StorageError(f"no PostgreSQL server answers at {self._where()} within {timeout_s:g} s ({err}); "
+                               f"start it or set {DSN_ENV}") from err
+        except BaseException:
+            self.pool.close()
+            raise
+
+    def __repr__(self) -> str:
+        return f"PostgresColdStore({self._where()})"
+
+    def _where(self) -> str:
+        """The DSN without a password, and the schema: for messages."""
+        shown = re.sub(r"(://[^:/@]*):[^@]*@", r"\1:***@", self.dsn) or "(libpq defaults)"
+        shown = re.sub(r"password=\S+", "password=***", shown)
+        return shown + (f" schema {self.schema_name}" if self.schema_name else "")
+
+    def _configure(self, conn: psycopg.Connection) -> None:
+        if self.schema_name is not None:
+            conn.execute(f'SET search_path TO "{self.schema_name}"')
+        if self.read_only:
+            conn.execute("SET default_transaction_read_only = on")
+
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection]:
+        """A pooled connection for reads; driver errors become StorageError."""
+        if self._closed:
+            raise StorageError(f"the PostgreSQL cold store at {self._where()} is closed")
+        try:
+            with self.pool.connection() as conn:
+                yield conn
+        except PoolTimeout as err:
+            raise StorageError(f"no connection to {self._where()} ({err}); check the server, or raise pool_size "
+                               "if many threads read at once") from err
+        except psycopg.Error as err:
+            raise StorageError(f"reading the PostgreSQL cold store at {self._where()} failed ({err})") from err
+
+    def _migrate(self) -> None:
+        """Create or upgrade the tables, under a transaction-scoped advisory lock (store-level)."""
+        with self._connection() as conn:
+            if self.read_only:
+                applied = self._applied_version(conn)
+                if applied < SCHEMA_VERSION:
+                    raise SchemaVersionError(f"the PostgreSQL store at {self._where()} has table version {applied}, "
+                                             f"this library needs {SCHEMA_VERSION}: open it once without read_only")
+            else:
+                with conn.transaction():
+                    conn.execute("SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.tiered_memory'))")
+                    conn.execute("CREATE TABLE IF NOT EXISTS tm_schema_version (version integer PRIMARY KEY, "
+                                 "applied_at timestamptz NOT NULL DEFAULT now())")
+                    applied = self._applied_version(conn)
+                    for version, statements in MIGRATIONS:
+                        if version <= applied:
+                            continue
+                        for statement in statements:
+                            conn.execute(statement)
+                        conn.execute("INSERT INTO tm_schema_version (version) VALUES (%s)", (version,))
+                        log.info("PostgreSQL cold store at %s: tables at version %d", self._where(), version)
+            if applied > SCHEMA_VERSION:
+                raise SchemaVersionError(f"the PostgreSQL store at {self._where()} has table version {applied}, "
+                                         f"newer than this library's {SCHEMA_VERSION}: upgrade tiered_memory")
+
+    @staticmethod
+    def _applied_version(conn: psycopg.Connection) -> int:
+        exists = conn.execute("SELECT to_regclass('tm_schema_version') IS NOT NULL").fetchone()[0]
+        if not exists:
+            return 0
+        return conn.execute("SELECT coalesce(max(version), 0) FROM tm_schema_version").fetchone()[0]
+
+    # -- opening and closing ---------------------------------------------------------------
+
+    def use_dimension(self, dimension: int) -> None:
+        self.dimension = dimension
+        state = self.meta_get("quantizer")
+        if isinstance(state, dict) and "sealed" in state:
+            if self.sealer is None:
+                raise EncryptionRequiredError(f"the store at {self._where()} keeps its quantizer sealed: open it "
+                                              "with its encryption_key=")
+            state = msgpack.unpackb(self.sealer.open(state["sealed"], b"quantizer"), raw=False)
+        if state is None:
+            self.quantizer = make_quantizer("int8", dimension, self.config.clip_quantile)
+        else:
+            self.quantizer = quantizer_from_state(state)
+
+    def schema(self) -> int:
+        stored = self.meta_get("store_schema")
+        return STORE_SCHEMA if stored is None else stored
+
+    def migrate_from_schema_2(self) -> int:
+        """A PostgreSQL store is created at schema 3 (schema() never reports 2): nothing moves."""
+        return 0
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.pool.close()
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def write(self, ops: Iterable[Op], grow: bool = True) -> int:
+        ops = list(ops)
+        if self._closed:
+            raise StorageError(f"the PostgreSQL cold store at {self._where()} is closed; nothing was stored")
+        for attempt in range(1, self.retries + 1):
+            try:
+                with self.pool.connection() as conn, conn.transaction():
+                    self._apply(conn, ops)
+                    return conn.execute("SELECT nextval('tm_store_generation')").fetchone()[0]
+            except _RETRIED as err:
+                if attempt == self.retries:
+                    raise StorageError(f"writing to the PostgreSQL cold store at {self._where()} failed after "
+                                       f"{attempt} attempts ({err}); nothing of this call was stored (a retry "
+                                       "is safe)") from err
+                log.warning("write to %s failed (%s), retrying (%d of %d)", self._where(), err, attempt,
+                            self.retries)
+            except psycopg.Error as err:
+                raise StorageError(f"writing to the PostgreSQL cold store at {self._where()} failed ({err}); "
+                                   "nothing of this call was stored") from err
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _apply(self, conn: psycopg.Connection, ops: list[Op]) -> None:
+        """The ops in order, consecutive ops of one table and kind as one statement."""
+        namespace_of = self._namespaces_named_in(ops)
+        runs: list[tuple[str, bool, list[Op]]] = []
+        for op in ops:
+            db, _, value = op
+            if db not in _BY_MEMORY and db not in _BY_KEY and db not in ("texts", "nscount"):
+                raise StorageError(f"an op for database {db!r}, which a PostgreSQL cold store does not have: "
+                                   "nothing of this call was stored")
+            deleting = value is None
+            if runs and runs[-1][0] == db and runs[-1][1] == deleting:
+                runs[-1][2].append(op)
+            else:
+                runs.append((db, deleting, [op]))
+        counted: dict[int, int] = {}  # rows actually inserted minus deleted, per namespace
+        for db, deleting, run in runs:
+            if db == "nscount":
+                self._bump_generations(conn, run)
+            elif db in _BY_MEMORY:
+                self._apply_memory_run(conn, db, deleting, run, namespace_of, counted)
+            elif db == "texts":
+                self._apply_texts_run(conn, deleting, run)
+            else:
+                self._apply_key_run(conn, _BY_KEY[db], deleting, run)
+        changed = [(ns, delta) for ns, delta in counted.items() if delta]
+        if changed:
+            conn.execute("UPDATE tm_namespaces AS n SET count = n.count + d.delta "
+                         "FROM unnest(%s::integer[], %s::bigint[]) AS d(ns_id, delta) WHERE n.ns_id = d.ns_id",
+                         ([ns for ns, _ in changed], [delta for _, delta in changed]))
+
+    @staticmethod
+    def _namespaces_named_in(ops: list[Op]) -> dict[str, int]:
+        """memory id -> ns id, from the ops keyed by namespace (rows, codes): records and
+        originals are keyed by memory id alone, and are written with them."""
+        found: dict[str, int] = {}
+        for db, key, _ in ops:
+            if db in ("rows", "nscodes"):
+                found[key[4:].decode("utf-8")] = NS_ID.unpack(key[:4])[0]
+        return found
+
+    @staticmethod
+    def _split(db: str, key: bytes) -> tuple[int | None, str]:
+        if db in ("rows", "nscodes"):
+            return NS_ID.unpack(key[:4])[0], key[4:].decode("utf-8")
+        return None, key.decode("utf-8")
+
+    def _apply_memory_run(self, conn: psycopg.Connection, db: str, deleting: bool, run: list[Op],
+                          namespace_of: dict[str, int], counted: dict[int, int]) -> None:
+        table = _BY_MEMORY[db]
+        keyed: list[tuple[int | None, str, bytes | None]] = []
+        for _, key, value in run:
+            ns, memory_id = self._split(db, key)
+            keyed.append((ns if ns is not None else namespace_of.get(memory_id), memory_id, value))
+        unknown = sorted({memory_id for ns, memory_id, _ in keyed if ns is None})
+        if unknown:
+            stored = dict(conn.execute(f"SELECT memory_id, ns_id FROM {table} WHERE memory_id = ANY(%s::text[])",
+                                       (unknown,)).fetchall())
+            if not deleting and len(stored) < len(unknown):
+                missing = [memory_id for memory_id in unknown if memory_id not in stored]
+                raise StorageError(f"the {db} of memories {missing[:5]} came without their namespace (no catalog row "
+                                   "in the same write, none stored): nothing of this call was stored")
+            keyed = [(ns if ns is not None else stored.get(memory_id), memory_id, value)
+                     for ns, memory_id, value in keyed]
+            keyed = [item for item in keyed if item[0] is not None]  # deletes of absent memories
+        if not keyed:
+            return
+        if deleting:
+            deleted = conn.execute(
+                f"DELETE FROM {table} WHERE (ns_id, memory_id) IN "
+                "(SELECT * FROM unnest(%s::integer[], %s::text[])) RETURNING ns_id",
+                ([ns for ns, _, _ in keyed], [memory_id for _, memory_id, _ in keyed])).fetchall()
+            if table == "tm_rows":
+                for (ns,) in deleted:
+                    counted[ns] = counted.get(ns, 0) - 1
+            return
+        puts = _last_per_key(keyed, 2)
+        inserted = conn.execute(
+            f"INSERT INTO {table} (ns_id, memory_id, value) "
+            "SELECT * FROM unnest(%s::integer[], %s::text[], %s::bytea[]) "
+            "ON CONFLICT (ns_id, memory_id) DO UPDATE SET value = EXCLUDED.value "
+            "RETURNING ns_id, (xmax = 0) AS inserted",  # xmax 0: a new row, not an updated one
+            ([ns for ns, _, _ in puts], [memory_id for _, memory_id, _ in puts],
+             [value for _, _, value in puts])).fetchall()
+        if table == "tm_rows":
+            for ns, new in inserted:
+                if new:
+                    counted[ns] = counted.get(ns, 0) + 1
+
+    @staticmethod
+    def _apply_texts_run(conn: psycopg.Connection, deleting: bool, run: list[Op]) -> None:
+        keyed = [(NS_ID.unpack(key[:4])[0], key[4:], value) for _, key, value in run]
+        if deleting:
+            conn.execute("DELETE FROM tm_texts WHERE (ns_id, digest) IN "
+                         "(SELECT * FROM unnest(%s::integer[], %s::bytea[]))",
+                         ([ns for ns, _, _ in keyed], [digest for _, digest, _ in keyed]))
+            return
+        puts = _last_per_key(keyed, 2)
+        conn.execute("INSERT INTO tm_texts (ns_id, digest, memory_id) "
+                     "SELECT * FROM unnest(%s::integer[], %s::bytea[], %s::text[]) "
+                     "ON CONFLICT (ns_id, digest) DO UPDATE SET memory_id = EXCLUDED.memory_id",
+                     ([ns for ns, _, _ in puts], [digest for _, digest, _ in puts],
+                      [bytes(value or b"").decode("utf-8") for _, _, value in puts]))
+
+    @staticmethod
+    def _apply_key_run(conn: psycopg.Connection, table: str, deleting: bool, run: list[Op]) -> None:
+        if deleting:
+            conn.execute(f"DELETE FROM {table} WHERE key = ANY(%s::bytea[])", ([key for _, key, _ in run],))
+            return
+        puts = _last_per_key([(key, value) for _, key, value in run], 1)
+        conn.execute(f"INSERT INTO {table} (key, value) SELECT * FROM unnest(%s::bytea[], %s::bytea[]) "
+                     "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                     ([key for key, _ in puts], [value for _, value in puts]))
+
+    def _bump_generations(self, conn: psycopg.Connection, run: list[Op]) -> None:
+        """Count ops: each bumps its namespace's generation (the row lock this takes serialises
+        writers of one namespace); counts move by the rows actually written (see _apply)."""
+        wanted = [NS_ID.unpack(key)[0] for _, key, _ in run]
+        for ns in sorted(set(wanted)):  # one order for every writer: no deadlock between two
+            found = conn.execute("UPDATE tm_namespaces SET generation = generation + %s WHERE ns_id = %s "
+                                 "RETURNING ns_id", (wanted.count(ns), ns)).fetchone()
+            if found is None:
+                raise StorageError(f"namespace id {ns} is not in the store: nothing of this call was stored")
+
+    # -- namespaces --------------------------------------------------------------------------
+
+    def namespace_id(self, name: str, create: bool = False) -> int | None:
+        ns_id = self._ns_ids.get(name)
+        if ns_id is not None:
+            return ns_id
+        with self._connection() as conn:
+            found = conn.execute("SELECT ns_id FROM tm_namespaces WHERE name = %s", (name,)).fetchone()
+        if found is None and not create:
+            return None
+        if found is None:
+            try:
+                with self.pool.connection() as conn, conn.transaction():
+                    # Another process may make the same namespace at once: the name is unique, the
+                    # loser's insert does nothing and both read the winner's id.
+                    conn.execute("INSERT INTO tm_namespaces (ns_id, name) VALUES (nextval('tm_namespace_ids'), %s) "
+                                 "ON CONFLICT (name) DO NOTHING", (name,))
+                    found = conn.execute("SELECT ns_id FROM tm_namespaces WHERE name = %s", (name,)).fetchone()
+            except (psycopg.Error, PoolTimeout) as err:
+                raise StorageError(f"creating namespace {name!r} in {self._where()} failed ({err}); nothing was "
+                                   "stored") from err
+        self._ns_ids[name] = found[0]
+        return found[0]
+
+    def namespace_info(self, ns_id: int) -> tuple[str, int, int]:
+        with self._connection() as conn:
+            found = conn.execute("SELECT name, count, generation FROM tm_namespaces WHERE ns_id = %s",
+                                 (ns_id,)).fetchone()
+        if found is None:
+            raise StorageError(f"namespace id {ns_id} is not in the store: the store is damaged")
+        return found[0], found[1], found[2]
+
+    def namespace_counts(self) -> list[tuple[str, int]]:
+        with self._connection() as conn:
+            return [(name, count) for name, count in
+                    conn.execute("SELECT name, count FROM tm_namespaces ORDER BY ns_id").fetchall()]
+
+    def namespace_ids(self, ns_id: int) -> list[str]:
+        with self._connection() as conn:
+            return [memory_id for (memory_id,) in
+                    conn.execute("SELECT memory_id FROM tm_rows WHERE ns_id = %s ORDER BY memory_id",
+                                 (ns_id,)).fetchall()]
+
+    def load_namespace(self, ns_id: int, count_hint: int = 0) -> NamespaceRows:
+        with self._connection() as conn:
+            found = conn.execute("SELECT r.memory_id, r.value, c.value FROM tm_rows r LEFT JOIN tm_codes c "
+                                 "ON c.ns_id = r.ns_id AND c.memory_id = r.memory_id "
+                                 "WHERE r.ns_id = %s ORDER BY r.memory_id", (ns_id,)).fetchall()
+        rows = NamespaceRows(self.dimension, len(found))
+        for i, (memory_id, data, code) in enumerate(found):
+            key = row_key(ns_id, memory_id)
+            if code is None:
+                raise StorageError(f"memory {memory_id!r} has a catalog row but no code; the store is damaged "
+                                   "(restore it from a backup)")
+            kind, importance, created, updated, accessed, uses, topic, tier, version, sensitive = \
+                unpack_row(key, data)
+            rows.codes[i] = np.frombuffer(self._plain_vector_bytes(memory_id, "code", code, self.dimension, key),
+                                          dtype=np.int8)
+            rows.ids.append(memory_id)
+            rows.kinds.append(kind)
+            rows.importance.append(importance)
+            rows.created.append(created)
+            rows.updated.append(updated)
+            rows.accessed.append(accessed)
+            rows.uses.append(uses)
+            rows.topic.append(topic)
+            rows.tier.append(tier)
+            rows.version.append(version)
+            rows.sensitive.append(int(sensitive))
+        return rows
+
+    def find_texts(self, keys: list[bytes | None]) -> list[str | None]:
+        wanted = [key for key in keys if key is not None]
+        if not wanted:
+            return [None] * len(keys)
+        with self._connection() as conn:
+            found = conn.execute("SELECT ns_id, digest, memory_id FROM tm_texts WHERE (ns_id, digest) IN "
+                                 "(SELECT * FROM unnest(%s::integer[], %s::bytea[]))",
+                                 ([NS_ID.unpack(key[:4])[0] for key in wanted], [key[4:] for key in wanted])).fetchall()
+        by_key = {NS_ID.pack(ns) + bytes(digest): memory_id for ns, digest, memory_id in found}
+        return [None if key is None else by_key.get(key) for key in keys]
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def get(self, memory_id: str) -> Memory | None:
+        return self.get_many([memory_id])[0]
+
+    def get_many(self, memory_ids: Iterable[str]) -> list[Memory | None]:
+        memory_ids = list(memory_ids)
+        if not memory_ids:
+            return []
+        with self._connection() as conn:
+            found = dict(conn.execute("SELECT memory_id, value FROM tm_records WHERE memory_id = ANY(%s::text[])",
+                                      (list(set(memory_ids)),)).fetchall())
+        return [None if (data := found.get(memory_id)) is None else unpack_record(data, self.sealer)
+                for memory_id in memory_ids]
+
+    def fetch(self, memory_ids: list[str], originals: bool) -> list[tuple[Memory | None, np.ndarray | None]]:
+        want_originals = originals and self.originals_dtype is not None
+        if not memory_ids:
+            return []
+        with self._connection() as conn:
+            if want_originals:
+                found = conn.execute("SELECT r.memory_id, r.value, o.value FROM tm_records r LEFT JOIN tm_originals o "
+                                     "ON o.ns_id = r.ns_id AND o.memory_id = r.memory_id "
+                                     "WHERE r.memory_id = ANY(%s::text[])", (list(set(memory_ids)),)).fetchall()
+            else:
+                found = conn.execute("SELECT memory_id, value, NULL FROM tm_records WHERE memory_id = ANY(%s::text[])",
+                                     (list(set(memory_ids)),)).fetchall()
+        by_id = {memory_id: (data, original) for memory_id, data, original in found}
+        out: list[tuple[Memory | None, np.ndarray | None]] = []
+        for memory_id in memory_ids:
+            data, raw = by_id.get(memory_id, (None, None))
+            memory = None if data is None else unpack_record(data, self.sealer)
+            vector = None
+            if raw is not None:
+                raw = self._plain_vector_bytes(memory_id, "original", raw, self._original_size)
+                vector = np.frombuffer(raw, dtype=self.originals_dtype).astype(np.float32)
+            out.append((memory, vector))
+        return out
+
+    def originals(self, memory_ids: list[str]) -> np.ndarray | None:
+        if self.originals_dtype is None:
+            return None
+        with self._connection() as conn:
+            found = dict(conn.execute("SELECT memory_id, value FROM tm_originals WHERE memory_id = ANY(%s::text[])",
+                                      (list(set(memory_ids)),)).fetchall()) if memory_ids else {}
+        out = np.empty((len(memory_ids), self.dimension), dtype=np.float32)
+        for i, memory_id in enumerate(memory_ids):
+            data = found.get(memory_id)
+            if data is None:
+                return None
+            out[i] = np.frombuffer(self._plain_vector_bytes(memory_id, "original", data, self._original_size),
+                                   dtype=self.originals_dtype)
+        return out
+
+    def vector(self, memory_id: str) -> np.ndarray | None:
+        original = self.originals([memory_id])
+        if original is not None:
+            return original[0]
+        with self._connection() as conn:
+            found = conn.execute("SELECT r.ns_id, c.value FROM tm_records r JOIN tm_codes c "
+                                 "ON c.ns_id = r.ns_id AND c.memory_id = r.memory_id WHERE r.memory_id = %s",
+                                 (memory_id,)).fetchone()
+        if found is None:
+            return None
+        ns_id, code = found
+        code = self._plain_vector_bytes(memory_id, "code", code, self.dimension, row_key(ns_id, memory_id))
+        return self.quantizer.decode(np.frombuffer(code, dtype=np.int8).reshape(1, -1))[0]
+
+    def meta_get(self, name: str, default: Any = None) -> Any:
+        with self._connection() as conn:
+            found = conn.execute("SELECT value FROM tm_meta WHERE key = %s", (name.encode(),)).fetchone()
+        if found is None:
+            return default
+        try:
+            return msgpack.unpackb(found[0], raw=False, strict_map_key=False)
+        except (ValueError, msgpack.UnpackException) as err:
+            raise StorageError(f"the store's {name!r} entry is not readable ({err!r}): the store is damaged; "
+                               "restore it from a backup") from err
+
+    def extra_items(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        end = _prefix_end(prefix)
+        with self._connection() as conn:
+            if end is None:
+                found = conn.execute("SELECT key, value FROM tm_extra WHERE key >= %s ORDER BY key",
+                                     (prefix,)).fetchall()
+            else:
+                found = conn.execute("SELECT key, value FROM tm_extra WHERE key >= %s AND key < %s ORDER BY key",
+                                     (prefix, end)).fetchall()
+        return iter([(bytes(key), bytes(value)) for key, value in found])
+
+    def ids(self) -> Iterator[str]:
+        with self._connection() as conn:
+            return iter([memory_id for (memory_id,) in
+                         conn.execute("SELECT memory_id FROM tm_records ORDER BY memory_id").fetchall()])
+
+    def __len__(self) -> int:
+        # The namespaces' counts, kept in step with the rows by every write: no scan of the records.
+        with self._connection() as conn:
+            return int(conn.execute("SELECT coalesce(sum(count), 0) FROM tm_namespaces").fetchone()[0])
+
+    def __contains__(self, memory_id: object) -> bool:
+        return isinstance(memory_id, str) and self.get_many([memory_id])[0] is not None
+
+    def nbytes(self) -> int:
+        with self._connection() as conn:
+            return int(conn.execute("SELECT coalesce(sum(pg_total_relation_size(to_regclass(t))), 0) "
+                                    "FROM unnest(%s::text[]) AS t", (list(_TABLES),)).fetchone()[0])
+
+    # -- re-calibration ----------------------------------------------------------------------
+
+    def recode_all(self, encode: Any, decode_old: Any, batch: int = 2048) -> None:
+        """Every code re-encoded in one transaction, streamed in batches through a server-side cursor."""
+        try:
+            with self.pool.connection() as conn, conn.transaction():
+                with conn.cursor(name="tm_recode") as cursor:
+                    cursor.execute("SELECT c.ns_id, c.memory_id, c.value, o.value FROM tm_codes c "
+                                   "LEFT JOIN tm_originals o ON o.ns_id = c.ns_id AND o.memory_id = c.memory_id "
+                                   "ORDER BY c.ns_id, c.memory_id")
+                    while chunk := cursor.fetchmany(batch):
+                        self._recode_chunk(conn, chunk, encode, decode_old)
+                conn.execute("SELECT nextval('tm_store_generation')")
+        except (psycopg.Error, PoolTimeout) as err:
+            raise StorageError(f"re-encoding the codes in {self._where()} failed ({err}); nothing was changed") from err
+
+    def _recode_chunk(self, conn: psycopg.Connection, chunk: list[tuple[Any, ...]], encode: Any,
+                      decode_old: Any) -> None:
+        namespaces, memory_ids, values = [], [], []
+        for ns_id, memory_id, stored, original in chunk:
+            key = row_key(ns_id, memory_id)
+            sealed = len(stored) != self.dimension
+            if original is not None and self.originals_dtype is not None:
+                raw = self._plain_vector_bytes(memory_id, "original", original, self._original_size)
+                vector = np.frombuffer(raw, dtype=self.originals_dtype).astype(np.float32).reshape(1, -1)
+            else:
+                raw = self._plain_vector_bytes(memory_id, "code", stored, self.dimension, key)
+                vector = decode_old(np.frombuffer(raw, dtype=np.int8).reshape(1, -1))
+            code = encode(vector)[0].tobytes()
+            namespaces.append(ns_id)
+            memory_ids.append(memory_id)
+            values.append(self._vector_bytes(memory_id, sealed, "code", code, key))
+        conn.execute("UPDATE tm_codes AS c SET value = n.value FROM unnest(%s::integer[], %s::text[], %s::bytea[]) "
+                     "AS n(ns_id, memory_id, value) WHERE c.ns_id = n.ns_id AND c.memory_id = n.memory_id",
+                     (namespaces, memory_ids, values))
