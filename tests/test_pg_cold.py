@@ -211,11 +211,34 @@ def test_tables_are_versioned_and_migrated_once(pg_dsn: str, pg_schema: str) -> 
     first.close()
     second = pg_cold.PostgresColdStore(pg_dsn, schema=pg_schema)
     second.close()
-    assert server_rows(pg_dsn, pg_schema, "SELECT version FROM tm_schema_version") == [(pg_cold.SCHEMA_VERSION,)]
+    applied = [version for version, _ in pg_cold.MIGRATIONS]
+    assert server_rows(pg_dsn, pg_schema, "SELECT version FROM tm_schema_version ORDER BY version") == \
+        [(version,) for version in applied]
     server_rows(pg_dsn, pg_schema, "INSERT INTO tm_schema_version (version) VALUES (%s) RETURNING version",
                 (pg_cold.SCHEMA_VERSION + 1,))
     with pytest.raises(StorageError, match="newer than this library"):
         pg_cold.PostgresColdStore(pg_dsn, schema=pg_schema)
+
+
+def test_a_store_at_table_version_1_is_migrated_with_its_data(pg_dsn: str, pg_schema: str) -> None:
+    import psycopg
+
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(f'SET search_path TO "{pg_schema}"')
+        conn.execute("CREATE TABLE tm_schema_version (version integer PRIMARY KEY, "
+                     "applied_at timestamptz NOT NULL DEFAULT now())")
+        for statement in pg_cold.MIGRATIONS[0][1]:
+            conn.execute(statement)
+        conn.execute("INSERT INTO tm_schema_version (version) VALUES (1)")
+        conn.execute("INSERT INTO tm_namespaces (ns_id, name, count, generation) VALUES (1, 'old', 1, 4)")
+        conn.execute("INSERT INTO tm_rows (ns_id, memory_id, value) VALUES (1, 'm', %s)", (b"row",))
+    store = pg_cold.PostgresColdStore(pg_dsn, schema=pg_schema)
+    try:
+        assert store.namespace_info(1) == ("old", 1, 4) and store.namespace_ids(1) == ["m"]
+    finally:
+        store.close()
+    assert server_rows(pg_dsn, pg_schema, "SELECT version FROM tm_schema_version ORDER BY version") == [(1,), (2,)]
+    assert server_rows(pg_dsn, pg_schema, "SELECT version FROM tm_rows") == [(1,)]
 
 
 def test_every_per_namespace_table_leads_with_the_tenant_key(pg_dsn: str, pg_schema: str) -> None:

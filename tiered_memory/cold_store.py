@@ -195,3 +195,16 @@ class ColdStore(Protocol):
     def nbytes(self) -> int:
         """Bytes the store occupies on its storage (files, tables and indexes)."""
         ...
+
+
+@runtime_checkable
+class SharedColdStore(ColdStore, Protocol):
+    """A cold store several processes write to at once (PostgreSQL; LMDB admits one writer).
+
+    The engine then checks, on each use of a loaded namespace, whether another process changed
+    it, and reloads it if so (its RAM copy: catalog rows, codes, graph, hot entries)."""
+
+    def changed_elsewhere(self, ns_ids: list[int]) -> list[int]:
+        """Those of these namespaces, loaded through this store, that another writer changed
+        since this process loaded them (its own writes do not count). Cheap: one indexed read."""
+        ...

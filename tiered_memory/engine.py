@@ -32,7 +32,7 @@ from cachetools import LRUCache
 
 from .catalog import COLD, WARM, Catalog
 from .cold import STORE_SCHEMA, ColdTier, Op, text_key
-from .cold_store import ColdStore
+from .cold_store import ColdStore, SharedColdStore
 from .config import MemoryConfig
 from .crypto import Sealer
 from .dirlock import DirectoryLock
@@ -168,6 +168,8 @@ class TieredMemory(SearchMixin, TierManagerMixin):
         try:
             self.cold: ColdStore = (ColdTier(self.path / "cold", self.config, read_only=read_only) if cold is None
                                     else cold(self.config, read_only))
+            # Other processes may write to it: loaded namespaces are checked on use (tiering).
+            self._shared_cold = isinstance(self.cold, SharedColdStore)
             # -- end of the cold store's choice
             self.dimension = self._resolve_dimension(dimension)
             self._check_key()  # before the quantizer: with a key, its state is sealed
@@ -615,6 +617,8 @@ class TieredMemory(SearchMixin, TierManagerMixin):
         # The hot path, kept flat (every call and attribute lookup shows at ~2 us): one LRU
         # lookup, the use counters, a fresh copy. close() empties the hot tier, so a closed
         # store always takes the slow path, which raises.
+        if self._shared_cold:  # several writers: the hot copy may be stale, the slow path checks
+            return self._get_from_disk(memory_id, namespace)
         with self._mutex:
             try:
                 entry = self._hot_cache[memory_id]  # cachetools LRU: marks it most recently used
@@ -870,6 +874,8 @@ class TieredMemory(SearchMixin, TierManagerMixin):
         """The slot of a memory to change, loading its namespace. Caller holds the write lock."""
         if namespace is not None:
             check_label(namespace, "namespace")
+        if self._shared_cold:  # several writers: the memory's namespace as the store has it now
+            self._reload_for(memory_id)
         if memory_id not in self.catalog.slot_of:
             record = self.cold.get(memory_id)
             if record is not None and (namespace is None or record.namespace == namespace):

@@ -43,6 +43,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -96,6 +97,12 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
                digest bytea NOT NULL,
                memory_id text COLLATE "C" NOT NULL,
                PRIMARY KEY (ns_id, digest))""",
+    ]),
+    # Several writers: a namespace's version moves with every write that touches it (a loaded copy
+    # compares it), a catalog row's memory version guards it against a stale statistics flush.
+    (2, [
+        "ALTER TABLE tm_namespaces ADD COLUMN version bigint NOT NULL DEFAULT 0",
+        "ALTER TABLE tm_rows ADD COLUMN version integer NOT NULL DEFAULT 1",
     ]),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
@@ -153,6 +160,10 @@ class PostgresColdStore(ColdOps, ColdStore):
         self.quantizer: Quantizer = make_quantizer("int8", 1)
         self.sealer: Sealer | None = None
         self._ns_ids: dict[str, int] = {}
+        # ns id -> the version of the namespace as this process last loaded it, moved on by its own
+        # writes when no other writer's came between (changed_elsewhere compares with the server).
+        self._seen: dict[int, int] = {}
+        self._seen_lock = threading.Lock()
         self._closed = False
         self.pool = ConnectionPool(self.dsn, min_size=1, max_size=max(1, pool_size), timeout=timeout_s,
                                    kwargs={"autocommit": True}, configure=self._configure, open=False,
@@ -265,9 +276,12 @@ class PostgresColdStore(ColdOps, ColdStore):
             raise StorageError(f"the PostgreSQL cold store at {self._where()} is closed; nothing was stored")
         for attempt in range(1, self.retries + 1):
             try:
-                with self.pool.connection() as conn, conn.transaction():
-                    self._apply(conn, ops)
-                    return conn.execute("SELECT nextval('tm_store_generation')").fetchone()[0]
+                with self.pool.connection() as conn:
+                    with conn.transaction():
+                        versions = self._apply(conn, ops)
+                        generation = conn.execute("SELECT nextval('tm_store_generation')").fetchone()[0]
+                    self._saw_own(versions)  # committed
+                    return generation
             except _RETRIED as err:
                 if attempt == self.retries:
                     raise StorageError(f"writing to the PostgreSQL cold store at {self._where()} failed after "
@@ -280,35 +294,64 @@ class PostgresColdStore(ColdOps, ColdStore):
                                    "nothing of this call was stored") from err
         raise AssertionError("unreachable: the last attempt returns or raises")
 
-    def _apply(self, conn: psycopg.Connection, ops: list[Op]) -> None:
-        """The ops in order, consecutive ops of one table and kind as one statement."""
+    def _apply(self, conn: psycopg.Connection, ops: list[Op]) -> dict[int, int]:
+        """Apply the ops: first lock each namespace they touch, then one statement per table and
+        kind (puts and deletes of one table keep their order; tables are independent). Returns
+        each touched namespace's new version."""
         namespace_of = self._namespaces_named_in(ops)
-        runs: list[tuple[str, bool, list[Op]]] = []
+        by_table: dict[str, list[tuple[bool, list[Op]]]] = {}
+        counts: dict[int, int] = {}  # count ops per namespace, and whether any adds memories
+        adding: set[int] = set()
+        touched = set(namespace_of.values())
         for op in ops:
-            db, _, value = op
+            db, key, value = op
             if db not in _BY_MEMORY and db not in _BY_KEY and db not in ("texts", "nscount"):
                 raise StorageError(f"an op for database {db!r}, which a PostgreSQL cold store does not have: "
                                    "nothing of this call was stored")
-            deleting = value is None
-            if runs and runs[-1][0] == db and runs[-1][1] == deleting:
-                runs[-1][2].append(op)
-            else:
-                runs.append((db, deleting, [op]))
-        counted: dict[int, int] = {}  # rows actually inserted minus deleted, per namespace
-        for db, deleting, run in runs:
             if db == "nscount":
-                self._bump_generations(conn, run)
-            elif db in _BY_MEMORY:
-                self._apply_memory_run(conn, db, deleting, run, namespace_of, counted)
-            elif db == "texts":
-                self._apply_texts_run(conn, deleting, run)
+                ns = NS_ID.unpack(key)[0]
+                counts[ns] = counts.get(ns, 0) + 1
+                if int.from_bytes(value or b"", "big", signed=True) > 0:
+                    adding.add(ns)
+                continue
+            if db == "texts":
+                touched.add(NS_ID.unpack(key[:4])[0])
+            runs = by_table.setdefault(db, [])
+            if runs and runs[-1][0] == (value is None):
+                runs[-1][1].append(op)
             else:
-                self._apply_key_run(conn, _BY_KEY[db], deleting, run)
+                runs.append((value is None, [op]))
+        versions = self._lock_namespaces(conn, sorted(touched | set(counts)), counts)
+        counted: dict[int, int] = {}  # rows actually inserted minus deleted, per namespace
+        for db in sorted(by_table, key=lambda name: name != "rows"):  # rows first: they say which memories exist
+            for deleting, run in by_table[db]:
+                if db in _BY_MEMORY:
+                    self._apply_memory_run(conn, db, deleting, run, namespace_of, adding, counted)
+                elif db == "texts":
+                    self._apply_texts_run(conn, deleting, run)
+                else:
+                    self._apply_key_run(conn, _BY_KEY[db], deleting, run)
         changed = [(ns, delta) for ns, delta in counted.items() if delta]
         if changed:
             conn.execute("UPDATE tm_namespaces AS n SET count = n.count + d.delta "
                          "FROM unnest(%s::integer[], %s::bigint[]) AS d(ns_id, delta) WHERE n.ns_id = d.ns_id",
                          ([ns for ns, _ in changed], [delta for _, delta in changed]))
+        return versions
+
+    @staticmethod
+    def _lock_namespaces(conn: psycopg.Connection, namespaces: list[int], counts: dict[int, int]) -> dict[int, int]:
+        """Lock the namespaces' rows, in id order (one order for every writer: two writers never
+        deadlock), bumping each one's version and, per count op, its generation. The row lock
+        serialises the writers of one namespace until commit; writers of others do not wait."""
+        versions: dict[int, int] = {}
+        for ns in namespaces:
+            found = conn.execute("UPDATE tm_namespaces SET version = version + 1, generation = generation + %s "
+                                 "WHERE ns_id = %s RETURNING version", (counts.get(ns, 0), ns)).fetchone()
+            if found is None and ns in counts:
+                raise StorageError(f"namespace id {ns} is not in the store: nothing of this call was stored")
+            if found is not None:
+                versions[ns] = found[0]
+        return versions
 
     @staticmethod
     def _namespaces_named_in(ops: list[Op]) -> dict[str, int]:
@@ -327,7 +370,7 @@ class PostgresColdStore(ColdOps, ColdStore):
         return None, key.decode("utf-8")
 
     def _apply_memory_run(self, conn: psycopg.Connection, db: str, deleting: bool, run: list[Op],
-                          namespace_of: dict[str, int], counted: dict[int, int]) -> None:
+                          namespace_of: dict[str, int], adding: set[int], counted: dict[int, int]) -> None:
         table = _BY_MEMORY[db]
         keyed: list[tuple[int | None, str, bytes | None]] = []
         for _, key, value in run:
@@ -356,17 +399,49 @@ class PostgresColdStore(ColdOps, ColdStore):
                     counted[ns] = counted.get(ns, 0) - 1
             return
         puts = _last_per_key(keyed, 2)
-        inserted = conn.execute(
-            f"INSERT INTO {table} (ns_id, memory_id, value) "
-            "SELECT * FROM unnest(%s::integer[], %s::text[], %s::bytea[]) "
-            "ON CONFLICT (ns_id, memory_id) DO UPDATE SET value = EXCLUDED.value "
-            "RETURNING ns_id, (xmax = 0) AS inserted",  # xmax 0: a new row, not an updated one
-            ([ns for ns, _, _ in puts], [memory_id for _, memory_id, _ in puts],
-             [value for _, _, value in puts])).fetchall()
         if table == "tm_rows":
+            self._put_rows(conn, puts, adding, counted)
+            return
+        # Only memories that have a catalog row (written first, above): an update another writer's
+        # delete overtook does not bring back half a memory.
+        conn.execute(
+            f"INSERT INTO {table} (ns_id, memory_id, value) "
+            "SELECT n.* FROM unnest(%s::integer[], %s::text[], %s::bytea[]) AS n(ns_id, memory_id, value) "
+            "WHERE EXISTS (SELECT 1 FROM tm_rows r WHERE r.ns_id = n.ns_id AND r.memory_id = n.memory_id) "
+            "ON CONFLICT (ns_id, memory_id) DO UPDATE SET value = EXCLUDED.value",
+            ([ns for ns, _, _ in puts], [memory_id for _, memory_id, _ in puts], [value for _, _, value in puts]))
+
+    @staticmethod
+    def _put_rows(conn: psycopg.Connection, puts: list[tuple[Any, ...]], adding: set[int],
+                  counted: dict[int, int]) -> None:
+        """Catalog rows: new ones only in a write that adds memories to that namespace (its count
+        op is positive); elsewhere (updates, statistics flushes) existing rows only. A row never
+        replaces one of a later memory version: a writer's stale flush cannot undo another's update."""
+        versions = [unpack_row(row_key(ns, memory_id), value)[8] for ns, memory_id, value in puts]
+        inserts = [i for i, (ns, _, _) in enumerate(puts) if ns in adding]
+        updates = [i for i, (ns, _, _) in enumerate(puts) if ns not in adding]
+
+        def columns(chosen: list[int]) -> tuple[list[Any], ...]:
+            return ([puts[i][0] for i in chosen], [puts[i][1] for i in chosen], [puts[i][2] for i in chosen],
+                    [versions[i] for i in chosen])
+
+        if inserts:
+            inserted = conn.execute(
+                "INSERT INTO tm_rows (ns_id, memory_id, value, version) "
+                "SELECT * FROM unnest(%s::integer[], %s::text[], %s::bytea[], %s::integer[]) "
+                "ON CONFLICT (ns_id, memory_id) DO UPDATE SET value = EXCLUDED.value, version = EXCLUDED.version "
+                "WHERE tm_rows.version <= EXCLUDED.version "
+                "RETURNING ns_id, (xmax = 0) AS inserted",  # xmax 0: a new row, not an updated one
+                columns(inserts)).fetchall()
             for ns, new in inserted:
                 if new:
                     counted[ns] = counted.get(ns, 0) + 1
+        if updates:
+            conn.execute(
+                "UPDATE tm_rows AS r SET value = n.value, version = n.version "
+                "FROM unnest(%s::integer[], %s::text[], %s::bytea[], %s::integer[]) AS n(ns_id, memory_id, value, "
+                "version) WHERE r.ns_id = n.ns_id AND r.memory_id = n.memory_id AND r.version <= n.version",
+                columns(updates))
 
     @staticmethod
     def _apply_texts_run(conn: psycopg.Connection, deleting: bool, run: list[Op]) -> None:
@@ -393,15 +468,27 @@ class PostgresColdStore(ColdOps, ColdStore):
                      "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
                      ([key for key, _ in puts], [value for _, value in puts]))
 
-    def _bump_generations(self, conn: psycopg.Connection, run: list[Op]) -> None:
-        """Count ops: each bumps its namespace's generation (the row lock this takes serialises
-        writers of one namespace); counts move by the rows actually written (see _apply)."""
-        wanted = [NS_ID.unpack(key)[0] for _, key, _ in run]
-        for ns in sorted(set(wanted)):  # one order for every writer: no deadlock between two
-            found = conn.execute("UPDATE tm_namespaces SET generation = generation + %s WHERE ns_id = %s "
-                                 "RETURNING ns_id", (wanted.count(ns), ns)).fetchone()
-            if found is None:
-                raise StorageError(f"namespace id {ns} is not in the store: nothing of this call was stored")
+    # -- several writers ---------------------------------------------------------------------
+
+    def _saw_own(self, versions: dict[int, int]) -> None:
+        """After a commit: a namespace whose version moved by our write alone is still as we loaded it."""
+        with self._seen_lock:
+            for ns, version in versions.items():
+                if self._seen.get(ns) == version - 1:
+                    self._seen[ns] = version
+
+    def changed_elsewhere(self, ns_ids: list[int]) -> list[int]:
+        """The namespaces among these, loaded through this store, that another writer changed
+        since (one indexed read of their versions); a namespace never loaded is not listed."""
+        with self._seen_lock:
+            wanted = [ns for ns in ns_ids if ns in self._seen]
+        if not wanted:
+            return []
+        with self._connection() as conn:
+            found = dict(conn.execute("SELECT ns_id, version FROM tm_namespaces WHERE ns_id = ANY(%s::integer[])",
+                                      (wanted,)).fetchall())
+        with self._seen_lock:
+            return [ns for ns in wanted if found.get(ns) != self._seen.get(ns)]
 
     # -- namespaces --------------------------------------------------------------------------
 
@@ -448,9 +535,15 @@ class PostgresColdStore(ColdOps, ColdStore):
 
     def load_namespace(self, ns_id: int, count_hint: int = 0) -> NamespaceRows:
         with self._connection() as conn:
-            found = conn.execute("SELECT r.memory_id, r.value, c.value FROM tm_rows r LEFT JOIN tm_codes c "
-                                 "ON c.ns_id = r.ns_id AND c.memory_id = r.memory_id "
-                                 "WHERE r.ns_id = %s ORDER BY r.memory_id", (ns_id,)).fetchall()
+            # One statement, one snapshot: the version read is the one these rows are at.
+            found = conn.execute("SELECT n.version, r.memory_id, r.value, c.value FROM tm_namespaces n "
+                                 "LEFT JOIN tm_rows r ON r.ns_id = n.ns_id "
+                                 "LEFT JOIN tm_codes c ON c.ns_id = r.ns_id AND c.memory_id = r.memory_id "
+                                 "WHERE n.ns_id = %s ORDER BY r.memory_id", (ns_id,)).fetchall()
+        if found:
+            with self._seen_lock:
+                self._seen[ns_id] = found[0][0]
+        found = [row[1:] for row in found if row[1] is not None]
         rows = NamespaceRows(self.dimension, len(found))
         for i, (memory_id, data, code) in enumerate(found):
             key = row_key(ns_id, memory_id)

@@ -95,6 +95,12 @@ class TierManagerMixin:
         readers use :class:`LoadedRead`, which checks under the shared lock."""
         registry = self.registry
         missing = [name for name in names if name not in registry]
+        # -- several writers (a shared cold store): reload a loaded namespace another process changed
+        if self._shared_cold and len(missing) < len(names) and self._changed_elsewhere(names):
+            with self._rw.write:
+                self._check_open()
+                self._reload_changed(names)
+        # -- end of several writers
         if missing:
             with self._rw.write:
                 self._check_open()
@@ -103,6 +109,35 @@ class TierManagerMixin:
         with self._mutex:
             for name in names:
                 registry.touch(name)
+
+    # -- several writers (a shared cold store, cold_store.SharedColdStore) ---------------------
+
+    def _changed_elsewhere(self, names: Sequence[str]) -> list[str]:
+        """The loaded namespaces among these that another process changed since they were loaded."""
+        loaded = self.registry.loaded
+        by_id = {loaded[name].ns_id: name for name in names if name in loaded}
+        return [by_id[ns] for ns in self.cold.changed_elsewhere(list(by_id))] if by_id else []
+
+    def _reload_changed(self, names: Sequence[str]) -> None:
+        """Reload those of these namespaces another process changed. Caller holds the write lock."""
+        for name in self._changed_elsewhere(names):  # asked again: another thread may have reloaded it
+            # Its graph misses the other writer's changes: dropped first, so that unloading does
+            # not save it stamped as up to date (the next load repairs the older file, or rebuilds).
+            self.warm.forget(name)
+            self._unload(name)
+            self._load(name)
+
+    def _reload_for(self, memory_id: str) -> None:
+        """Before changing a memory: bring its namespace up to date. Caller holds the write lock."""
+        slot = self.catalog.slot_of.get(memory_id)
+        if slot is not None:
+            self._reload_changed([self.catalog.namespaces.names[self.catalog.ns[slot]]])
+            return
+        record = self.cold.get(memory_id)
+        if record is not None:
+            self._reload_changed([record.namespace])
+
+    # -- end of several writers
 
     def _all_loaded(self, names: Sequence[str]) -> bool:
         registry = self.registry

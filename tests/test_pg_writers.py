@@ -1,0 +1,190 @@
+"""Several processes writing to one PostgreSQL cold store: nothing lost or doubled, and each sees the others."""
+
+from __future__ import annotations
+
+import multiprocessing
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tiered_memory import MemoryNotFoundError, TieredMemory
+from tiered_memory.cold_ops import memory_row
+
+from .conftest import DIM, unit_rows
+from .test_cold_store_contract import memory
+
+pytestmark = pytest.mark.postgres
+
+pg_cold = pytest.importorskip("tiered_memory.pg_cold", reason="psycopg 3 is not installed (pip install '.[postgres]')")
+
+
+def engine(dsn: str, schema: str, cache: Path) -> TieredMemory:
+    return TieredMemory(cache, cold=pg_cold.postgres_cold(dsn, schema=schema), encoder=None, dimension=DIM,
+                        promote_in_background=False)
+
+
+def write_concurrently(dsn: str, schema: str, cache: str, writer: int, start, rounds: int) -> list[str]:
+    """One writer process: batches of adds to the shared namespace and its own, deleting some of
+    its own shared adds as it goes; returns the ids it left in the shared namespace."""
+    mem = engine(dsn, schema, Path(cache))
+    try:
+        vectors = unit_rows(rounds * 10, seed=100 + writer)
+        kept: list[str] = []
+        start.wait(timeout=60)
+        for i in range(rounds):
+            batch = vectors[i * 10:(i + 1) * 10]
+            ids = mem.add_many([f"writer {writer} round {i} item {j}" for j in range(10)], vectors=batch,
+                               namespace="shared")
+            mem.add(f"writer {writer} own {i}", vector=batch[0], namespace=f"own{writer}")
+            mem.delete(ids[0], namespace="shared")
+            kept += ids[1:]
+            mem.search(vector=batch[3], namespace="shared", k=5)  # a loaded, changing namespace
+        return kept
+    finally:
+        mem.close()
+
+
+def change_from_another_process(dsn: str, schema: str, cache: str, update_id: str, delete_id: str) -> str:
+    mem = engine(dsn, schema, Path(cache))
+    try:
+        mem.update(update_id, text="changed by the other process", metadata={"by": "other"},
+                   vector=unit_rows(1, seed=78)[0])
+        mem.delete(delete_id)
+        return mem.add("added by the other process", vector=unit_rows(1, seed=77)[0], namespace="shared")
+    finally:
+        mem.close()
+
+
+def run_in_processes(target, argument_lists: list[tuple]) -> list:
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(len(argument_lists)) as pool:
+        pending = [pool.apply_async(target, arguments) for arguments in argument_lists]
+        return [result.get(timeout=600) for result in pending]
+
+
+def server_counts(dsn: str, schema: str) -> dict[str, int]:
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f'SET search_path TO "{schema}"')
+        return {table: conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+                for table in ("tm_records", "tm_rows", "tm_codes", "tm_originals")}
+
+
+def test_two_processes_writing_one_namespace_lose_and_double_nothing(pg_dsn: str, pg_schema: str,
+                                                                     tmp_path: Path) -> None:
+    rounds = 12
+    with engine(pg_dsn, pg_schema, tmp_path / "setup") as mem:
+        mem.add("made before the writers start", vector=unit_rows(1, seed=1)[0], namespace="shared")
+    manager = multiprocessing.get_context("spawn").Manager()
+    try:
+        start = manager.Barrier(2)
+        kept = run_in_processes(write_concurrently, [(pg_dsn, pg_schema, str(tmp_path / f"w{w}"), w, start, rounds)
+                                                     for w in range(2)])
+    finally:
+        manager.shutdown()
+    expected = set(kept[0]) | set(kept[1])
+    assert len(expected) == len(kept[0]) + len(kept[1]) == 2 * rounds * 9
+    with engine(pg_dsn, pg_schema, tmp_path / "check") as mem:
+        shared = mem.ids("shared")
+        assert len(shared) == len(set(shared)) == len(expected) + 1 and expected < set(shared)
+        assert mem.count("shared") == len(shared)
+        assert mem.count("own0") == mem.count("own1") == rounds
+        assert mem.count() == len(shared) + 2 * rounds
+        every = server_counts(pg_dsn, pg_schema)
+        assert set(every.values()) == {mem.count()}  # each memory whole: record, row, code, original
+        probe = unit_rows(rounds * 10, seed=101)[15]  # writer 1, round 1, item 5
+        assert mem.search(vector=probe, namespace="shared", k=1)[0].memory.text == "writer 1 round 1 item 5"
+
+
+def test_a_loaded_namespace_sees_another_process_changes(pg_dsn: str, pg_schema: str, tmp_path: Path) -> None:
+    with engine(pg_dsn, pg_schema, tmp_path / "here") as mem:
+        vectors = unit_rows(20, seed=3)
+        ids = mem.add_many([f"note {i}" for i in range(20)], vectors=vectors, namespace="shared")
+        for _ in range(2):
+            assert mem.get(ids[1]).text == "note 1"  # hot now: its copy in RAM is what is to go stale
+        assert mem.search(vector=vectors[2], namespace="shared", k=1)[0].memory.id == ids[2]
+
+        [added] = run_in_processes(change_from_another_process,
+                                   [(pg_dsn, pg_schema, str(tmp_path / "there"), ids[1], ids[2])])
+
+        assert mem.get(ids[1]).text == "changed by the other process" and mem.get(ids[1]).metadata == {"by": "other"}
+        with pytest.raises(MemoryNotFoundError):
+            mem.get(ids[2])
+        hits = mem.search(vector=unit_rows(1, seed=77)[0], namespace="shared", k=1)
+        assert hits[0].memory.id == added
+        assert ids[2] not in {h.memory.id for h in mem.search(vector=vectors[2], namespace="shared", k=20)}
+        assert mem.count("shared") == 20 and len(mem.list_memories("shared")) == 20
+        mem.update(added, metadata={"seen": True})  # the other process's memory, changed here
+        mem.delete(ids[3])
+    with engine(pg_dsn, pg_schema, tmp_path / "again") as mem:
+        assert mem.get(added).metadata == {"seen": True} and mem.count("shared") == 19
+        assert sorted(mem.ids("shared")) == sorted(set(ids) - {ids[2], ids[3]} | {added})
+
+
+# -- the store's part: versions, guards ---------------------------------------------------------
+
+
+@pytest.fixture
+def two_stores(pg_dsn: str, pg_schema: str):
+    stores = [pg_cold.PostgresColdStore(pg_dsn, schema=pg_schema) for _ in range(2)]
+    for store in stores:
+        store.use_dimension(DIM)
+    yield stores
+    for store in stores:
+        store.close()
+
+
+def add(store, name: str, memories: list) -> int:
+    vectors = unit_rows(len(memories), seed=len(memories))
+    ns = store.namespace_id(name, create=True)
+    store.write(store.memory_ops(ns, memories, store.quantizer.encode(vectors), vectors))
+    return ns
+
+
+def test_changed_elsewhere_counts_other_writers_only(two_stores) -> None:
+    here, there = two_stores
+    ns = add(here, "shared", [memory("a")])
+    assert here.changed_elsewhere([ns]) == []  # never loaded here: nothing to refresh
+    here.load_namespace(ns)
+    add(here, "shared", [memory("b")])
+    assert here.changed_elsewhere([ns]) == []  # its own write
+    add(there, "shared", [memory("c")])
+    assert here.changed_elsewhere([ns]) == [ns] and there.changed_elsewhere([ns]) == []
+    add(here, "shared", [memory("d")])  # an own write after another's does not hide it
+    assert here.changed_elsewhere([ns]) == [ns]
+    assert here.load_namespace(ns).ids == ["a", "b", "c", "d"] and here.changed_elsewhere([ns]) == []
+    other = add(there, "other", [memory("e", "other")])
+    assert here.changed_elsewhere([ns, other]) == []  # other namespaces' writes do not count
+
+
+def test_a_stale_statistics_flush_does_not_undo_an_update(two_stores) -> None:
+    here, there = two_stores
+    ns = add(here, "shared", [memory("a")])
+    updated = memory("a")
+    updated.version, updated.importance, updated.kind = 2, 0.9, "preference"
+    here.write([*here.record_ops([updated]), *here.row_ops(ns, ["a"], [memory_row(updated)])])
+    stale = memory("a")
+    stale.access_count = 50  # a flush of statistics gathered on version 1
+    there.write(there.row_ops(ns, ["a"], [memory_row(stale)]))
+    rows = here.load_namespace(ns)
+    assert (rows.version, rows.kinds, rows.importance) == ([2], ["preference"], [0.9])
+    same = memory("a")
+    same.version, same.importance, same.kind, same.access_count = 2, 0.9, "preference", 7
+    there.write(there.row_ops(ns, ["a"], [memory_row(same)]))  # statistics of the current version land
+    assert here.load_namespace(ns).uses == [7]
+
+
+def test_an_update_overtaken_by_a_delete_does_not_bring_the_memory_back(two_stores) -> None:
+    here, there = two_stores
+    ns = add(here, "shared", [memory("a"), memory("b")])
+    there.write(there.delete_ops(ns, ["a"]))
+    late = memory("a")
+    late.version, late.text = 2, "an update that lost the race"
+    vector = unit_rows(1, seed=4)
+    here.write([*here.record_ops([late]), *here.vector_ops(ns, late, here.quantizer.encode(vector)[0], vector[0]),
+                here.count_op(ns, 0), *here.row_ops(ns, ["a"], [memory_row(late)])])
+    assert here.get("a") is None and here.originals(["a"]) is None and here.namespace_ids(ns) == ["b"]
+    assert here.namespace_info(ns)[1] == 1 and len(here) == 1
+    assert np.array_equal(here.load_namespace(ns).codes.shape, (1, DIM))
