@@ -274,6 +274,20 @@ class ColdStoreContract:
         with pytest.raises(EncryptionRequiredError):  # the sensitive code was sealed again
             keyless.load_namespace(keyless.namespace_id("one"))
 
+    def test_recode_all_commits_the_new_quantizer_with_the_codes(self, open_cold: OpenCold) -> None:
+        cold = open_cold()
+        vectors = add(cold, "ns", [memory(f"m{i}") for i in range(8)], seed=6)
+        old, fitted = cold.quantizer, make_quantizer("int8", DIM)
+        fitted.fit(vectors)
+        cold.quantizer = fitted
+        cold.recode_all(fitted.encode, old.decode, then=[cold.quantizer_op(), cold.meta_op("calibrated_on", 8)])
+        assert cold.meta_get("calibrated_on") == 8
+        cold.close()
+        again = open_cold()
+        assert again.quantizer.state() == fitted.state()
+        rows = again.load_namespace(again.namespace_id("ns"))
+        np.testing.assert_array_equal(rows.codes, fitted.encode(again.originals(rows.ids)))
+
     def test_recode_all_without_originals_decodes_the_old_codes(self, open_cold: OpenCold) -> None:
         cold = open_cold(MemoryConfig(keep_originals="none"))
         add(cold, "ns", [memory(f"m{i}") for i in range(6)], seed=8)

@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tiered_memory import MemoryNotFoundError, TieredMemory
+from tiered_memory import MemoryNotFoundError, StorageError, TieredMemory
 from tiered_memory.cold_ops import memory_row
+from tiered_memory.quantization import make_quantizer
 
 from .conftest import DIM, unit_rows
 from .test_cold_store_contract import memory
@@ -188,3 +189,65 @@ def test_an_update_overtaken_by_a_delete_does_not_bring_the_memory_back(two_stor
     assert here.get("a") is None and here.originals(["a"]) is None and here.namespace_ids(ns) == ["b"]
     assert here.namespace_info(ns)[1] == 1 and len(here) == 1
     assert np.array_equal(here.load_namespace(ns).codes.shape, (1, DIM))
+
+
+def test_codes_of_a_replaced_quantizer_are_refused_and_the_new_one_loaded(two_stores, pg_dsn: str,
+                                                                          pg_schema: str) -> None:
+    here, there = two_stores
+    vectors = unit_rows(40, seed=8)
+    ns = here.namespace_id("shared", create=True)
+    here.write(here.memory_ops(ns, [memory(f"m{i}") for i in range(40)], here.quantizer.encode(vectors), vectors))
+    third = pg_cold.PostgresColdStore(pg_dsn, schema=pg_schema)  # opened before the re-calibration too
+    try:
+        third.use_dimension(DIM)
+        old, fitted = here.quantizer, make_quantizer("int8", DIM)
+        fitted.fit(vectors)
+        here.quantizer = fitted
+        here.recode_all(fitted.encode, old.decode, then=[here.quantizer_op()])
+        stale = there.quantizer
+        late = unit_rows(1, seed=9)
+        with pytest.raises(StorageError, match="re-calibrated"):
+            there.write(there.memory_ops(ns, [memory("late")], stale.encode(late), late))
+        assert there.get("late") is None and there.quantizer.state() == fitted.state()
+        there.write(there.memory_ops(ns, [memory("late")], there.quantizer.encode(late), late))  # the retry
+        rows = here.load_namespace(ns)
+        assert len(rows) == 41
+        np.testing.assert_array_equal(rows.codes[rows.ids.index("late")], fitted.encode(late)[0])
+        refit = make_quantizer("int8", DIM)
+        refit.fit(unit_rows(40, seed=10))
+        with pytest.raises(StorageError, match="re-calibrated"):  # a re-calibration from stale ranges too
+            third.recode_all(refit.encode, third.quantizer.decode, then=[third.meta_op("calibrated_on", 40)])
+        assert third.meta_get("calibrated_on") is None and third.quantizer.state() == fitted.state()
+        np.testing.assert_array_equal(here.load_namespace(ns).codes, rows.codes)
+    finally:
+        third.close()
+
+
+def test_engines_opened_before_a_calibration_keep_the_codes_consistent(pg_dsn: str, pg_schema: str,
+                                                                      tmp_path: Path) -> None:
+    first = TieredMemory(tmp_path / "a", cold=pg_cold.postgres_cold(pg_dsn, schema=pg_schema), encoder=None,
+                         dimension=DIM, promote_in_background=False, calibration_size=64)
+    second = TieredMemory(tmp_path / "b", cold=pg_cold.postgres_cold(pg_dsn, schema=pg_schema), encoder=None,
+                          dimension=DIM, promote_in_background=False, calibration_size=64)
+    try:
+        vectors = unit_rows(101, seed=12)
+        ids = first.add_many([f"m{i}" for i in range(100)], vectors=vectors[:100], namespace="shared")
+        assert first.cold.quantizer.calibrated and not second.cold.quantizer.calibrated
+        with pytest.raises(StorageError, match="re-calibrated"):
+            second.add("late", vector=vectors[100], namespace="shared")
+        late = second.add("late", vector=vectors[100], namespace="shared")  # the retry, with the new ranges
+        assert second.cold.quantizer.state() == first.cold.quantizer.state()
+        checker = pg_cold.PostgresColdStore(pg_dsn, schema=pg_schema)  # the engines' stores stay theirs
+        try:
+            checker.use_dimension(DIM)
+            rows = checker.load_namespace(checker.namespace_id("shared"))
+            assert sorted(rows.ids) == sorted([*ids, late])
+            expected = checker.quantizer.encode(checker.originals(rows.ids))
+            assert np.abs(rows.codes.astype(int) - expected).max() <= 1  # float16 originals vs the float32 added
+        finally:
+            checker.close()
+        assert second.search(vector=vectors[7], namespace="shared", k=1)[0].memory.id == ids[7]
+        assert first.search(vector=vectors[100], namespace="shared", k=1)[0].memory.id == late
+    finally:
+        first.close()
+        second.close()

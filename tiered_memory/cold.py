@@ -496,9 +496,10 @@ class ColdTier(ColdOps, ColdStore):
         self._ns_ids.update(ns_ids)
         return moved
 
-    def recode_all(self, encode: Any, decode_old: Any) -> None:
+    def recode_all(self, encode: Any, decode_old: Any, then: Iterable[Op] = ()) -> None:
         """Re-encode every stored int8 code (re-calibration), from the originals when kept, else
-        from the old codes, streaming through the archive in one write transaction."""
+        from the old codes, streaming through the archive in one write transaction; the puts in
+        `then` (the new quantizer's state) commit in the same transaction."""
         with self._begin(write=True) as txn:
             codes_db, originals_db = self.dbs["nscodes"], self.dbs["originals"]
             cursor = txn.cursor(db=codes_db)
@@ -516,6 +517,8 @@ class ColdTier(ColdOps, ColdStore):
                     vector = decode_old(np.frombuffer(raw, dtype=np.int8).reshape(1, -1))
                 code = encode(vector)[0].tobytes()
                 txn.put(key, self._vector_bytes(memory_id, sealed, "code", code, key), db=codes_db)
+            for db, key, value in then:
+                txn.put(key, value, db=self.dbs[db])
             meta = self.dbs["meta"]
             generation = msgpack.unpackb(txn.get(b"generation", b"\x00", db=meta)) + 1
             txn.put(b"generation", msgpack.packb(generation), db=meta)

@@ -80,7 +80,8 @@ class ColdStore(Protocol):
         deletes (deleting an absent key is no error). All or nothing: an op that fails raises
         StorageError and nothing of the call is stored. grow=False: an LMDB writer holding only
         the engine's shared lock must not grow the map (it raises lmdb.MapFullError instead);
-        other stores ignore it."""
+        other stores ignore it. A shared store refuses (StorageError, nothing written) codes made
+        with a quantizer another writer has since replaced, and loads the new one: retry the call."""
         ...
 
     @staticmethod
@@ -121,9 +122,11 @@ class ColdStore(Protocol):
         ...
 
     def recode_all(self, encode: Callable[[np.ndarray], np.ndarray],
-                   decode_old: Callable[[np.ndarray], np.ndarray]) -> None:
+                   decode_old: Callable[[np.ndarray], np.ndarray], then: Iterable[Op] = ()) -> None:
         """Re-encode every stored code (re-calibration) in one transaction: from the original when
-        kept, else from the old code decoded with decode_old; sealed codes stay sealed."""
+        kept, else from the old code decoded with decode_old; sealed codes stay sealed. The puts
+        in `then` (the new quantizer's state) commit in the same transaction. A shared store whose
+        quantizer another writer changed meanwhile raises StorageError and changes nothing."""
         ...
 
     # -- namespaces --------------------------------------------------------------------------

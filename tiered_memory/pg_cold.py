@@ -113,6 +113,7 @@ _BY_KEY = {"meta": "tm_meta", "extra": "tm_extra"}
 _TABLES = ("tm_records", "tm_rows", "tm_codes", "tm_originals", "tm_texts", "tm_namespaces", "tm_meta", "tm_extra",
            "tm_schema_version")
 _RETRIED = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected, psycopg.OperationalError, PoolTimeout)
+_QUANTIZER_KEY = b"quantizer"
 _SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
 
@@ -164,6 +165,7 @@ class PostgresColdStore(ColdOps, ColdStore):
         # writes when no other writer's came between (changed_elsewhere compares with the server).
         self._seen: dict[int, int] = {}
         self._seen_lock = threading.Lock()
+        self._quantizer_stored: bytes | None = None  # the stored state this process's quantizer came from
         self._closed = False
         self.pool = ConnectionPool(self.dsn, min_size=1, max_size=max(1, pool_size), timeout=timeout_s,
                                    kwargs={"autocommit": True}, configure=self._configure, open=False,
@@ -244,16 +246,31 @@ class PostgresColdStore(ColdOps, ColdStore):
 
     def use_dimension(self, dimension: int) -> None:
         self.dimension = dimension
-        state = self.meta_get("quantizer")
+        with self._connection() as conn:
+            self._load_quantizer(self._stored_quantizer(conn))
+
+    @staticmethod
+    def _stored_quantizer(conn: psycopg.Connection) -> bytes | None:
+        found = conn.execute("SELECT value FROM tm_meta WHERE key = %s", (_QUANTIZER_KEY,)).fetchone()
+        return None if found is None else bytes(found[0])
+
+    def _load_quantizer(self, stored: bytes | None) -> None:
+        """Use the quantizer whose stored state is these bytes (None: none stored yet, a new one)."""
+        try:
+            state = None if stored is None else msgpack.unpackb(stored, raw=False, strict_map_key=False)
+        except (ValueError, msgpack.UnpackException) as err:
+            raise StorageError(f"the store's 'quantizer' entry is not readable ({err!r}): the store is damaged; "
+                               "restore it from a backup") from err
         if isinstance(state, dict) and "sealed" in state:
             if self.sealer is None:
                 raise EncryptionRequiredError(f"the store at {self._where()} keeps its quantizer sealed: open it "
                                               "with its encryption_key=")
             state = msgpack.unpackb(self.sealer.open(state["sealed"], b"quantizer"), raw=False)
         if state is None:
-            self.quantizer = make_quantizer("int8", dimension, self.config.clip_quantile)
+            self.quantizer = make_quantizer("int8", self.dimension, self.config.clip_quantile)
         else:
             self.quantizer = quantizer_from_state(state)
+        self._quantizer_stored = stored
 
     def schema(self) -> int:
         stored = self.meta_get("store_schema")
@@ -278,9 +295,14 @@ class PostgresColdStore(ColdOps, ColdStore):
             try:
                 with self.pool.connection() as conn:
                     with conn.transaction():
+                        if any(db == "nscodes" and value is not None for db, _, value in ops):
+                            self._check_quantizer(conn, exclusive=False)
                         versions = self._apply(conn, ops)
                         generation = conn.execute("SELECT nextval('tm_store_generation')").fetchone()[0]
                     self._saw_own(versions)  # committed
+                    for db, key, value in ops:
+                        if db == "meta" and key == _QUANTIZER_KEY:
+                            self._quantizer_stored = value
                     return generation
             except _RETRIED as err:
                 if attempt == self.retries:
@@ -293,6 +315,18 @@ class PostgresColdStore(ColdOps, ColdStore):
                 raise StorageError(f"writing to the PostgreSQL cold store at {self._where()} failed ({err}); "
                                    "nothing of this call was stored") from err
         raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _check_quantizer(self, conn: psycopg.Connection, exclusive: bool) -> None:
+        """Inside a transaction that writes codes (shared) or re-encodes them all (exclusive): lock
+        the quantizer until commit, and refuse codes of a quantizer another writer has replaced
+        (loading the new one, so that a retry encodes with it)."""
+        lock = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+        conn.execute(f"SELECT {lock}(hashtext(current_schema() || '.tiered_memory.quantizer'))")
+        stored = self._stored_quantizer(conn)
+        if stored != self._quantizer_stored:
+            self._load_quantizer(stored)
+            raise StorageError("another process re-calibrated the store's int8 ranges since this one loaded "
+                               "them: nothing of this call was stored; the new ranges are loaded now, retry the call")
 
     def _apply(self, conn: psycopg.Connection, ops: list[Op]) -> dict[int, int]:
         """Apply the ops: first lock each namespace they touch, then one statement per table and
@@ -534,6 +568,8 @@ class PostgresColdStore(ColdOps, ColdStore):
                                  (ns_id,)).fetchall()]
 
     def load_namespace(self, ns_id: int, count_hint: int = 0) -> NamespaceRows:
+        """As the contract says; also records the namespace's version read with the rows as this
+        store's loaded copy (changed_elsewhere compares with it): the engine's _load is its caller."""
         with self._connection() as conn:
             # One statement, one snapshot: the version read is the one these rows are at.
             found = conn.execute("SELECT n.version, r.memory_id, r.value, c.value FROM tm_namespaces n "
@@ -688,17 +724,33 @@ class PostgresColdStore(ColdOps, ColdStore):
 
     # -- re-calibration ----------------------------------------------------------------------
 
-    def recode_all(self, encode: Any, decode_old: Any, batch: int = 2048) -> None:
-        """Every code re-encoded in one transaction, streamed in batches through a server-side cursor."""
+    def recode_all(self, encode: Any, decode_old: Any, then: Iterable[Op] = (), batch: int = 2048) -> None:
+        """Every code re-encoded in one transaction, streamed in batches through a server-side
+        cursor, with the `then` puts; every namespace's version moves, so that other processes
+        reload their copies of the codes."""
+        then = list(then)
         try:
-            with self.pool.connection() as conn, conn.transaction():
-                with conn.cursor(name="tm_recode") as cursor:
-                    cursor.execute("SELECT c.ns_id, c.memory_id, c.value, o.value FROM tm_codes c "
-                                   "LEFT JOIN tm_originals o ON o.ns_id = c.ns_id AND o.memory_id = c.memory_id "
-                                   "ORDER BY c.ns_id, c.memory_id")
-                    while chunk := cursor.fetchmany(batch):
-                        self._recode_chunk(conn, chunk, encode, decode_old)
-                conn.execute("SELECT nextval('tm_store_generation')")
+            with self.pool.connection() as conn:
+                with conn.transaction():
+                    self._check_quantizer(conn, exclusive=True)
+                    with conn.cursor(name="tm_recode") as cursor:
+                        cursor.execute("SELECT c.ns_id, c.memory_id, c.value, o.value FROM tm_codes c "
+                                       "LEFT JOIN tm_originals o ON o.ns_id = c.ns_id AND o.memory_id = c.memory_id "
+                                       "ORDER BY c.ns_id, c.memory_id")
+                        while chunk := cursor.fetchmany(batch):
+                            self._recode_chunk(conn, chunk, encode, decode_old)
+                    touched = conn.execute("UPDATE tm_namespaces SET version = version + 1 "
+                                           "RETURNING ns_id, version").fetchall()
+                    for op in then:
+                        if op[0] not in _BY_KEY:
+                            raise StorageError(f"recode_all commits store-level puts only, not {op[0]!r} ones: "
+                                               "nothing was changed")
+                        self._apply_key_run(conn, _BY_KEY[op[0]], op[2] is None, [op])
+                    conn.execute("SELECT nextval('tm_store_generation')")
+                self._saw_own(dict(touched))
+                for db, key, value in then:
+                    if db == "meta" and key == _QUANTIZER_KEY:
+                        self._quantizer_stored = value
         except (psycopg.Error, PoolTimeout) as err:
             raise StorageError(f"re-encoding the codes in {self._where()} failed ({err}); nothing was changed") from err
 

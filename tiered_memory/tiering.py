@@ -650,9 +650,16 @@ class TierManagerMixin:
         old = quantizer_from_state(quantizer.state())
         fitted = quantizer_from_state(quantizer.state())
         fitted.fit(sample)
-        self.cold.recode_all(fitted.encode, old.decode)
-        self.cold.quantizer = fitted
-        self.cold.write([self.cold.quantizer_op(), self.cold.meta_op("calibrated_on", len(sample))])
+        # The new ranges commit with the codes they made, in one transaction: neither a crash nor
+        # another writer sees codes of one quantizer beside the ranges of the other.
+        previous, self.cold.quantizer = self.cold.quantizer, fitted
+        try:
+            self.cold.recode_all(fitted.encode, old.decode,
+                                 then=[self.cold.quantizer_op(), self.cold.meta_op("calibrated_on", len(sample))])
+        except BaseException:
+            if self.cold.quantizer is fitted:  # (a shared store may have loaded another writer's instead)
+                self.cold.quantizer = previous
+            raise
         self._calibrated_on = len(sample)
         self._clipped = 0.0
         self._coded = 0
