@@ -105,7 +105,8 @@ def small_config(**changes: object) -> MemoryConfig:
 PG_DSN_DEFAULT = "postgresql://postgres@127.0.0.1:5432/test"
 
 
-def _pg_unavailable(reason: str) -> None:
+def pg_unavailable(reason: str) -> None:
+    """Skip, or in CI (which must run the PostgreSQL tests) fail, with this reason."""
     if os.environ.get("CI") and os.environ.get("TIERED_MEMORY_PG_DSN"):
         pytest.fail(f"CI must run the PostgreSQL tests, but {reason}")
     pytest.skip(reason)
@@ -118,12 +119,12 @@ def pg_dsn() -> str:
         import psycopg
         import psycopg_pool  # noqa: F401
     except ImportError:
-        _pg_unavailable("psycopg 3 / psycopg_pool are not installed (pip install '.[postgres]')")
+        pg_unavailable("psycopg 3 / psycopg_pool are not installed (pip install '.[postgres]')")
     try:
         with psycopg.connect(dsn, connect_timeout=3) as conn:
             conn.execute("SELECT 1")
     except psycopg.Error as err:
-        _pg_unavailable(f"no PostgreSQL server answers at TIERED_MEMORY_PG_DSN={dsn!r} ({err})")
+        pg_unavailable(f"no PostgreSQL server answers at TIERED_MEMORY_PG_DSN={dsn!r} ({err})")
     return dsn
 
 

@@ -14,7 +14,7 @@ import pytest
 from tiered_memory import EncryptionRequiredError, StorageError, Tier, TieredMemory
 from tiered_memory.config import MemoryConfig
 
-from .conftest import DIM, unit_rows
+from .conftest import DIM, pg_unavailable, unit_rows
 from .test_quantization import drifted_rows
 
 pytestmark = pytest.mark.postgres
@@ -301,19 +301,22 @@ def test_a_schema_name_must_be_an_identifier(pg_dsn: str) -> None:
         pg_cold.PostgresColdStore(pg_dsn, schema='x"; DROP TABLE y; --')
 
 
-@pytest.mark.parametrize("ci", [False, True])
-def test_without_a_server_these_tests_skip_except_in_ci(ci: bool) -> None:
-    """CI exports the DSN (.ci/run): there a server that does not answer fails the tests."""
+def test_without_a_server_these_tests_skip_except_in_ci(monkeypatch) -> None:
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="no server here"):
+        pg_unavailable("no server here")
+    monkeypatch.setenv("CI", "1")
+    monkeypatch.setenv("TIERED_MEMORY_PG_DSN", "postgresql://nobody@127.0.0.1:1/none")
+    with pytest.raises(pytest.fail.Exception, match="CI must run the PostgreSQL tests, but no server here"):
+        pg_unavailable("no server here")
+
+
+def test_ci_fails_the_postgres_tests_when_its_server_is_down() -> None:
+    """End to end, as CI runs them: .ci/run exports the DSN, and a server that does not answer fails."""
     root = Path(__file__).resolve().parent.parent
     assert "TIERED_MEMORY_PG_DSN" in (root / ".ci" / "run").read_text()
-    env = {name: value for name, value in os.environ.items() if name != "CI"}
-    env["TIERED_MEMORY_PG_DSN"] = "postgresql://nobody@127.0.0.1:1/none?connect_timeout=1"
-    if ci:
-        env["CI"] = "1"
+    env = {**os.environ, "CI": "1", "TIERED_MEMORY_PG_DSN": "postgresql://nobody@127.0.0.1:1/none?connect_timeout=1"}
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                           "tests/test_pg_cold.py::test_tables_are_versioned_and_migrated_once"],
                          cwd=root, env=env, capture_output=True, text=True, timeout=300)
-    if ci:
-        assert run.returncode == 1 and "CI must run the PostgreSQL tests" in run.stdout, run.stdout
-    else:
-        assert run.returncode == 0 and "1 skipped" in run.stdout and "no PostgreSQL server answers" in run.stdout
+    assert run.returncode == 1 and "CI must run the PostgreSQL tests" in run.stdout, run.stdout

@@ -15,9 +15,11 @@ Tables (created and migrated by the library; ``tm_schema_version`` lists the ver
 the schema given by ``schema=`` or the connection's ``search_path``:
 
 - ``tm_records``, ``tm_rows``, ``tm_codes``, ``tm_originals``: ``(ns_id, memory_id) -> value``,
-  the LMDB databases ``records``, ``rows``, ``nscodes``, ``originals``.
+  the LMDB databases ``records``, ``rows``, ``nscodes``, ``originals``; ``tm_rows`` also keeps the
+  memory's version (a guard, below).
 - ``tm_texts``: ``(ns_id, digest) -> memory_id``, the dedup index (digests, never texts).
-- ``tm_namespaces``: ``ns_id -> name, count, generation``.
+- ``tm_namespaces``: ``ns_id -> name, count, generation, version`` (generation: the LMDB meaning,
+  what saved warm graphs are stamped with; version: moved by every write that touches the namespace).
 - ``tm_meta``, ``tm_extra``: store-level ``key -> value`` (dimension, quantizer, key check; agent hubs).
 
 ``ns_id`` is the tenant key: it is the first column of every per-namespace table's primary key and
@@ -36,6 +38,26 @@ rows actually inserted or deleted, so a write retried after a lost connection (i
 cannot double anything: memory ids are made by the client. Connection failures, serialization
 failures and deadlocks are retried (``retries``); any other failure rolls back and raises
 StorageError.
+
+Several writers (processes, each with its own engine and cache directory) may share one store:
+
+- A write first locks the rows of the namespaces it touches in ``tm_namespaces``, in id order, and
+  moves their versions: writers of one namespace take turns, writers of others do not wait.
+- A process's loaded copy of a namespace remembers the version it was read at (moved on by its
+  own writes when no other came between); :meth:`PostgresColdStore.changed_elsewhere` compares it
+  with the server's, and the engine reloads a namespace another process changed before using it.
+- Catalog rows are new only in a write that adds memories (a positive count op); otherwise a put
+  updates an existing row, and never one of a later memory version: a statistics flush from a
+  stale copy cannot undo another process's update, and an update overtaken by another process's
+  delete does not bring back half a memory (records, codes and originals need their row).
+- Codes are made by the store-wide quantizer: a write of codes takes a shared advisory lock and
+  re-encoding all codes (re-calibration, with the new quantizer's state in the same transaction)
+  an exclusive one; codes made with a quantizer another writer has replaced are refused
+  (StorageError, nothing written) and the new one loaded, so that a retry encodes with it.
+
+Not covered yet: two processes adding the same text at once may both store it (the dedup lookup
+precedes the write); two concurrent updates of one memory: the last wins; agent hubs cache their
+state per process (one writing process per hub).
 """
 
 from __future__ import annotations
