@@ -160,6 +160,19 @@ def test_changed_elsewhere_counts_other_writers_only(two_stores) -> None:
     assert here.changed_elsewhere([ns, other]) == []  # other namespaces' writes do not count
 
 
+def test_a_stale_copy_keeps_its_generation_for_the_graph_stamp(two_stores) -> None:
+    here, there = two_stores
+    ns = add(here, "shared", [memory("a")])
+    here.load_namespace(ns)
+    add(here, "shared", [memory("b")])
+    assert here.namespace_info(ns) == there.namespace_info(ns) == ("shared", 2, 2)
+    add(there, "shared", [memory("c")])
+    # counts are the store's; the generation is that of the copy `here` holds, not yet reloaded
+    assert here.namespace_info(ns) == ("shared", 3, 2) and there.namespace_info(ns) == ("shared", 3, 3)
+    here.load_namespace(ns)
+    assert here.namespace_info(ns) == ("shared", 3, 3)
+
+
 def test_a_stale_statistics_flush_does_not_undo_an_update(two_stores) -> None:
     here, there = two_stores
     ns = add(here, "shared", [memory("a")])

@@ -137,7 +137,9 @@ class ColdStore(Protocol):
         ...
 
     def namespace_info(self, ns_id: int) -> tuple[str, int, int]:
-        """(name, memory count, generation) of a namespace; an unknown id is StorageError."""
+        """(name, memory count, generation) of a namespace; an unknown id is StorageError. A shared
+        store gives the generation of the copy this process loaded, if it loaded one (what its
+        saved warm graph may be stamped with); the count is always the store's."""
         ...
 
     def namespace_counts(self) -> list[tuple[str, int]]:

@@ -183,9 +183,10 @@ class PostgresColdStore(ColdOps, ColdStore):
         self.quantizer: Quantizer = make_quantizer("int8", 1)
         self.sealer: Sealer | None = None
         self._ns_ids: dict[str, int] = {}
-        # ns id -> the version of the namespace as this process last loaded it, moved on by its own
-        # writes when no other writer's came between (changed_elsewhere compares with the server).
-        self._seen: dict[int, int] = {}
+        # ns id -> (version, generation) of the namespace as this process last loaded it, moved on
+        # by its own writes when no other writer's came between (changed_elsewhere compares the
+        # version with the server's; namespace_info gives the generation, which stamps saved graphs).
+        self._seen: dict[int, tuple[int, int]] = {}
         self._seen_lock = threading.Lock()
         self._quantizer_stored: bytes | None = None  # the stored state this process's quantizer came from
         self._closed = False
@@ -350,10 +351,10 @@ class PostgresColdStore(ColdOps, ColdStore):
             raise StorageError("another process re-calibrated the store's int8 ranges since this one loaded "
                                "them: nothing of this call was stored; the new ranges are loaded now, retry the call")
 
-    def _apply(self, conn: psycopg.Connection, ops: list[Op]) -> dict[int, int]:
+    def _apply(self, conn: psycopg.Connection, ops: list[Op]) -> dict[int, tuple[int, int]]:
         """Apply the ops: first lock each namespace they touch, then one statement per table and
         kind (puts and deletes of one table keep their order; tables are independent). Returns
-        each touched namespace's new version."""
+        each touched namespace's new (version, generation)."""
         namespace_of = self._namespaces_named_in(ops)
         by_table: dict[str, list[tuple[bool, list[Op]]]] = {}
         counts: dict[int, int] = {}  # count ops per namespace, and whether any adds memories
@@ -395,18 +396,19 @@ class PostgresColdStore(ColdOps, ColdStore):
         return versions
 
     @staticmethod
-    def _lock_namespaces(conn: psycopg.Connection, namespaces: list[int], counts: dict[int, int]) -> dict[int, int]:
+    def _lock_namespaces(conn: psycopg.Connection, namespaces: list[int],
+                         counts: dict[int, int]) -> dict[int, tuple[int, int]]:
         """Lock the namespaces' rows, in id order (one order for every writer: two writers never
         deadlock), bumping each one's version and, per count op, its generation. The row lock
         serialises the writers of one namespace until commit; writers of others do not wait."""
-        versions: dict[int, int] = {}
+        versions: dict[int, tuple[int, int]] = {}
         for ns in namespaces:
             found = conn.execute("UPDATE tm_namespaces SET version = version + 1, generation = generation + %s "
-                                 "WHERE ns_id = %s RETURNING version", (counts.get(ns, 0), ns)).fetchone()
+                                 "WHERE ns_id = %s RETURNING version, generation", (counts.get(ns, 0), ns)).fetchone()
             if found is None and ns in counts:
                 raise StorageError(f"namespace id {ns} is not in the store: nothing of this call was stored")
             if found is not None:
-                versions[ns] = found[0]
+                versions[ns] = (found[0], found[1])
         return versions
 
     @staticmethod
@@ -526,12 +528,13 @@ class PostgresColdStore(ColdOps, ColdStore):
 
     # -- several writers ---------------------------------------------------------------------
 
-    def _saw_own(self, versions: dict[int, int]) -> None:
+    def _saw_own(self, versions: dict[int, tuple[int, int]]) -> None:
         """After a commit: a namespace whose version moved by our write alone is still as we loaded it."""
         with self._seen_lock:
-            for ns, version in versions.items():
-                if self._seen.get(ns) == version - 1:
-                    self._seen[ns] = version
+            for ns, (version, generation) in versions.items():
+                seen = self._seen.get(ns)
+                if seen is not None and seen[0] == version - 1:
+                    self._seen[ns] = (version, generation)
 
     def changed_elsewhere(self, ns_ids: list[int]) -> list[int]:
         """The namespaces among these, loaded through this store, that another writer changed
@@ -544,7 +547,7 @@ class PostgresColdStore(ColdOps, ColdStore):
             found = dict(conn.execute("SELECT ns_id, version FROM tm_namespaces WHERE ns_id = ANY(%s::integer[])",
                                       (wanted,)).fetchall())
         with self._seen_lock:
-            return [ns for ns in wanted if found.get(ns) != self._seen.get(ns)]
+            return [ns for ns in wanted if found.get(ns) != self._seen[ns][0]]
 
     # -- namespaces --------------------------------------------------------------------------
 
@@ -576,7 +579,11 @@ class PostgresColdStore(ColdOps, ColdStore):
                                  (ns_id,)).fetchone()
         if found is None:
             raise StorageError(f"namespace id {ns_id} is not in the store: the store is damaged")
-        return found[0], found[1], found[2]
+        with self._seen_lock:
+            seen = self._seen.get(ns_id)
+        # The generation of the copy this process loaded (the server's, unless another writer has
+        # changed the namespace since): what a saved warm graph is stamped with must be what it holds.
+        return found[0], found[1], found[2] if seen is None else seen[1]
 
     def namespace_counts(self) -> list[tuple[str, int]]:
         with self._connection() as conn:
@@ -594,14 +601,14 @@ class PostgresColdStore(ColdOps, ColdStore):
         store's loaded copy (changed_elsewhere compares with it): the engine's _load is its caller."""
         with self._connection() as conn:
             # One statement, one snapshot: the version read is the one these rows are at.
-            found = conn.execute("SELECT n.version, r.memory_id, r.value, c.value FROM tm_namespaces n "
+            found = conn.execute("SELECT n.version, n.generation, r.memory_id, r.value, c.value FROM tm_namespaces n "
                                  "LEFT JOIN tm_rows r ON r.ns_id = n.ns_id "
                                  "LEFT JOIN tm_codes c ON c.ns_id = r.ns_id AND c.memory_id = r.memory_id "
                                  "WHERE n.ns_id = %s ORDER BY r.memory_id", (ns_id,)).fetchall()
         if found:
             with self._seen_lock:
-                self._seen[ns_id] = found[0][0]
-        found = [row[1:] for row in found if row[1] is not None]
+                self._seen[ns_id] = (found[0][0], found[0][1])
+        found = [row[2:] for row in found if row[2] is not None]
         rows = NamespaceRows(self.dimension, len(found))
         for i, (memory_id, data, code) in enumerate(found):
             key = row_key(ns_id, memory_id)
@@ -762,14 +769,14 @@ class PostgresColdStore(ColdOps, ColdStore):
                         while chunk := cursor.fetchmany(batch):
                             self._recode_chunk(conn, chunk, encode, decode_old)
                     touched = conn.execute("UPDATE tm_namespaces SET version = version + 1 "
-                                           "RETURNING ns_id, version").fetchall()
+                                           "RETURNING ns_id, version, generation").fetchall()
                     for op in then:
                         if op[0] not in _BY_KEY:
                             raise StorageError(f"recode_all commits store-level puts only, not {op[0]!r} ones: "
                                                "nothing was changed")
                         self._apply_key_run(conn, _BY_KEY[op[0]], op[2] is None, [op])
                     conn.execute("SELECT nextval('tm_store_generation')")
-                self._saw_own(dict(touched))
+                self._saw_own({ns: (version, generation) for ns, version, generation in touched})
                 for db, key, value in then:
                     if db == "meta" and key == _QUANTIZER_KEY:
                         self._quantizer_stored = value
