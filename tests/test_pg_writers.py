@@ -264,3 +264,61 @@ def test_engines_opened_before_a_calibration_keep_the_codes_consistent(pg_dsn: s
     finally:
         first.close()
         second.close()
+
+
+# -- change notices (LISTEN/NOTIFY) ---------------------------------------------------------------
+
+
+def wait_for(predicate, timeout_s: float = 30.0) -> bool:
+    """Poll until predicate() holds (True) or the timeout passes (False): notices arrive
+    asynchronously; a generous bound, never a timing claim."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
+
+
+def test_a_store_hears_other_writers_changes_not_its_own(two_stores) -> None:
+    import queue
+
+    here, there = two_stores
+    heard: queue.Queue = queue.Queue()
+    here.listen(heard.put)
+    ns = add(here, "shared", [memory("a")])  # its own: not heard
+    other = add(there, "other", [memory("b", "other")])
+    add(there, "shared", [memory("c")])
+    assert heard.get(timeout=30) == [other]  # notices come in commit order: an own one would come first
+    assert heard.get(timeout=30) == [ns]
+    old, fitted = there.quantizer, make_quantizer("int8", DIM)
+    fitted.fit(unit_rows(50, seed=3))
+    there.quantizer = fitted
+    there.recode_all(fitted.encode, old.decode, then=[there.quantizer_op()])
+    assert heard.get(timeout=30) is None  # every namespace may have changed
+    with pytest.raises(ValueError, match="already has a listener"):
+        here.listen(heard.put)
+
+
+def test_notices_unload_what_another_process_changed(pg_dsn: str, pg_schema: str, tmp_path: Path) -> None:
+    def open_engine(cache: str) -> TieredMemory:
+        return TieredMemory(tmp_path / cache, cold=pg_cold.postgres_cold(pg_dsn, schema=pg_schema), encoder=None,
+                            dimension=DIM)  # the background thread on: it acts on notices
+
+    here, there = open_engine("here"), open_engine("there")
+    try:
+        vectors = unit_rows(12, seed=5)
+        ids = here.add_many([f"m{i}" for i in range(10)], vectors=vectors[:10], namespace="shared")
+        here.add("elsewhere", vector=vectors[10], namespace="quiet")
+        assert here.stats().loaded["loaded"] == 2
+        unloads = here.stats().loaded["unloads"]
+        added = there.add("from there", vector=vectors[11], namespace="shared")
+        assert wait_for(lambda: here.stats().loaded["unloads"] == unloads + 1)
+        assert here.stats().loaded["loaded"] == 1  # "quiet" stays loaded
+        assert here.search(vector=vectors[11], namespace="shared", k=1)[0].memory.id == added
+        assert here.get(ids[4]).text == "m4"
+    finally:
+        here.close()
+        there.close()

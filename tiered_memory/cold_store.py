@@ -213,3 +213,9 @@ class SharedColdStore(ColdStore, Protocol):
         """Those of these namespaces, loaded through this store, that another writer changed
         since this process loaded them (its own writes do not count). Cheap: one indexed read."""
         ...
+
+    def listen(self, callback: Callable[[list[int] | None], None]) -> None:
+        """Call ``callback(ns_ids)`` (from a thread of the store) soon after another writer commits
+        a change to those namespaces (None: any of them): a hint to drop stale copies early, never
+        what a use relies on (changed_elsewhere is)."""
+        ...

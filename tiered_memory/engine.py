@@ -176,6 +176,10 @@ class TieredMemory(SearchMixin, TierManagerMixin):
             self.cold.use_dimension(self.dimension)
             self._upgrade()
             self._open()
+            if self._shared_cold:  # several writers: other processes' change notices unload stale namespaces
+                self._notified: set[int] = set()  # early, in the background thread (tiering)
+                if self.config.promote_in_background:
+                    self.cold.listen(self._changed_by_notice)
         except BaseException:
             if hasattr(self, "cold"):
                 self.cold.close()

@@ -65,6 +65,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import secrets
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -136,6 +137,7 @@ _TABLES = ("tm_records", "tm_rows", "tm_codes", "tm_originals", "tm_texts", "tm_
            "tm_schema_version")
 _RETRIED = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected, psycopg.OperationalError, PoolTimeout)
 _QUANTIZER_KEY = b"quantizer"
+_LISTEN_POLL_S = 0.2  # how often the listener looks at whether the store was closed
 _SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
 
@@ -189,6 +191,11 @@ class PostgresColdStore(ColdOps, ColdStore):
         self._seen: dict[int, tuple[int, int]] = {}
         self._seen_lock = threading.Lock()
         self._quantizer_stored: bytes | None = None  # the stored state this process's quantizer came from
+        # Change notices (LISTEN/NOTIFY): every write names the namespaces it touched on this
+        # store's channel; the token tells this store's own notices from other writers'.
+        self._token = secrets.token_hex(8)
+        self._channel = ""  # "tiered_memory.<schema>", once the schema in use is known
+        self._listener: threading.Thread | None = None
         self._closed = False
         self.pool = ConnectionPool(self.dsn, min_size=1, max_size=max(1, pool_size), timeout=timeout_s,
                                    kwargs={"autocommit": True}, configure=self._configure, open=False,
@@ -196,6 +203,8 @@ class PostgresColdStore(ColdOps, ColdStore):
         try:
             self.pool.open(wait=True, timeout=timeout_s)
             self._migrate()
+            with self._connection() as conn:
+                self._channel = "tiered_memory." + conn.execute("SELECT current_schema()").fetchone()[0]
         except PoolTimeout as err:
             self.pool.close()
             raise StorageError(f"no PostgreSQL server answers at {self._where()} within {timeout_s:g} s ({err}); "
@@ -306,6 +315,8 @@ class PostgresColdStore(ColdOps, ColdStore):
     def close(self) -> None:
         if not self._closed:
             self._closed = True
+            if self._listener is not None and self._listener is not threading.current_thread():
+                self._listener.join(timeout=5 * _LISTEN_POLL_S + 5)
             self.pool.close()
 
     # -- writing ---------------------------------------------------------------------------
@@ -321,7 +332,7 @@ class PostgresColdStore(ColdOps, ColdStore):
                         if any(db == "nscodes" and value is not None for db, _, value in ops):
                             self._check_quantizer(conn, exclusive=False)
                         versions = self._apply(conn, ops)
-                        generation = conn.execute("SELECT nextval('tm_store_generation')").fetchone()[0]
+                        generation = self._next_generation(conn, list(versions))
                     self._saw_own(versions)  # committed
                     for db, key, value in ops:
                         if db == "meta" and key == _QUANTIZER_KEY:
@@ -527,6 +538,51 @@ class PostgresColdStore(ColdOps, ColdStore):
                      ([key for key, _ in puts], [value for _, value in puts]))
 
     # -- several writers ---------------------------------------------------------------------
+
+    def _next_generation(self, conn: psycopg.Connection, touched: list[int] | None) -> int:
+        """The store's next generation, and (delivered at commit) a notice naming the namespaces
+        this write touched (None: all of them)."""
+        names = "*" if touched is None else ",".join(map(str, sorted(touched)))
+        if not names:
+            return conn.execute("SELECT nextval('tm_store_generation')").fetchone()[0]
+        if len(names) > 7_000:  # NOTIFY payloads stop at 8,000 bytes
+            names = "*"
+        return conn.execute("SELECT nextval('tm_store_generation'), pg_notify(%s, %s)",
+                            (self._channel, f"{self._token} {names}")).fetchone()[0]
+
+    def listen(self, callback: Callable[[list[int] | None], None]) -> None:
+        """Call ``callback(ns_ids)`` from a thread of this store soon after another writer commits
+        a change to those namespaces (None: possibly all of them). Notices are a hint for dropping
+        stale copies early; changed_elsewhere stays the check a use relies on (a notice may come
+        late, or not at all if the listening connection drops)."""
+        if self._listener is not None:
+            raise ConfigError("this store already has a listener")
+        try:
+            conn = psycopg.connect(self.dsn, autocommit=True)
+            conn.execute(f'LISTEN "{self._channel}"')
+        except psycopg.Error as err:
+            raise StorageError(f"cannot listen for changes at {self._where()} ({err})") from err
+        self._listener = threading.Thread(target=self._listen, args=(conn, callback), daemon=True,
+                                          name="tiered-memory-pg-listener")
+        self._listener.start()
+
+    def _listen(self, conn: psycopg.Connection, callback: Callable[[list[int] | None], None]) -> None:
+        try:
+            while not self._closed:
+                for notice in conn.notifies(timeout=_LISTEN_POLL_S):
+                    token, _, names = notice.payload.partition(" ")
+                    if token == self._token:
+                        continue
+                    try:
+                        callback(None if names == "*" else [int(name) for name in names.split(",")])
+                    except Exception:  # a failing callback must not end the notices
+                        log.exception("change notice callback failed")
+        except psycopg.Error as err:
+            if not self._closed:
+                log.warning("change notices from %s stopped (%s); loaded namespaces are still checked on use",
+                            self._where(), err)
+        finally:
+            conn.close()
 
     def _saw_own(self, versions: dict[int, tuple[int, int]]) -> None:
         """After a commit: a namespace whose version moved by our write alone is still as we loaded it."""
@@ -775,7 +831,7 @@ class PostgresColdStore(ColdOps, ColdStore):
                             raise StorageError(f"recode_all commits store-level puts only, not {op[0]!r} ones: "
                                                "nothing was changed")
                         self._apply_key_run(conn, _BY_KEY[op[0]], op[2] is None, [op])
-                    conn.execute("SELECT nextval('tm_store_generation')")
+                    self._next_generation(conn, None)
                 self._saw_own({ns: (version, generation) for ns, version, generation in touched})
                 for db, key, value in then:
                     if db == "meta" and key == _QUANTIZER_KEY:

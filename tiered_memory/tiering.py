@@ -137,6 +137,30 @@ class TierManagerMixin:
         if record is not None:
             self._reload_changed([record.namespace])
 
+    def _changed_by_notice(self, ns_ids: list[int] | None) -> None:
+        """Called by the cold store's listener thread: other processes changed these namespaces
+        (None: maybe any); the background thread unloads the stale copies."""
+        with self._mutex:
+            self._notified.update([-1] if ns_ids is None else ns_ids)
+        self._promoter.wake()
+
+    def _drop_notified(self) -> bool:
+        """Background: unload the loaded namespaces other processes changed; their next use loads
+        them fresh. Notices only point: changed_elsewhere decides."""
+        with self._mutex:
+            notified, self._notified = self._notified, set()
+        if not notified:
+            return False
+        with self._rw.write:
+            if self._closed or self._closing:
+                return False
+            names = [name for name, entry in self.registry.loaded.items() if -1 in notified or entry.ns_id in notified]
+            stale = self._changed_elsewhere(names) if names else []
+            for name in stale:
+                self.warm.forget(name)  # (as in _reload_changed: not saved as up to date)
+                self._unload(name)
+        return bool(stale)
+
     # -- end of several writers
 
     def _all_loaded(self, names: Sequence[str]) -> bool:
@@ -580,12 +604,15 @@ class TierManagerMixin:
         return next((g for g in self.warm.graphs.values() if g.needs_compaction and g.touched is None), None)
 
     def _has_background_work(self) -> bool:
-        return bool(self._pending) or self._maintenance_due or self._graph_to_compact() is not None
+        return bool(self._pending) or self._maintenance_due or self._graph_to_compact() is not None or \
+            (self._shared_cold and bool(self._notified))
 
     def _background_work(self) -> bool:
         """One round of the background thread: pending promotions first, then due maintenance
-        (unloads over the budget, decay, saves), then a compaction."""
-        return self._drain_promotions() or self._background_maintenance() or self._compact_one_in_background()
+        (unloads over the budget, decay, saves), then a compaction (then, on a shared cold store,
+        unloading what other processes changed)."""
+        return self._drain_promotions() or self._background_maintenance() or \
+            self._compact_one_in_background() or (self._shared_cold and self._drop_notified())
 
     def _background_maintenance(self) -> bool:
         if not self._maintenance_due:
