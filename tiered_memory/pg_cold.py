@@ -46,6 +46,9 @@ Several writers (processes, each with its own engine and cache directory) may sh
 - A process's loaded copy of a namespace remembers the version it was read at (moved on by its
   own writes when no other came between); :meth:`PostgresColdStore.changed_elsewhere` compares it
   with the server's, and the engine reloads a namespace another process changed before using it.
+  Every write also names the namespaces it touched on the store's NOTIFY channel
+  (``tiered_memory.<schema>``); :meth:`PostgresColdStore.listen` hands other writers' notices to
+  the engine, whose background thread unloads those stale copies early.
 - Catalog rows are new only in a write that adds memories (a positive count op); otherwise a put
   updates an existing row, and never one of a later memory version: a statistics flush from a
   stale copy cannot undo another process's update, and an update overtaken by another process's
