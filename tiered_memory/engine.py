@@ -32,6 +32,7 @@ from cachetools import LRUCache
 
 from .catalog import COLD, WARM, Catalog
 from .cold import STORE_SCHEMA, ColdTier, Op, text_key
+from .cold_parts import ColdParts
 from .config import MemoryConfig
 from .crypto import Sealer
 from .dirlock import DirectoryLock
@@ -115,6 +116,7 @@ class StoreStats:
     demotions: dict[str, int]
     quantizer: dict[str, Any] = field(default_factory=dict)
     loaded: dict[str, Any] = field(default_factory=dict)  # loaded namespaces: count, bytes, loads, unloads
+    cold_index: dict[str, Any] = field(default_factory=dict)  # on-disk indexes of huge namespaces' cold parts
 
     def as_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
@@ -281,6 +283,8 @@ class TieredMemory(SearchMixin, TierManagerMixin):
         self._query_cache: LRUCache = LRUCache(max(config.query_cache_size, 1))
         self._query_lock = threading.Lock()
         self.lexical = LexicalTier(self._lexical_docs)
+        self.cold_parts = ColdParts(self.path / "coldindex")
+        self._cold_build_lock = threading.Lock()  # one on-disk index build at a time
         self._hits = {"hot": 0, "warm": 0, "cold": 0}
         self._misses = {"hot": 0, "warm": 0, "cold": 0}
         self._promotions = {"cold->warm": 0, "warm->hot": 0}
@@ -323,6 +327,7 @@ class TieredMemory(SearchMixin, TierManagerMixin):
                 self._closed = True
                 with self._mutex:
                     self.hot.clear()
+                self.cold_parts.close()
                 self.cold.close()
                 self._dirlock.release()
 
@@ -549,6 +554,8 @@ class TieredMemory(SearchMixin, TierManagerMixin):
         self._warm_put_or_cold(namespace, chosen)
         self._namespace_grew(namespace)
         self._enforce_warm_capacity(protect=set(chosen))
+        if not to_warm.all():  # memories went straight to cold: maybe enough for an on-disk index
+            self._wake_for_cold_index([ns])
         if answer.repeats:  # a repeat within the batch counts as a use of the memory it repeats
             now = self.clock()
             with self._mutex:
@@ -952,6 +959,7 @@ class TieredMemory(SearchMixin, TierManagerMixin):
                 quantizer={"scheme": self.cold.quantizer.name, "calibrated": self.cold.quantizer.calibrated,
                            "calibrated_on": self._calibrated_on},
                 loaded=self.registry.stats(),
+                cold_index=self.cold_parts.stats(),
             )
 
     def __len__(self) -> int:

@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .blocks import scan
+from .blocks import INDEXED, scan
 from .catalog import HOT, Catalog
+from .cold_parts import IndexedPart
 from .encoders import as_unit_vectors
 from .errors import InvalidInputError, TieredMemoryError
 from .filters import Predicate
@@ -329,13 +330,48 @@ class SearchMixin:
         elif graph is None and catalog.blocks.cold_count.get(ns, 0) < catalog.count_by_ns[ns]:
             results.update(self._scan(ns, q, k, rows, lookup, cold_only=False, warm_only=True))
         cold_count = catalog.blocks.cold_count.get(ns, 0)
-        if cold_count:
+        part = self.cold_parts.get(namespace) if cold_count else None
+        indexed = catalog.blocks.size_of((ns, INDEXED, True)) if part is not None else 0
+        if indexed:
+            results.update(self._indexed_search(ns, part, q, k, rows, lookup))
+        if cold_count - indexed:
             topics = None
             model = self.topics.get(namespace)
-            if model is not None and cold_count > self.config.cold_exact_max:
-                topics = self._probe_topics(ns, model, q, cold_count)
-            results.update(self._scan(ns, q, k, rows, lookup, cold_only=True, warm_only=False, topics=topics))
+            if model is not None and cold_count - indexed > self.config.cold_exact_max:
+                topics = self._probe_topics(ns, model, q, cold_count - indexed)
+            results.update(self._scan(ns, q, k, rows, lookup, cold_only=True, warm_only=False, topics=topics,
+                                      skip_indexed=True))
         return sorted(results.items(), key=lambda item: -item[1])[:k]
+
+    def _indexed_search(self, ns: int, part: IndexedPart, q: np.ndarray, k: int, rows: RowFilter,
+                        lookup: Lookup) -> list[tuple[int, float]]:
+        """Top-k of the namespace's indexed cold rows: k * cold_index_oversample candidates from the
+        on-disk index (still indexed, passing the filters), scored by their int8 codes as a scan
+        scores them. A filter that the index's neighbourhood mostly fails falls back to an exact
+        scan of the indexed rows, so a filtered search loses nothing to the index."""
+        blocks = self.catalog.blocks
+        place, slot_by_key, key = blocks.place, part.slot_by_key, (ns, INDEXED, True)
+
+        def live(position: int) -> bool:
+            slot = int(slot_by_key[position])
+            return slot >= 0 and place.get(slot, (None,))[0] == key and (not rows.active or rows.accepts(slot, lookup))
+
+        config = self.config
+        keys, _ = part.index.search_keys(q, k, live, oversample=config.cold_index_oversample,
+                                         expansion=config.cold_index_expansion)
+        if rows.active and len(keys) < k:
+            indexed_block = blocks.blocks.get(key)
+            if indexed_block is None:
+                return []
+            weights, offset = self._scan_weights(q)
+            return self._top(*scan([indexed_block], weights, offset), k, rows, lookup)
+        if not len(keys):
+            return []
+        slots = slot_by_key[keys]
+        weights, offset = self._scan_weights(q)
+        scores = blocks.codes(slots.tolist()).astype(np.float32) @ weights + np.float32(offset)
+        top = np.argsort(-scores, kind="stable")[:k]
+        return list(zip(slots[top].tolist(), scores[top].tolist()))
 
     def _probe_topics(self, ns: int, model: TopicModel, q: np.ndarray, cold_count: int) -> list[int]:
         """Nearest topics first, until they hold cold_probe_fraction of the cold rows."""
@@ -377,12 +413,12 @@ class SearchMixin:
         return self._scan(ns, q, k, rows, lookup, cold_only=False, warm_only=True)
 
     def _scan(self, ns: int, q: np.ndarray, k: int, rows: RowFilter, lookup: Lookup, cold_only: bool,
-              warm_only: bool, topics: list[int] | None = None) -> list[tuple[int, float]]:
+              warm_only: bool, topics: list[int] | None = None, skip_indexed: bool = False) -> list[tuple[int, float]]:
         """Exact top-k over the int8 codes of chosen blocks; the cost is one pass per row."""
         if warm_only:
             blocks = [b for key, b in self.catalog.blocks.iter_namespace(ns) if not key[2]]
         else:
-            blocks = self.catalog.blocks.chosen(ns, topics, cold_only=cold_only)
+            blocks = self.catalog.blocks.chosen(ns, topics, cold_only=cold_only, skip_indexed=skip_indexed)
         weights, offset = self._scan_weights(q)
         slots, scores = scan(blocks, weights, offset)
         return self._top(slots, scores, k, rows, lookup)
