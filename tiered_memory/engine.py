@@ -297,6 +297,7 @@ class TieredMemory(SearchMixin, TierManagerMixin):
         self._calibrated_on = self.cold.meta_get("calibrated_on", 0)
         self._has_sealed = bool(self.cold.meta_get("has_sealed", False))
         self._topics_dirty: set[str] = set()  # namespaces whose topic model changed since it was written
+        self._attachments: dict[str, Any] = {}  # features' per-store objects: see attachment()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -528,11 +529,9 @@ class TieredMemory(SearchMixin, TierManagerMixin):
         model = self.topics.get(namespace)
         if model is not None:
             topics, _ = model.assign(vectors)
-            for memory, topic in zip(memories, topics.tolist()):
-                memory.topic = topic
+            memories = [memory._replace(topic=topic) for memory, topic in zip(memories, topics.tolist())]
         to_warm = self._warm_admissions(memories)
-        for i, memory in enumerate(memories):
-            memory.tier = Tier.WARM if to_warm[i] else Tier.COLD
+        memories = [memory._replace(tier=Tier.WARM if to_warm[i] else Tier.COLD) for i, memory in enumerate(memories)]
         codes = quantizer.encode(vectors)
         sealing = self._key_check_ops() if any(memory.sensitive for memory in memories) and \
             not self._has_sealed else []
@@ -795,7 +794,7 @@ class TieredMemory(SearchMixin, TierManagerMixin):
             current = catalog.memory(slot, old)
             changed = Memory(
                 memory_id, old.namespace, text if text is not None else old.text, kind or old.kind,
-                metadata if metadata is not None else dict(old.metadata), current.created_at, now,
+                metadata if metadata is not None else old.metadata, current.created_at, now,
                 current.last_accessed, current.access_count,
                 importance if importance is not None else current.importance, current.topic, current.tier,
                 current.version + 1, old.sensitive,
@@ -812,12 +811,12 @@ class TieredMemory(SearchMixin, TierManagerMixin):
                         ops.append(("texts", new_key, memory_id.encode("utf-8")))
             if new_vector is not None:
                 if model is not None:
-                    changed.topic = int(model.assign(new_vector)[0][0])
+                    changed = changed._replace(topic=int(model.assign(new_vector)[0][0]))
                 code = self.cold.quantizer.encode(new_vector)
                 ops += self.cold.vector_ops(ns, changed, code[0], new_vector[0])
                 ops.append(self.cold.count_op(ns, 0))  # the namespace's vectors changed: saved graphs are stale
             with self._mutex:
-                changed.tier = catalog.tier_of(slot)
+                changed = changed._replace(tier=catalog.tier_of(slot))
             ops += self.cold.row_ops(ns, [memory_id], [self._row_bytes(slot, changed)])
             self.cold.write(ops)
             with self._mutex:
@@ -1098,6 +1097,15 @@ class TieredMemory(SearchMixin, TierManagerMixin):
         with self._rw.read:
             self._check_open()
             return self.cold.vector(memory_id)
+
+    def attachment(self, key: str, factory: Callable[[], Any]) -> Any:
+        """A feature's per-store object (made by `factory` on first use, the same one afterwards):
+        state that lives as long as this open store, e.g. the agent hubs open on it. Kept on the
+        store, not in a registry beside it, so that it never keeps a closed store alive."""
+        with self._mutex:
+            if key not in self._attachments:
+                self._attachments[key] = factory()
+            return self._attachments[key]
 
     def extra(self, prefix: bytes) -> ExtraStore:
         """A key-value store of this store's cold tier, scoped to keys starting with `prefix`."""
