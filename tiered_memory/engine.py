@@ -733,13 +733,17 @@ class TieredMemory(SearchMixin, TierManagerMixin):
         with LoadedRead(self, namespaces):
             self._check_open()
             lookup = Lookup(self)
-            found: dict[int, float] = {}
-            for ns in namespaces:
-                for slot, score in self._search_namespace(ns, q, fetch, kind_names, predicate, only_ids, lookup,
-                                                          period):
-                    if score > found.get(slot, -math.inf):
-                        found[slot] = score
-            ranked = sorted(found.items(), key=lambda item: -item[1])[:fetch]
+            if len(namespaces) == 1:  # one list, already best first: nothing to merge
+                ranked = self._search_namespace(namespaces[0], q, fetch, kind_names, predicate, only_ids, lookup,
+                                                period)
+            else:
+                found: dict[int, float] = {}
+                for ns in namespaces:
+                    for slot, score in self._search_namespace(ns, q, fetch, kind_names, predicate, only_ids,
+                                                              lookup, period):
+                        if score > found.get(slot, -math.inf):
+                            found[slot] = score
+                ranked = sorted(found.items(), key=lambda item: -item[1])[:fetch]
             if self.config.rescore:
                 ranked = self._rescore(q, ranked)[:k]
             if min_score is not None:

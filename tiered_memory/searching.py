@@ -145,7 +145,8 @@ class SearchMixin:
                     lookup.contents[slot] = content
         hits = []
         now = self.clock()
-        hot_get, uses, accessed, dirty = self.hot.get, catalog.uses, catalog.accessed, catalog.dirty
+        hot_get, uses, accessed, dirty = self._hot_cache.__getitem__, catalog.uses, catalog.accessed, catalog.dirty
+        memory_of, hot_served = catalog.memory, 0
         with self._mutex:
             for slot, score in ranked:
                 if tiers[slot] == HOT:  # the common case, kept lean: one LRU lookup, no disk
@@ -153,14 +154,15 @@ class SearchMixin:
                     uses[slot] += 1  # catalog.touch(), inlined: this loop is on every search
                     accessed[slot] = now
                     dirty.add(slot)
-                    self._hits["hot"] += 1
+                    hot_served += 1
                     tier = HOT
                 else:
                     content = lookup.content(slot)
                     if content is None:
                         continue
                     tier = self._serve(slot)
-                hits.append(Hit(catalog.memory(slot, content), float(score), TIERS_BY_CODE[tier]))
+                hits.append(Hit(memory_of(slot, content), float(score), TIERS_BY_CODE[tier]))
+            self._hits["hot"] += hot_served
         return hits
 
     def _lexical_docs(self, namespace: str) -> list[Doc]:
@@ -313,9 +315,8 @@ class SearchMixin:
             # The common case, taken straight: no filter, everything in the warm graph.
             graph = self.warm.graphs.get(namespace)
             result = graph.search(q, k) if graph is not None else None
-            if result is not None:
-                slot_of = catalog.slot_of
-                return [(slot_of[memory_id], score) for memory_id, score in zip(result[0], result[1].tolist())]
+            if result is not None:  # map(), not a comprehension: this runs on every plain search
+                return list(zip(map(catalog.slot_of.__getitem__, result[0]), result[1].tolist()))
         rows = RowFilter.build(catalog, ns, kinds, predicate, only_ids, period)
         if rows.eligible == 0:
             return []
