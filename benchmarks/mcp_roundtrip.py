@@ -1,19 +1,20 @@
 """What the MCP server adds to a call: a tool call's round trip over stdio vs the engine call it wraps.
 
 A store of 2,000 DailyDialog utterances (distinct texts, their MiniLM vectors given; the default
-ONNX encoder embeds the queries) in one namespace. `tiered-memory mcp --path STORE --namespace
-bench` is spawned by the SDK's own stdio client; this process also opens the store read-only
-(what a second process may do beside the server's writer) and calls the engine directly. Each
-iteration times the two in alternation on the same input, so both arms see the same machine:
+ONNX encoder embeds the queries) in one namespace. Two loops, each timing two arms alternately
+first on the same input, so both arms see the same machine:
 
-- `search_memories {"query": q, "k": 5}` vs `search(q, namespace="bench", k=5)`: held-out
-  utterances, each query new to both processes (no query-cache hit: the encoding is in both);
-- `get_memory {"id": i}` vs `get(i)`: stored ids in a shuffled order, each a few times over;
-- an MCP `ping`: the protocol's round trip with no tool behind it.
+1. Server side alone, before any server runs: ``MemoryTools.call`` (argument check, engine call,
+   token budget) in this process beside the engine call on the same store.
+2. Round trips: `tiered-memory mcp --path STORE --namespace bench` spawned by the SDK's own stdio
+   client, timed in the client from the request to the parsed result (JSON-RPC over two pipes, the
+   server's side, a worker-thread hop), beside the engine call in this process on the store opened
+   read-only (what a second process may do beside the server's writer).
 
-The round trip is measured in the client from the request to the parsed result: JSON-RPC over two
-pipes, the server's argument check, the engine call in a worker thread, the token budget on the
-returned text, and the result's serialization and parsing. The first `warmup` iterations are not
+Calls: `search_memories {"query": q, "k": 5}` vs `search(q, namespace="bench", k=5)` on held-out
+utterances, each new to the process that encodes it (no query-cache hit: the encoding is in every
+arm); `get_memory {"id": i}` vs `get(i)` on stored ids in a shuffled order; and an MCP `ping`, the
+protocol's round trip with no tool behind it. The first `warmup` iterations of each loop are not
 kept. Reported: p50, p90, p99, max, and the ratio and difference of the medians.
 
     python benchmarks/mcp_roundtrip.py --out benchmarks/results/frontends
@@ -85,7 +86,54 @@ def summary(seconds: list[float]) -> dict[str, float]:
             "p99_ms": float(np.percentile(ms, 99)), "max_ms": float(ms.max())}
 
 
-async def measure(path: Path, ids: list[str], queries: list[str], args: argparse.Namespace) -> dict[str, list[float]]:
+def timed(call: Any, *args: Any) -> float:
+    started = time.perf_counter()
+    call(*args)
+    return time.perf_counter() - started
+
+
+async def timed_tool(session: Any, name: str, arguments: dict[str, Any]) -> float:
+    started = time.perf_counter()
+    result = await session.call_tool(name, arguments)
+    elapsed = time.perf_counter() - started
+    if result.is_error:
+        raise RuntimeError(result.content[0].text)
+    return elapsed
+
+
+def server_side(path: Path, get_ids: list[str], queries: list[str], args: argparse.Namespace
+                ) -> dict[str, list[float]]:
+    """The server's own work without the protocol: MemoryTools.call in this process beside the
+    engine call, alternately first. The tool's query gets a trailing space, which the tokenizer
+    drops: the same encoding work without a hit in the query cache the engine call just filled."""
+    from tiered_memory import TieredMemory
+    from tiered_memory.integrations.mcp_server import MemoryTools
+
+    samples: dict[str, list[float]] = {"engine.search.writer": [], "tools.search": [],
+                                       "engine.get.writer": [], "tools.get": []}
+    with TieredMemory(path) as mem:
+        tools = MemoryTools(mem, [NAMESPACE])
+        for i, query in enumerate(queries):
+            pair = [("engine.search.writer", lambda q=query: mem.search(q, namespace=NAMESPACE, k=5)),
+                    ("tools.search", lambda q=query: tools.call("search_memories", {"query": q + " ", "k": 5}))]
+            for key, call in pair[::1 if i % 2 else -1]:
+                elapsed = timed(call)
+                if i >= args.warmup:
+                    samples[key].append(elapsed)
+        for i, memory_id in enumerate(get_ids):
+            pair = [("engine.get.writer", lambda m=memory_id: mem.get(m)),
+                    ("tools.get", lambda m=memory_id: tools.call("get_memory", {"id": m}))]
+            for key, call in pair[::1 if i % 2 else -1]:
+                elapsed = timed(call)
+                if i >= args.warmup:
+                    samples[key].append(elapsed)
+    return samples
+
+
+async def round_trips(path: Path, get_ids: list[str], queries: list[str], args: argparse.Namespace
+                      ) -> dict[str, list[float]]:
+    """The tool call over stdio (the server spawned by the SDK's client) beside the engine call in
+    this process (the store opened read-only), alternately first; then a ping."""
     from mcp import ClientSession
     from mcp.client.stdio import StdioServerParameters, stdio_client
 
@@ -95,72 +143,76 @@ async def measure(path: Path, ids: list[str], queries: list[str], args: argparse
     env |= {k: v for k, v in os.environ.items() if k.startswith("TIERED_MEMORY_") or k == "XDG_CACHE_HOME"}
     command = ["-m", "tiered_memory.cli", "mcp", "--path", str(path), "--namespace", NAMESPACE]
     params = StdioServerParameters(command=sys.executable, args=command, env=env)
-    samples: dict[str, list[float]] = {key: [] for key in
-                                       ("mcp.search", "engine.search", "mcp.get", "engine.get", "mcp.ping")}
-    rng = np.random.default_rng(1)
-    get_ids = [ids[i] for i in rng.integers(len(ids), size=args.warmup + args.gets)]
-    clock = time.perf_counter
+    samples: dict[str, list[float]] = {"engine.search": [], "mcp.search": [], "engine.get": [], "mcp.get": [],
+                                       "mcp.ping": []}
     with TieredMemory(path, read_only=True) as engine:
         async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
             await session.initialize()
             await session.list_tools()
-            for i, query in enumerate(queries[:args.warmup + args.searches]):
-                keep = i >= args.warmup
-                started = clock()
-                engine.search(query, namespace=NAMESPACE, k=5)
-                middle = clock()
-                result = await session.call_tool("search_memories", {"query": query, "k": 5})
-                ended = clock()
-                if result.is_error:
-                    raise RuntimeError(result.content[0].text)
-                if keep:
-                    samples["engine.search"].append(middle - started)
-                    samples["mcp.search"].append(ended - middle)
+            for i, query in enumerate(queries):
+                engine_first = i % 2 == 0
+                if engine_first:
+                    direct = timed(lambda q=query: engine.search(q, namespace=NAMESPACE, k=5))
+                over_mcp = await timed_tool(session, "search_memories", {"query": query, "k": 5})
+                if not engine_first:
+                    direct = timed(lambda q=query: engine.search(q, namespace=NAMESPACE, k=5))
+                if i >= args.warmup:
+                    samples["engine.search"].append(direct)
+                    samples["mcp.search"].append(over_mcp)
             for i, memory_id in enumerate(get_ids):
-                keep = i >= args.warmup
-                started = clock()
-                engine.get(memory_id)
-                middle = clock()
-                result = await session.call_tool("get_memory", {"id": memory_id})
-                ended = clock()
+                engine_first = i % 2 == 0
+                if engine_first:
+                    direct = timed(engine.get, memory_id)
+                over_mcp = await timed_tool(session, "get_memory", {"id": memory_id})
+                if not engine_first:
+                    direct = timed(engine.get, memory_id)
+                started = time.perf_counter()
                 await session.send_ping()
-                pinged = clock()
-                if result.is_error:
-                    raise RuntimeError(result.content[0].text)
-                if keep:
-                    samples["engine.get"].append(middle - started)
-                    samples["mcp.get"].append(ended - middle)
-                    samples["mcp.ping"].append(pinged - ended)
+                ping = time.perf_counter() - started
+                if i >= args.warmup:
+                    samples["engine.get"].append(direct)
+                    samples["mcp.get"].append(over_mcp)
+                    samples["mcp.ping"].append(ping)
     return samples
 
 
+ROWS = (
+    ("engine.search", "engine `search(text, k=5)` (read-only, this process)"),
+    ("mcp.search", "MCP `search_memories` round trip"),
+    ("engine.get", "engine `get(id)` (read-only, this process)"),
+    ("mcp.get", "MCP `get_memory` round trip"),
+    ("mcp.ping", "MCP `ping` round trip (no tool)"),
+    ("engine.search.writer", "engine `search` (writer, in process)"),
+    ("tools.search", "server side alone: `MemoryTools.call(\"search_memories\")`"),
+    ("engine.get.writer", "engine `get` (writer, in process)"),
+    ("tools.get", "server side alone: `MemoryTools.call(\"get_memory\")`"),
+)
+
+
 def render(report: dict[str, Any]) -> str:
-    machine, rows = report["machine"], report["results"]
+    machine, rows, overhead = report["machine"], report["results"], report["overhead"]
     lines = [
         "# MCP server: a tool call's round trip over stdio vs the engine call it wraps", "",
         f"`{report['command']}`, {report['date']}; {machine['cpus']} CPUs, load average "
         f"{machine['load_avg_start'][0]:.2f} at start, {machine['load_avg_end'][0]:.2f} at end (a shared machine: "
         "read the ratios, measured alternately in one run, not the absolute figures); Python "
         f"{machine['python']}, mcp {machine['mcp']}, commit {report['commit']}.", "",
-        f"{report['memories']:,} memories in one namespace ({report['data']}); the server spawned by the SDK's stdio "
-        "client, the engine opened read-only in the benchmark's process; each iteration times the engine call, then "
-        f"the tool call, on the same input; {report['warmup']} warm-up iterations not kept. Search: k=5, hybrid, each "
-        "query new to both processes (its encoding included in both). Get: stored ids in random order.", "",
+        f"{report['memories']:,} memories in one namespace ({report['data']}). Round trips: the server spawned by the "
+        "SDK's stdio client, timed in the client from request to parsed result, beside the engine opened read-only "
+        "in the benchmark's process, on the same input, the two alternately first. Server side alone: before the "
+        "server starts, the tools layer called in process beside the engine (writer), alternately first. "
+        f"{report['warmup']} warm-up iterations not kept in each loop. Search: k=5, hybrid, each query new (its "
+        "encoding included everywhere). Get: stored ids in random order, each a few times.", "",
         "| call | n | p50 | p90 | p99 | max |", "|---|---|---|---|---|---|",
     ]
-    for key, label in (("engine.search", "engine `search(text, k=5)`"), ("mcp.search", "MCP `search_memories`"),
-                       ("engine.get", "engine `get(id)`"), ("mcp.get", "MCP `get_memory`"),
-                       ("mcp.ping", "MCP `ping` (no tool)")):
+    for key, label in ROWS:
         row = rows[key]
         lines.append(f"| {label} | {row['n']:,} | {row['p50_ms']:.3f} ms | {row['p90_ms']:.3f} ms | "
                      f"{row['p99_ms']:.3f} ms | {row['max_ms']:.2f} ms |")
-    overhead = report["overhead"]
-    lines += ["", f"MCP ÷ engine, medians: search {overhead['search']['ratio_p50']:.2f}x "
-                  f"(+{overhead['search']['added_p50_ms']:.3f} ms), get {overhead['get']['ratio_p50']:.1f}x "
-                  f"(+{overhead['get']['added_p50_ms']:.3f} ms). Of the time added, the protocol's own round trip "
-                  f"(a ping, no tool behind it) takes {rows['mcp.ping']['p50_ms']:.3f} ms at the median; the rest is "
-                  "the server's side of a tool call: the argument check, the worker-thread hop, the token budget and "
-                  "the result's serialization."]
+    lines += ["", "Medians, MCP round trip ÷ engine call: " + "; ".join(
+        f"{op} {overhead[op]['ratio_p50']:.2f}x (+{overhead[op]['added_p50_ms']:.3f} ms, of which the tools layer "
+        f"+{overhead[op]['tools_added_p50_ms']:.3f} ms)" for op in ("search", "get"))
+        + f". The protocol's own round trip, a ping with no tool behind it: {rows['mcp.ping']['p50_ms']:.3f} ms."]
     return "\n".join(lines) + "\n"
 
 
@@ -181,10 +233,15 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="mcp-roundtrip-") as workdir:
         path = Path(workdir) / "store"
         ids = build(path, texts, vectors)
-        samples = anyio.run(measure, path, ids, queries, args)
+        rng = np.random.default_rng(1)
+        get_ids = [ids[i] for i in rng.integers(len(ids), size=args.warmup + args.gets)]
+        samples = server_side(path, get_ids, queries, args)
+        samples |= anyio.run(round_trips, path, get_ids, queries, args)
     results = {key: summary(values) for key, values in samples.items()}
-    overhead = {op: {"ratio_p50": results[f"mcp.{op}"]["p50_ms"] / results[f"engine.{op}"]["p50_ms"],
-                     "added_p50_ms": results[f"mcp.{op}"]["p50_ms"] - results[f"engine.{op}"]["p50_ms"]}
+    p50 = {key: row["p50_ms"] for key, row in results.items()}
+    overhead = {op: {"ratio_p50": p50[f"mcp.{op}"] / p50[f"engine.{op}"],
+                     "added_p50_ms": p50[f"mcp.{op}"] - p50[f"engine.{op}"],
+                     "tools_added_p50_ms": p50[f"tools.{op}"] - p50[f"engine.{op}.writer"]}
                 for op in ("search", "get")}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
     report = {

@@ -484,6 +484,12 @@ class _StdinLines:
             raise StopAsyncIteration from None
 
 
+def _owns_signals() -> bool:
+    """Signal handlers can be set only from the main thread, and anyio has no SIGTERM on Windows;
+    elsewhere the caller that runs serve() decides when it stops."""
+    return threading.current_thread() is threading.main_thread() and sys.platform != "win32"
+
+
 async def _serve_stdio(server: Server) -> None:
     import anyio
     from mcp.server.stdio import stdio_server
@@ -497,7 +503,8 @@ async def _serve_stdio(server: Server) -> None:
                     group.cancel_scope.cancel()
                     return
 
-        group.start_soon(stop_on_signal)
+        if _owns_signals():
+            group.start_soon(stop_on_signal)
         # stdio_server only iterates over `stdin`; stdout stays the SDK's (fd 1 diverted to stderr
         # while serving, so a stray print cannot corrupt the wire).
         async with stdio_server(stdin=_StdinLines(0)) as (read, write):  # type: ignore[arg-type]
@@ -519,8 +526,9 @@ async def _serve_http(server: Server, host: str, port: int) -> None:
     config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=5)
     # uvicorn stops on SIGTERM/SIGINT, then re-raises the signal to the handler it found: ignored
     # here, so the process goes on to close the store instead of dying with the default action.
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, signal.SIG_IGN)
+    if _owns_signals():
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, signal.SIG_IGN)
     shown = f"[{host}]" if ":" in host else host
     print(f"tiered-memory MCP server listening on http://{shown}:{bound}/mcp", file=sys.stderr, flush=True)
     await uvicorn.Server(config).serve(sockets=[listener])
