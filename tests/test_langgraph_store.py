@@ -670,3 +670,39 @@ def test_vector_memories_belong_to_the_items_namespace(store):
     store.put(("n", "1"), "k", {"a": "alpha text", "b": "beta text"}, index=["a", "b"])
     kinds = {store.memory.record(m).kind: store.memory.record(m).namespace for m in store.memory.ids()}
     assert kinds == {ITEM_KIND: "langgraph/n.1", VECTOR_KIND: "langgraph/n.1"}
+
+
+def test_a_stale_vector_left_by_an_interrupted_put_is_ignored_then_repaired(store):
+    store.put(("s",), "k", {"a": "the red fox", "b": "quantum computing lecture notes"}, index=["a", "b"])
+    vector_memory = next(m for m in store.memory.ids() if m.endswith(".1"))
+    # What a put that stopped after its item and before its second vector leaves: the vector memory
+    # still holds a text the item no longer has.
+    store.memory.update(vector_memory, text="medieval castle architecture")
+    assert [hit.key for hit in store.search(("s",), query="medieval castle architecture")] == ["k"]
+    hit = store.search(("s",), query="medieval castle architecture")[0]
+    assert hit.score < 0.5  # scored by its item text only: the stale vector is not trusted
+    store.put(("s",), "k", {"a": "the red fox", "b": "quantum computing lecture notes"}, index=["a", "b"])
+    assert store.memory.record(vector_memory).text == "quantum computing lecture notes"
+    assert store.search(("s",), query="quantum computing lecture notes")[0].score > 0.95
+
+
+def test_concurrent_puts_of_one_key_leave_one_item(store):
+    import threading
+
+    errors: list[BaseException] = []
+
+    def writer(n: int) -> None:
+        try:
+            for i in range(5):
+                store.put(("c",), "shared", {"text": f"writer {n} version {i}", "writer": n})
+        except BaseException as err:  # reported by the assertion below
+            errors.append(err)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len(store.memory.ids()) == 1
+    assert store.get(("c",), "shared").value["text"].endswith("version 4")
