@@ -101,6 +101,18 @@ def sqlite_connection(path: Path) -> tuple[Any, str]:
     return pysqlite3.connect(str(path), check_same_thread=False, isolation_level=None), "pysqlite3"
 
 
+def peer_versions() -> dict[str, str | None]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found: dict[str, str | None] = {}
+    for name in ("langgraph", "langgraph-checkpoint", "langgraph-checkpoint-sqlite", "sqlite-vec", "pysqlite3-binary"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = None
+    return found
+
+
 def run(items: int, queries: int, workdir: Path) -> dict[str, Any]:
     from langgraph.store.memory import InMemoryStore
     from langgraph.store.sqlite import SqliteStore
@@ -124,7 +136,7 @@ def run(items: int, queries: int, workdir: Path) -> dict[str, Any]:
     stores["sqlite"].setup()
 
     result: dict[str, Any] = {"machine": machine, "items": items, "queries": queries, "k": K, "sqlite_driver": driver,
-                              "stores": {}}
+                              "peers": peer_versions(), "stores": {}}
     try:
         for name, store in stores.items():  # put throughput: one put per item, the whole corpus
             started = time.perf_counter()
@@ -187,7 +199,8 @@ def overhead(store: TieredStore, memory: TieredMemory, keys: list[str], query_te
     puts = interleaved({
         "store": lambda q: store.put(("fresh", "store"), f"n{next(new_keys)}", {"text": q}),
         "engine": lambda q: memory.add(q, namespace="raw/fresh", vector=np.asarray(embed.table[q]),
-                                       id=f"raw{next(new_keys)}", metadata={"key": q, "value": json.dumps({"text": q})}),
+                                       id=f"raw{next(new_keys)}",
+                                       metadata={"key": q, "value": json.dumps({"text": q})}),
     }, texts)
     out: dict[str, Any] = {}
     for name, samples in (("get", gets), ("search", searches), ("put", puts)):
@@ -203,15 +216,19 @@ def render(r: dict[str, Any]) -> str:
         "# LangGraph stores: TieredStore vs InMemoryStore and SqliteStore",
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores, load {m['load_average_1m']:.2f} at start, Python {m['python']}, "
-        f"revision {m['git_revision']}. Libraries: {', '.join(f'{k} {v}' for k, v in libs.items() if v)}.",
+        f"revision {m['git_revision']}. Libraries: {', '.join(f'{k} {v}' for k, v in libs.items() if v)}. "
+        f"Peers: {', '.join(f'{k} {v}' for k, v in r['peers'].items() if v)} (SqliteStore through "
+        f"{r['sqlite_driver']}).",
         "",
-        f"Data: {r['items']:,} distinct DailyDialog utterances as items `{{\"text\": ..., \"dialogue_turn\": n}}` in one "
-        f"namespace, {r['queries']} held-out utterances as queries (seed 0). Every store indexes `text` with the same "
+        f"Data: {r['items']:,} distinct DailyDialog utterances as items "
+        f"`{{\"text\": ..., \"dialogue_turn\": n}}` in one namespace, {r['queries']} held-out utterances as "
+        "queries (seed 0). Every store indexes `text` with the same "
         "function: the engine's ONNX all-MiniLM-L6-v2, run once per text before timing (timings exclude the model). "
         "Single calls interleaved in blocks of 20, warm-up block discarded. "
         "Command: `HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/langgraph_store.py`.",
         "",
-        "| store | put items/s | put p50 µs | search p50 µs | search p99 µs | recall@10 (tie-aware) | get p50 µs | get p99 µs |",
+        "| store | put items/s | put p50 µs | search p50 µs | search p99 µs | recall@10 (tie-aware) "
+        "| get p50 µs | get p99 µs |",
         "|---|---|---|---|---|---|---|---|",
     ]
     labels = {"tiered-sync": "TieredStore (durability sync, default)", "tiered-async": "TieredStore (durability async)",
@@ -220,7 +237,8 @@ def render(r: dict[str, Any]) -> str:
         lines.append(f"| {labels.get(name, name)} | {s['put_items_per_s']:,.0f} | {s['put']['p50_us']:,.0f} | "
                      f"{s['search']['p50_us']:,.0f} | {s['search']['p99_us']:,.0f} | {s['recall_at_10']:.4f} | "
                      f"{s['get']['p50_us']:,.1f} | {s['get']['p99_us']:,.1f} |")
-    lines += ["", "TieredStore's overhead over the engine call it wraps (durability sync, same store, interleaved):", "",
+    lines += ["", "TieredStore's overhead over the engine call it wraps (durability sync, same store, interleaved):",
+              "",
               "| operation | TieredStore p50 µs | TieredMemory p50 µs | ratio |", "|---|---|---|---|"]
     calls = {"get": "get → `get(id, namespace=)`", "search": "search → `search(vector=, mode=\"dense\", kinds=)`",
              "put": "put (new key) → `add(text, vector=, id=, metadata=)`"}
