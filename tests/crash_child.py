@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import sys
 from typing import Any
@@ -29,6 +30,16 @@ SETTINGS: dict[str, Any] = dict(
     hot_capacity=8, warm_capacity=40, maintain_every_ops=60, calibration_size=48, topic_min_memories=64,
     exact_search_max=16,
 )
+# Profile "unloading": six namespaces under a warm budget of a few rows, so the background thread
+# unloads (persisting rows, topic models and graphs) all the time, and an on-disk cold index is
+# built (and rebuilt) in the background past 24 cold rows: kills land inside unloads, index builds
+# and their installs as well.
+PROFILES: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
+    "default": (NAMESPACES, SETTINGS),
+    "unloading": (tuple(f"agent/{c}" for c in "abcdef"),
+                  {**SETTINGS, "warm_budget_bytes": 3_000, "cold_index_min_rows": 24}),
+}
+PROFILE_VARIABLE = "TIERED_MEMORY_CRASH_PROFILE"
 
 
 def vector_for(text: str) -> np.ndarray:
@@ -45,14 +56,15 @@ def _emit(message: dict[str, Any]) -> None:
 
 def main(store: str, seed: int, durability: str) -> None:
     rng = random.Random(seed)
-    mem = TieredMemory(store, encoder=None, dimension=DIM, durability=durability, **SETTINGS)
-    live = {namespace: mem.ids(namespace) for namespace in NAMESPACES}
+    namespaces, settings = PROFILES[os.environ.get(PROFILE_VARIABLE, "default")]
+    mem = TieredMemory(store, encoder=None, dimension=DIM, durability=durability, **settings)
+    live = {namespace: mem.ids(namespace) for namespace in namespaces}
     _emit({"ready": len(mem)})
     seq = 0
     while True:
         seq += 1
         size = sum(len(ids) for ids in live.values())
-        namespace = rng.choice(NAMESPACES)
+        namespace = rng.choice(namespaces)
         ids = live[namespace]
         roll = rng.random()
         add_share = 0.55 if size < TARGET_SIZE else 0.25

@@ -12,6 +12,7 @@ from collections import Counter
 import numpy as np
 
 from tiered_memory import TieredMemory
+from tiered_memory.blocks import INDEXED
 from tiered_memory.catalog import COLD, HOT, WARM
 
 
@@ -90,6 +91,7 @@ def _code_blocks(mem: TieredMemory, problems: list[str]) -> None:
     if set(blocks.place) != live:
         problems.append(f"code blocks place {len(blocks.place)} slots, the catalog has {len(live)} live ones")
     seen: set[int] = set()
+    indexed_slots = {name: set(part.slot_by_key.tolist()) for name, part in mem.cold_parts.parts.items()}
     for key, block in blocks.blocks.items():
         for row, slot in enumerate(block.slots[: block.size].tolist()):
             if slot in seen:
@@ -99,7 +101,12 @@ def _code_blocks(mem: TieredMemory, problems: list[str]) -> None:
                 problems.append(f"block {key} row {row} holds slot {slot}, but place says {blocks.place.get(slot)}")
             if slot in live:
                 expected = (catalog.ns[slot], catalog.topic[slot], catalog.tier[slot] == COLD)
-                if key != expected:
+                indexed = (catalog.ns[slot], INDEXED, True)
+                if key == indexed and catalog.tier[slot] == COLD:
+                    if slot not in indexed_slots.get(catalog.namespaces.names[catalog.ns[slot]], ()):
+                        problems.append(f"slot {slot} ({catalog.ids[slot]}) sits in the indexed block, but no "
+                                        "on-disk index of its namespace holds it")
+                elif key != expected:
                     problems.append(f"slot {slot} ({catalog.ids[slot]}) sits in block {key}, expected {expected}")
     cold_rows = Counter(catalog.ns[slot] for slot in live if catalog.tier[slot] == COLD)
     for ns in set(cold_rows) | {ns for ns, count in blocks.cold_count.items() if count}:

@@ -152,8 +152,7 @@ class ColdStoreContract:
         cold = open_cold()
         add(cold, "ns", [memory("a")])
         ns = cold.namespace_id("ns")
-        used = memory("a")
-        used.access_count, used.last_accessed = 40, 99.0
+        used = memory("a").replace(access_count=40, last_accessed=99.0)
         cold.write(cold.row_ops(ns, ["a"], [memory_row(used)]))
         rows = cold.load_namespace(ns)
         assert (rows.uses, rows.accessed) == ([40], [99.0])

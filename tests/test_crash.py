@@ -23,7 +23,7 @@ import pytest
 
 from tiered_memory import MemoryNotFoundError, TieredMemory
 
-from .crash_child import DIM, SETTINGS, vector_for
+from .crash_child import DIM, PROFILE_VARIABLE, PROFILES, vector_for
 from .invariants import LoggedErrors, invariant_violations
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -204,8 +204,9 @@ def verify(mem: TieredMemory, model: dict[str, Expected], deleted: dict[str, Exp
 
 
 def run_crash_trials(store: Path, trials: int, seed: int = 0, durability: str = "sync",
-                     max_alive_s: float = 0.6) -> CrashReport:
-    """Run `trials` kill-and-reopen rounds on one store; returns the figures."""
+                     max_alive_s: float = 0.6, profile: str = "default") -> CrashReport:
+    """Run `trials` kill-and-reopen rounds on one store; returns the figures. `profile`: the
+    child's namespaces and settings (tests/crash_child.py PROFILES)."""
     rng = random.Random(seed)
     report = CrashReport()
     model: dict[str, Expected] = {}
@@ -213,6 +214,7 @@ def run_crash_trials(store: Path, trials: int, seed: int = 0, durability: str = 
     started = time.perf_counter()
     store.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env[PROFILE_VARIABLE] = profile
     repairs = _RepairCounter()
     logger = logging.getLogger("tiered_memory")
     with LoggedErrors() as errors:
@@ -262,7 +264,8 @@ def _trials(store: Path, trials: int, seed: int, durability: str, max_alive_s: f
         warnings_before = repairs.repairs
         logger.addHandler(repairs)
         try:
-            mem = TieredMemory(store, encoder=None, dimension=DIM, read_only=trial % 2 == 1, **SETTINGS)
+            mem = TieredMemory(store, encoder=None, dimension=DIM, read_only=trial % 2 == 1,
+                               **PROFILES[env[PROFILE_VARIABLE]][1])
         finally:
             logger.removeHandler(repairs)
         report.warm_repairs += repairs.repairs > warnings_before
@@ -294,6 +297,16 @@ def test_nothing_acknowledged_is_lost_across_random_kills(tmp_path: Path) -> Non
     # The kills must have hit a store under load, or the test proves nothing.
     assert report.writes_acknowledged > 200, report
     assert sum(report.in_flight_at_kill.values()) >= 10, report
+
+
+def test_kills_during_unloads_and_background_index_builds_lose_nothing(tmp_path: Path) -> None:
+    """Six namespaces under a budget of a few rows: the background thread unloads and builds
+    on-disk cold indexes the whole time, and the kills land there too."""
+    report = run_crash_trials(tmp_path / "store", trials=16, seed=4, profile="unloading", max_alive_s=1.2)
+    _check(report)
+    assert report.trials == 16 and report.writes_acknowledged > 150, report
+    # The background builds ran (and so could be killed): their files are there.
+    assert any((tmp_path / "store" / "coldindex").glob("*.usearch")), "no on-disk cold index was ever built"
 
 
 @pytest.mark.slow

@@ -28,14 +28,31 @@ def test_add_get_round_trip(open_store, clock) -> None:
     assert mem.tier_of(mid) is Tier.HOT  # ... and the get promoted it
 
 
-def test_returned_memories_are_copies(open_store) -> None:
+def test_returned_memories_are_read_only_records(open_store) -> None:
+    import copy
+    import json
+    import pickle
+
     mem = open_store()
-    mid = mem.add("a fact", metadata={"tags": "x"}, vector=unit_rows(1)[0])
-    first = mem.get(mid)
-    first.metadata["tags"] = "changed"
-    first.text = "changed"
+    mid = mem.add("a fact", metadata={"tags": ["x"], "nested": {"a": 1}}, vector=unit_rows(1)[0])
+    mem.get(mid)
+    first = mem.get(mid)  # served from hot: the cached record itself is shared, so it must not change
+    with pytest.raises(AttributeError):
+        first.text = "changed"  # type: ignore[misc]
+    for change in (lambda m: m.metadata.__setitem__("tags", "changed"), lambda m: m.metadata.update(a=1),
+                   lambda m: m.metadata["tags"].append("y"), lambda m: m.metadata["nested"].pop("a")):
+        with pytest.raises(TypeError, match="read-only"):
+            change(first)
     again = mem.get(mid)
-    assert again.text == "a fact" and again.metadata == {"tags": "x"}
+    assert again.text == "a fact" and again.metadata == {"tags": ["x"], "nested": {"a": 1}}
+    # Still plain data for callers: json, pickle, copies that can change, replace() for a changed copy.
+    assert json.loads(json.dumps(again.metadata)) == {"tags": ["x"], "nested": {"a": 1}}
+    assert pickle.loads(pickle.dumps(again)) == again
+    editable = copy.deepcopy(again.metadata)
+    editable["tags"].append("y")
+    assert again.replace(importance=0.9).importance == 0.9 and mem.get(mid).importance == 0.5
+    mem.update(mid, metadata=editable)
+    assert mem.get(mid).metadata["tags"] == ["x", "y"]
 
 
 def test_add_many_with_per_item_values(open_store) -> None:

@@ -176,16 +176,13 @@ def test_a_stale_copy_keeps_its_generation_for_the_graph_stamp(two_stores) -> No
 def test_a_stale_statistics_flush_does_not_undo_an_update(two_stores) -> None:
     here, there = two_stores
     ns = add(here, "shared", [memory("a")])
-    updated = memory("a")
-    updated.version, updated.importance, updated.kind = 2, 0.9, "preference"
+    updated = memory("a").replace(version=2, importance=0.9, kind="preference")
     here.write([*here.record_ops([updated]), *here.row_ops(ns, ["a"], [memory_row(updated)])])
-    stale = memory("a")
-    stale.access_count = 50  # a flush of statistics gathered on version 1
+    stale = memory("a").replace(access_count=50)  # a flush of statistics gathered on version 1
     there.write(there.row_ops(ns, ["a"], [memory_row(stale)]))
     rows = here.load_namespace(ns)
     assert (rows.version, rows.kinds, rows.importance) == ([2], ["preference"], [0.9])
-    same = memory("a")
-    same.version, same.importance, same.kind, same.access_count = 2, 0.9, "preference", 7
+    same = memory("a").replace(version=2, importance=0.9, kind="preference", access_count=7)
     there.write(there.row_ops(ns, ["a"], [memory_row(same)]))  # statistics of the current version land
     assert here.load_namespace(ns).uses == [7]
 
@@ -194,8 +191,7 @@ def test_an_update_overtaken_by_a_delete_does_not_bring_the_memory_back(two_stor
     here, there = two_stores
     ns = add(here, "shared", [memory("a"), memory("b")])
     there.write(there.delete_ops(ns, ["a"]))
-    late = memory("a")
-    late.version, late.text = 2, "an update that lost the race"
+    late = memory("a").replace(version=2, text="an update that lost the race")
     vector = unit_rows(1, seed=4)
     here.write([*here.record_ops([late]), *here.vector_ops(ns, late, here.quantizer.encode(vector)[0], vector[0]),
                 here.count_op(ns, 0), *here.row_ops(ns, ["a"], [memory_row(late)])])

@@ -13,7 +13,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "tiered_memory"
 FEATURES = ("agents.py", "agents_handle.py", "agents_store.py", "agents_notify.py", "conversation.py",
-            "prefetch.py")
+            "prefetch.py", "integrations/mem0.py")
 # Names under which these modules hold the store.
 STORE_NAMES = {"mem", "memory"}
 INTERNALS = {"cold", "catalog", "warm", "hot", "topics"}
@@ -32,6 +32,10 @@ def private_uses(source: str) -> list[str]:
         if isinstance(node, ast.Attribute) and _store_expression(node.value):
             if node.attr.startswith("_") or node.attr in INTERNALS:
                 found.append((node.lineno, node.col_offset, f"line {node.lineno}: .{node.attr}"))
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("vars", "getattr",
+                                                                                                  "setattr") \
+                and node.args and _store_expression(node.args[0]):
+            found.append((node.lineno, node.col_offset, f"line {node.lineno}: {node.func.id}()"))
     return [text for *_, text in sorted(found)]
 
 
@@ -41,5 +45,6 @@ def test_features_use_only_the_public_surface(module: str) -> None:
 
 
 def test_the_check_sees_what_it_looks_for() -> None:
-    sample = "with self.mem._rw.read:\n    found = mem.cold.vector(i)\nhub.mem._check_writable()\nmem.add(x)\n"
-    assert private_uses(sample) == ["line 1: ._rw", "line 2: .cold", "line 3: ._check_writable"]
+    sample = ("with self.mem._rw.read:\n    found = mem.cold.vector(i)\nhub.mem._check_writable()\nmem.add(x)\n"
+              "vars(mem).setdefault('x', 1)\n")
+    assert private_uses(sample) == ["line 1: ._rw", "line 2: .cold", "line 3: ._check_writable", "line 5: vars()"]

@@ -56,7 +56,7 @@ _KEEP: Any = object()  # register(): a setting left out keeps its registered val
 def _hubs_of(mem: TieredMemory) -> dict[str, AgentHub]:
     """The hubs open on a store, by user. Kept on the store itself: a hub refers to its store, so a
     registry outside it (even a WeakKeyDictionary) would keep every store alive."""
-    return vars(mem).setdefault("_agent_hubs", {})
+    return mem.attachment("agent hubs", dict)
 
 
 def check_name(name: object, what: str) -> str:

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import array
 from collections import defaultdict
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .blocks import CodeBlocks
+from .blocks import INDEXED, CodeBlocks
 
 if TYPE_CHECKING:
     from .cold import NamespaceRows
@@ -109,9 +110,10 @@ class Catalog:
         self.blocks.add(slot, (ns, memory.topic, tier == COLD), code)
         return slot
 
-    def load_namespace(self, ns: int, rows: NamespaceRows) -> list[int]:
+    def load_namespace(self, ns: int, rows: NamespaceRows, indexed: Sequence[bool] | None = None) -> list[int]:
         """Add a namespace's rows as read from cold in one go; returns their slots. Column
-        extends and one block write per block: row-at-a-time insert() costs ~10 us per memory."""
+        extends and one block write per block: row-at-a-time insert() costs ~10 us per memory.
+        `indexed`: per row, whether the namespace's on-disk index holds it (cold rows only)."""
         n = len(rows)
         kind_codes = [self.kinds.code(kind) for kind in rows.kinds]
         reused = self._free[-n:] if n else []
@@ -138,6 +140,8 @@ class Catalog:
         for tier in rows.tier:
             self.tier_counts[tier] += 1
         keys = [(ns, topic, tier == COLD) for topic, tier in zip(rows.topic, rows.tier)]
+        if indexed is not None:
+            keys = [(ns, INDEXED, True) if inside else key for key, inside in zip(keys, indexed)]
         self.blocks.add_many(slots, keys, rows.codes)
         return slots
 
@@ -175,7 +179,8 @@ class Catalog:
     def set_topic(self, slot: int, topic: int) -> None:
         if self.topic[slot] == topic:
             return
-        self.blocks.move(slot, (self.ns[slot], topic, self.tier[slot] == COLD))
+        if self.blocks.key_of(slot)[1] != INDEXED:  # an indexed cold row stays with its index
+            self.blocks.move(slot, (self.ns[slot], topic, self.tier[slot] == COLD))
         self.topic[slot] = topic
         self.dirty.add(slot)
 
@@ -187,6 +192,8 @@ class Catalog:
 
     def set_code(self, slot: int, code: np.ndarray) -> None:
         key = self.blocks.key_of(slot)
+        if key[1] == INDEXED:  # a new code is not the one the on-disk index holds: scan it instead
+            key = (key[0], self.topic[slot], True)
         self.blocks.remove(slot)
         self.blocks.add(slot, key, code)
 
@@ -216,10 +223,15 @@ class Catalog:
         return TIERS_BY_CODE[self.tier[slot]]
 
     def memory(self, slot: int, content: Memory) -> Memory:
-        """A fresh Memory for a caller: content from a cached or cold record, statistics from here."""
-        return Memory(
-            content.id, content.namespace, content.text, content.kind, dict(content.metadata),
+        """The Memory a caller gets: content from a cached or cold record (shared: records are
+        read-only), statistics from here. Built as a tuple directly: Memory(...) with keywords
+        cost 0.7 us of a 2.3 us hot get."""
+        return _new_record(Memory, (
+            content.id, content.namespace, content.text, content.kind, content.metadata,
             self.created[slot], self.updated[slot], self.accessed[slot], self.uses[slot],
             self.importance[slot], self.topic[slot], TIERS_BY_CODE[self.tier[slot]], self.version[slot],
             content.sensitive,
-        )
+        ))
+
+
+_new_record = tuple.__new__

@@ -33,6 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .reports.cli import add_report_parser
 
     add_report_parser(commands)
+
+    from .integrations.mcp_server import add_mcp_parser
+
+    add_mcp_parser(commands)
     return parser
 
 

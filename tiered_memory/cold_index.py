@@ -39,7 +39,7 @@ import logging
 import os
 import secrets
 import zlib
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +92,20 @@ def quantize(vectors: np.ndarray, scale: float) -> np.ndarray:
     return np.clip(np.rint(vectors * np.float32(scale)), -127, 127).astype(np.int8)
 
 
+_BUILD_CHUNK = 65_536  # rows converted to float32 at a time: 96 MiB at d=384, not 1.5 GiB for 1M rows
+
+
+def _checked_rows(vectors: Any, start: int, stop: int) -> np.ndarray:
+    """Rows [start, stop) as float32, refused if any is not finite or is all zeros. `vectors`
+    may be an array or anything with a shape that slices into arrays (rows decoded on demand)."""
+    rows = np.asarray(vectors[start:stop], dtype=np.float32)
+    if not np.isfinite(rows).all():
+        raise InvalidVectorError("a vector given to ColdIndex.build holds NaN or infinity")
+    if not (np.abs(rows).max(axis=1) > 0).all():
+        raise InvalidVectorError("a vector given to ColdIndex.build is all zeros; cosine needs a direction")
+    return rows
+
+
 def _query_code(q: np.ndarray) -> np.ndarray:
     # A query has its own scale (its largest coordinate maps to 127): cosine ignores it, and
     # this keeps the most levels of the query that rounding allows.
@@ -130,7 +144,8 @@ class _Ids:
 class ColdIndex:
     """A read-only int8 HNSW graph over one namespace's cold rows, opened from a file."""
 
-    def __init__(self, path: Path, meta: dict[str, Any], index: Any, ids: _Ids) -> None:
+    def __init__(self, path: Path, meta: dict[str, Any], index: Any, ids: _Ids,
+                 arrays: dict[str, np.ndarray] | None = None) -> None:
         self.path = path
         self.count: int = meta["count"]
         self.dimension: int = meta["dimension"]
@@ -138,6 +153,7 @@ class ColdIndex:
         self._meta = meta
         self._index = index
         self._ids = ids
+        self._arrays = arrays or {}
 
     def __repr__(self) -> str:
         return f"ColdIndex({str(self.path)!r}, count={self.count}, generation={self.generation})"
@@ -150,27 +166,29 @@ class ColdIndex:
     @classmethod
     def build(cls, path: str | os.PathLike[str], ids: Sequence[str], vectors: np.ndarray, generation: int, *,
               connectivity: int = 16, expansion_add: int = 128, expansion_search: int = 128,
-              clip_quantile: float = 0.9999, threads: int = 0) -> ColdIndex:
+              clip_quantile: float = 0.9999, threads: int = 0,
+              arrays: Mapping[str, np.ndarray] | None = None) -> ColdIndex:
         """Write the index of these (id, unit vector) rows to `path` atomically and open it.
 
         `generation` is the caller's stamp (e.g. the namespace's cold-part version), checked by
         ``open``. `threads`: build threads, 0 = all cores. The benchmark built with expansion_add
         64 to fit its time budget (1M rows: 488 s on 2 busy cores); 128 builds a better graph
-        (at 200k, recall 0.984 against 0.966 at expansion_search 64) for about twice the time."""
+        (at 200k, recall 0.984 against 0.966 at expansion_search 64) for about twice the time.
+        `arrays`: the caller's per-row bookkeeping (one row per id, e.g. fingerprints of the codes
+        indexed), saved as .npy files under the same checksums and commit point, read back
+        memory-mapped by :meth:`array`."""
         path = Path(path)
         ids = [check_id(memory_id) for memory_id in ids]
-        vectors = np.asarray(vectors, dtype=np.float32)
-        if vectors.ndim != 2 or len(vectors) != len(ids):
-            raise DimensionMismatchError(f"vectors must be ({len(ids)}, d) for {len(ids)} ids, "
-                                         f"got shape {vectors.shape}")
+        shape = getattr(vectors, "shape", None)
+        if shape is None or not hasattr(vectors, "__getitem__"):
+            vectors = np.asarray(vectors, dtype=np.float32)
+            shape = vectors.shape
+        if len(shape) != 2 or shape[0] != len(ids):
+            raise DimensionMismatchError(f"vectors must be ({len(ids)}, d) for {len(ids)} ids, got shape {shape}")
         if not ids:
             raise InvalidInputError("a cold index needs at least one row; search an empty cold part by scan")
         if len(set(ids)) != len(ids):
             raise InvalidInputError("ids given to ColdIndex.build must be distinct; pass each memory once")
-        if not np.isfinite(vectors).all():
-            raise InvalidVectorError("a vector given to ColdIndex.build holds NaN or infinity")
-        if not (np.abs(vectors).max(axis=1) > 0).all():
-            raise InvalidVectorError("a vector given to ColdIndex.build is all zeros; cosine needs a direction")
         if isinstance(generation, bool) or not isinstance(generation, int | np.integer) or generation < 0:
             raise InvalidInputError(f"generation must be a non-negative int, got {generation!r}")
         for name, value in (("connectivity", connectivity), ("expansion_add", expansion_add),
@@ -179,17 +197,30 @@ class ColdIndex:
                 raise ConfigError(f"{name} must be an int >= 2, got {value!r}")
         if not 0.5 < clip_quantile <= 1.0:
             raise ConfigError(f"clip_quantile must be in (0.5, 1], got {clip_quantile!r}")
-        sample = vectors if len(vectors) <= 20_000 else vectors[:: len(vectors) // 20_000]
+        arrays = dict(arrays or {})
+        for name, array in arrays.items():
+            if not (isinstance(name, str) and name.isidentifier() and name not in ("graph", "ids")):
+                raise InvalidInputError(f"array names must be identifiers other than graph and ids, got {name!r}")
+            if not isinstance(array, np.ndarray) or len(array) != len(ids) or array.dtype == object:
+                raise InvalidInputError(f"array {name!r} must be a numeric ndarray with one row per id")
+        dimension = int(shape[1])
+        step = max(1, len(ids) // 20_000)
+        sample = np.concatenate([_checked_rows(vectors, start, min(start + _BUILD_CHUNK, len(ids)))[::step]
+                                 for start in range(0, len(ids), _BUILD_CHUNK)])
         scale = 127.0 / float(np.quantile(np.abs(sample), clip_quantile))
-        index = _usearch()(ndim=vectors.shape[1], metric="cos", dtype="i8", connectivity=connectivity,
+        index = _usearch()(ndim=dimension, metric="cos", dtype="i8", connectivity=connectivity,
                            expansion_add=expansion_add, expansion_search=expansion_search)
-        index.add(np.arange(len(ids), dtype=np.uint64), quantize(vectors, scale), threads=threads)
+        for start in range(0, len(ids), _BUILD_CHUNK):
+            stop = min(start + _BUILD_CHUNK, len(ids))
+            index.add(np.arange(start, stop, dtype=np.uint64), quantize(_checked_rows(vectors, start, stop), scale),
+                      threads=threads)
 
         path.parent.mkdir(parents=True, exist_ok=True)
         token = f"{int(generation)}-{secrets.token_hex(4)}"
         names = {"graph": f"{path.name}.{token}.usearch", "ids": f"{path.name}.{token}.ids"}
+        names.update({name: f"{path.name}.{token}.{name}.npy" for name in arrays})
         meta: dict[str, Any] = {
-            "format": FORMAT, "count": len(ids), "dimension": int(vectors.shape[1]), "generation": int(generation),
+            "format": FORMAT, "count": len(ids), "dimension": dimension, "generation": int(generation),
             "metric": "cos", "dtype": "i8", "scale": scale, "connectivity": connectivity,
             "expansion_add": expansion_add, "expansion_search": expansion_search, "files": {},
         }
@@ -201,6 +232,11 @@ class ColdIndex:
                 if part == "graph":
                     index.save(str(temporary))
                     with open(temporary, "rb+") as file:
+                        os.fsync(file.fileno())
+                elif part in arrays:
+                    with open(temporary, "wb") as file:
+                        np.save(file, np.ascontiguousarray(arrays[part]), allow_pickle=False)
+                        file.flush()
                         os.fsync(file.fileno())
                 else:
                     _write_synced(temporary, _Ids.encode(ids))
@@ -223,7 +259,7 @@ class ColdIndex:
             for part in previous.get("files", {}).values():
                 if isinstance(part, dict) and isinstance(part.get("name"), str) and part["name"] not in names.values():
                     (path.parent / Path(part["name"]).name).unlink(missing_ok=True)
-        opened = cls.open(path, generation=int(generation), count=len(ids), dimension=int(vectors.shape[1]),
+        opened = cls.open(path, generation=int(generation), count=len(ids), dimension=dimension,
                           verify=False)
         if opened is None:
             raise StorageError(f"the cold index just written to {path} does not open; see the log")
@@ -258,7 +294,9 @@ class ColdIndex:
                     raise StorageError(f"the sidecar has no valid {name}")
                 if expected is not None and meta[name] != expected:
                     raise StorageError(f"its {name} is {meta[name]}, the caller expects {expected}")
-            files = {part: meta["files"][part] for part in ("graph", "ids")}
+            files = dict(meta["files"])
+            if not {"graph", "ids"} <= set(files):
+                raise StorageError("the sidecar names no graph or ids file")
             paths = {part: path.parent / Path(str(entry["name"])).name for part, entry in files.items()}
             for part, entry in files.items():
                 size = paths[part].stat().st_size
@@ -271,10 +309,14 @@ class ColdIndex:
             if index is None or len(index) != meta["count"] or index.ndim != meta["dimension"]:
                 raise StorageError("the graph file disagrees with the sidecar")
             index.expansion_search = int(meta["expansion_search"])
+            arrays = {part: np.load(paths[part], mmap_mode="r", allow_pickle=False)
+                      for part in files if part not in ("graph", "ids")}
+            if any(len(array) != meta["count"] for array in arrays.values()):
+                raise StorageError("an array file disagrees with the sidecar's count")
         except (OSError, ValueError, KeyError, TypeError, RuntimeError, StorageError) as err:
             log.warning("cold index %s not used (%s); the namespace's cold part is scanned instead", path, err)
             return None
-        return cls(path, meta, index, ids)
+        return cls(path, meta, index, ids, arrays)
 
     # -- search --------------------------------------------------------------------------------------
 
@@ -287,6 +329,16 @@ class ColdIndex:
         set smaller than ``exact_search_max`` is better scored exactly by the caller). Scores are
         cosines of the int8 codes (error about 1e-3), not exact inner products; rescore if needed.
         `expansion`: the graph's search breadth for this query (default: the build's)."""
+        accepts = None if allowed is None else (allowed if callable(allowed) else allowed.__contains__)
+        ids = self._ids
+        keys, scores = self.search_keys(q, k, None if accepts is None else (lambda key: accepts(ids[key])),
+                                        oversample=oversample, expansion=expansion)
+        return [ids[key] for key in keys.tolist()], scores
+
+    def search_keys(self, q: np.ndarray, k: int, accepts: Callable[[int], bool] | None = None, *,
+                    oversample: int = 1, expansion: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """As :meth:`search`, by row position (the order given to ``build``) instead of id: the
+        engine maps positions to its own rows with an array, without decoding an id per candidate."""
         if self._index is None:
             raise StorageError(f"the cold index {self.path} is closed; open it again")
         q = np.asarray(q, dtype=np.float32).reshape(-1)
@@ -298,7 +350,6 @@ class ColdIndex:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InvalidInputError(f"{name} must be a positive int, got {value!r}")
         wanted = min(k * oversample, self.count)
-        accepts = None if allowed is None else (allowed if callable(allowed) else allowed.__contains__)
         code = _query_code(q)
         fetch = wanted
         index = self._index
@@ -312,15 +363,24 @@ class ColdIndex:
                 index.expansion_search = default_expansion
             keys = np.asarray(matches.keys, dtype=np.int64)
             scores = 1.0 - np.asarray(matches.distances, dtype=np.float32)
-            found = [self._ids[key] for key in keys.tolist()]
             if accepts is None:
-                return found[:wanted], scores[:wanted]
-            kept = [i for i, memory_id in enumerate(found) if accepts(memory_id)]
+                return keys[:wanted], scores[:wanted]
+            kept = [i for i, key in enumerate(keys.tolist()) if accepts(key)]
             if len(kept) >= wanted or fetch >= self.count:
                 kept = kept[:wanted]
-                return [found[i] for i in kept], scores[kept]
+                return keys[kept], scores[kept]
             fetch = min(self.count, fetch * 4)
-        return [found[i] for i in kept], scores[kept]
+        return keys[kept], scores[kept]
+
+    def array(self, name: str) -> np.ndarray:
+        """A per-row array saved by ``build(arrays=)``, memory-mapped read-only."""
+        if name not in self._arrays:
+            raise InvalidInputError(f"the cold index {self.path} holds no array {name!r}")
+        return self._arrays[name]
+
+    def id_of(self, key: int) -> str:
+        """The id of the row at position `key` (the order given to ``build``)."""
+        return self._ids[key]
 
     # -- housekeeping --------------------------------------------------------------------------------
 
@@ -335,13 +395,14 @@ class ColdIndex:
     def file_bytes(self) -> int:
         """Bytes of this index's files on disk (graph, ids, sidecar)."""
         files = self._meta["files"]
-        return int(files["graph"]["bytes"]) + int(files["ids"]["bytes"]) + len(json.dumps(self._meta, sort_keys=True))
+        return sum(int(entry["bytes"]) for entry in files.values()) + len(json.dumps(self._meta, sort_keys=True))
 
     def close(self) -> None:
         """Unmap the files; searching afterwards raises StorageError."""
         if self._index is not None:
             self._index.reset()
             self._index = None
+            self._arrays = {}
 
     def __enter__(self) -> ColdIndex:
         return self

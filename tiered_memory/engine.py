@@ -32,6 +32,7 @@ from cachetools import LRUCache
 
 from .catalog import COLD, WARM, Catalog
 from .cold import STORE_SCHEMA, ColdTier, Op, text_key
+from .cold_parts import ColdParts
 from .cold_store import ColdStore, SharedColdStore
 from .config import MemoryConfig
 from .crypto import Sealer
@@ -116,6 +117,7 @@ class StoreStats:
     demotions: dict[str, int]
     quantizer: dict[str, Any] = field(default_factory=dict)
     loaded: dict[str, Any] = field(default_factory=dict)  # loaded namespaces: count, bytes, loads, unloads
+    cold_index: dict[str, Any] = field(default_factory=dict)  # on-disk indexes of huge namespaces' cold parts
 
     def as_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
@@ -294,6 +296,8 @@ class TieredMemory(SearchMixin, TierManagerMixin):
         self._query_cache: LRUCache = LRUCache(max(config.query_cache_size, 1))
         self._query_lock = threading.Lock()
         self.lexical = LexicalTier(self._lexical_docs)
+        self.cold_parts = ColdParts(self.path / "coldindex")
+        self._cold_build_lock = threading.Lock()  # one on-disk index build at a time
         self._hits = {"hot": 0, "warm": 0, "cold": 0}
         self._misses = {"hot": 0, "warm": 0, "cold": 0}
         self._promotions = {"cold->warm": 0, "warm->hot": 0}
@@ -306,6 +310,7 @@ class TieredMemory(SearchMixin, TierManagerMixin):
         self._calibrated_on = self.cold.meta_get("calibrated_on", 0)
         self._has_sealed = bool(self.cold.meta_get("has_sealed", False))
         self._topics_dirty: set[str] = set()  # namespaces whose topic model changed since it was written
+        self._attachments: dict[str, Any] = {}  # features' per-store objects: see attachment()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -336,6 +341,7 @@ class TieredMemory(SearchMixin, TierManagerMixin):
                 self._closed = True
                 with self._mutex:
                     self.hot.clear()
+                self.cold_parts.close()
                 self.cold.close()
                 self._dirlock.release()
 
@@ -536,11 +542,9 @@ class TieredMemory(SearchMixin, TierManagerMixin):
         model = self.topics.get(namespace)
         if model is not None:
             topics, _ = model.assign(vectors)
-            for memory, topic in zip(memories, topics.tolist()):
-                memory.topic = topic
+            memories = [memory._replace(topic=topic) for memory, topic in zip(memories, topics.tolist())]
         to_warm = self._warm_admissions(memories)
-        for i, memory in enumerate(memories):
-            memory.tier = Tier.WARM if to_warm[i] else Tier.COLD
+        memories = [memory._replace(tier=Tier.WARM if to_warm[i] else Tier.COLD) for i, memory in enumerate(memories)]
         codes = quantizer.encode(vectors)
         sealing = self._key_check_ops() if any(memory.sensitive for memory in memories) and \
             not self._has_sealed else []
@@ -562,6 +566,8 @@ class TieredMemory(SearchMixin, TierManagerMixin):
         self._warm_put_or_cold(namespace, chosen)
         self._namespace_grew(namespace)
         self._enforce_warm_capacity(protect=set(chosen))
+        if not to_warm.all():  # memories went straight to cold: maybe enough for an on-disk index
+            self._wake_for_cold_index([ns])
         if answer.repeats:  # a repeat within the batch counts as a use of the memory it repeats
             now = self.clock()
             with self._mutex:
@@ -742,13 +748,17 @@ class TieredMemory(SearchMixin, TierManagerMixin):
         with LoadedRead(self, namespaces):
             self._check_open()
             lookup = Lookup(self)
-            found: dict[int, float] = {}
-            for ns in namespaces:
-                for slot, score in self._search_namespace(ns, q, fetch, kind_names, predicate, only_ids, lookup,
-                                                          period):
-                    if score > found.get(slot, -math.inf):
-                        found[slot] = score
-            ranked = sorted(found.items(), key=lambda item: -item[1])[:fetch]
+            if len(namespaces) == 1:  # one list, already best first: nothing to merge
+                ranked = self._search_namespace(namespaces[0], q, fetch, kind_names, predicate, only_ids, lookup,
+                                                period)
+            else:
+                found: dict[int, float] = {}
+                for ns in namespaces:
+                    for slot, score in self._search_namespace(ns, q, fetch, kind_names, predicate, only_ids,
+                                                              lookup, period):
+                        if score > found.get(slot, -math.inf):
+                            found[slot] = score
+                ranked = sorted(found.items(), key=lambda item: -item[1])[:fetch]
             if self.config.rescore:
                 ranked = self._rescore(q, ranked)[:k]
             if min_score is not None:
@@ -803,7 +813,7 @@ class TieredMemory(SearchMixin, TierManagerMixin):
             current = catalog.memory(slot, old)
             changed = Memory(
                 memory_id, old.namespace, text if text is not None else old.text, kind or old.kind,
-                metadata if metadata is not None else dict(old.metadata), current.created_at, now,
+                metadata if metadata is not None else old.metadata, current.created_at, now,
                 current.last_accessed, current.access_count,
                 importance if importance is not None else current.importance, current.topic, current.tier,
                 current.version + 1, old.sensitive,
@@ -820,12 +830,12 @@ class TieredMemory(SearchMixin, TierManagerMixin):
                         ops.append(("texts", new_key, memory_id.encode("utf-8")))
             if new_vector is not None:
                 if model is not None:
-                    changed.topic = int(model.assign(new_vector)[0][0])
+                    changed = changed._replace(topic=int(model.assign(new_vector)[0][0]))
                 code = self.cold.quantizer.encode(new_vector)
                 ops += self.cold.vector_ops(ns, changed, code[0], new_vector[0])
                 ops.append(self.cold.count_op(ns, 0))  # the namespace's vectors changed: saved graphs are stale
             with self._mutex:
-                changed.tier = catalog.tier_of(slot)
+                changed = changed._replace(tier=catalog.tier_of(slot))
             ops += self.cold.row_ops(ns, [memory_id], [self._row_bytes(slot, changed)])
             self.cold.write(ops)
             with self._mutex:
@@ -969,6 +979,7 @@ class TieredMemory(SearchMixin, TierManagerMixin):
                 quantizer={"scheme": self.cold.quantizer.name, "calibrated": self.cold.quantizer.calibrated,
                            "calibrated_on": self._calibrated_on},
                 loaded=self.registry.stats(),
+                cold_index=self.cold_parts.stats(),
             )
 
     def __len__(self) -> int:
@@ -1107,6 +1118,15 @@ class TieredMemory(SearchMixin, TierManagerMixin):
         with self._rw.read:
             self._check_open()
             return self.cold.vector(memory_id)
+
+    def attachment(self, key: str, factory: Callable[[], Any]) -> Any:
+        """A feature's per-store object (made by `factory` on first use, the same one afterwards):
+        state that lives as long as this open store, e.g. the agent hubs open on it. Kept on the
+        store, not in a registry beside it, so that it never keeps a closed store alive."""
+        with self._mutex:
+            if key not in self._attachments:
+                self._attachments[key] = factory()
+            return self._attachments[key]
 
     def extra(self, prefix: bytes) -> ExtraStore:
         """A key-value store of this store's cold tier, scoped to keys starting with `prefix`."""

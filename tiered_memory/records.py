@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import enum
 import math
 import secrets
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
@@ -52,15 +52,79 @@ TIER_CODES = {Tier.COLD: 0, Tier.WARM: 1, Tier.HOT: 2}
 TIERS_BY_CODE = (Tier.COLD, Tier.WARM, Tier.HOT)
 
 
-@dataclass(slots=True)
-class Memory:
-    """One memory. Instances handed to callers are copies: changing them changes nothing stored."""
+class FrozenDict(dict):  # type: ignore[type-arg]
+    """A dict that refuses changes: the metadata of a :class:`Memory`.
+
+    Records are shared between the hot tier and every caller that reads them (no copy per call:
+    a fresh metadata dict was a third of a hot get's cost), so nothing reachable from one may
+    change. It is still a dict: json, msgpack and ``==`` treat it as one; ``dict(m.metadata)``
+    gives a mutable copy."""
+
+    __slots__ = ()
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError("a memory's metadata is read-only: copy it with copy.deepcopy(memory.metadata), change "
+                        "the copy, and pass it to update(memory_id, metadata=...)")
+
+    __setitem__ = __delitem__ = __ior__ = _refuse  # type: ignore[assignment]
+    clear = pop = popitem = setdefault = update = _refuse  # type: ignore[assignment]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (FrozenDict, (dict(self),))
+
+    def __copy__(self) -> dict[str, Any]:  # a copy is for changing: a plain dict
+        return dict(self)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> dict[str, Any]:
+        return {key: copy.deepcopy(value, memo) for key, value in self.items()}
+
+
+class FrozenList(list):  # type: ignore[type-arg]
+    """A list that refuses changes (lists inside a memory's metadata); ``list(x)`` copies it."""
+
+    __slots__ = ()
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError("a memory's metadata is read-only: copy it with copy.deepcopy(memory.metadata), change "
+                        "the copy, and pass it to update(memory_id, metadata=...)")
+
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = _refuse  # type: ignore[assignment]
+    append = extend = insert = remove = pop = clear = sort = reverse = _refuse  # type: ignore[assignment]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (FrozenList, (list(self),))
+
+    def __copy__(self) -> list[Any]:
+        return list(self)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> list[Any]:
+        return [copy.deepcopy(value, memo) for value in self]
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        raise TypeError("unhashable type: 'FrozenList'")
+
+
+def freeze(value: Any) -> Any:
+    """`value` with every dict and list inside it made read-only (others are immutable already)."""
+    if type(value) is dict:
+        if not any(type(item) in (dict, list) for item in value.values()):
+            return FrozenDict(value)
+        return FrozenDict({key: freeze(item) for key, item in value.items()})
+    if type(value) is list:
+        return FrozenList([freeze(item) for item in value])
+    return value
+
+
+class Memory(NamedTuple):
+    """One memory, as a read-only record: callers share it without a copy per call, and it cannot
+    be changed (its metadata is a :class:`FrozenDict`). ``memory.replace(importance=0.9)`` gives
+    a changed copy; ``update()`` changes what is stored."""
 
     id: str
     namespace: str
     text: str
     kind: str
-    metadata: dict[str, Any]
+    metadata: Mapping[str, Any]
     created_at: float  # seconds since the epoch (UTC)
     updated_at: float
     last_accessed: float
@@ -70,6 +134,10 @@ class Memory:
     tier: Tier  # in a get() or search() result: the tier that served it (it may move up right after)
     version: int = 1  # bumped by every update
     sensitive: bool = False  # text, metadata and vectors sealed at rest (needs the store's encryption key)
+
+    def replace(self, **changes: Any) -> Memory:
+        """A copy with some fields changed (nothing stored changes; use update() for that)."""
+        return self._replace(**changes)
 
 
 class Hit(NamedTuple):
@@ -232,7 +300,7 @@ def unpack_record(data: bytes, sealer: Sealer | None = None) -> Memory:
         if type(inner) is not list or len(inner) != 2 or type(inner[0]) is not str or not _is_metadata(inner[1]):
             raise _damaged(mid, "its sealed text and metadata are not a [str, dict] pair")
         text, metadata = inner
-    return Memory(mid, namespace, text, kind, metadata, created, updated, accessed, count, importance,
+    return Memory(mid, namespace, text, kind, freeze(metadata), created, updated, accessed, count, importance,
                   topic, TIERS_BY_CODE[tier_code], record_version, sealed is not None)
 
 
@@ -322,10 +390,10 @@ def check_timestamp(value: object, what: str) -> float:
     return float(value)  # type: ignore[arg-type]
 
 
-def check_metadata(metadata: object, max_bytes: int, max_depth: int) -> dict[str, Any]:
+def check_metadata(metadata: object, max_bytes: int, max_depth: int) -> FrozenDict:
     """A str-keyed mapping of msgpack-serializable values, within size and depth limits."""
     if metadata is None:
-        return {}
+        return FrozenDict()
     if not isinstance(metadata, Mapping):
         raise MetadataError(f"metadata must be a mapping with str keys, got {type(metadata).__name__}")
     for key in metadata:
@@ -344,8 +412,8 @@ def check_metadata(metadata: object, max_bytes: int, max_depth: int) -> dict[str
             "store large payloads elsewhere and keep a reference here"
         )
     # Round-trip so that what we keep in RAM is exactly what a reopen will read back
-    # (tuples become lists, str subclasses become str).
-    return msgpack.unpackb(packed, raw=False, strict_map_key=False)
+    # (tuples become lists, str subclasses become str), read-only like every record's.
+    return msgpack.unpackb(packed, raw=False, strict_map_key=False, object_hook=FrozenDict, list_hook=FrozenList)
 
 
 def _check_depth(value: object, max_depth: int) -> None:

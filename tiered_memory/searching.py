@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .blocks import scan
+from .blocks import INDEXED, scan
 from .catalog import HOT, Catalog
+from .cold_parts import IndexedPart
 from .encoders import as_unit_vectors
 from .errors import InvalidInputError, TieredMemoryError
 from .filters import Predicate
@@ -144,7 +145,8 @@ class SearchMixin:
                     lookup.contents[slot] = content
         hits = []
         now = self.clock()
-        hot_get, uses, accessed, dirty = self.hot.get, catalog.uses, catalog.accessed, catalog.dirty
+        hot_get, uses, accessed, dirty = self._hot_cache.__getitem__, catalog.uses, catalog.accessed, catalog.dirty
+        memory_of, hot_served = catalog.memory, 0
         with self._mutex:
             for slot, score in ranked:
                 if tiers[slot] == HOT:  # the common case, kept lean: one LRU lookup, no disk
@@ -152,14 +154,15 @@ class SearchMixin:
                     uses[slot] += 1  # catalog.touch(), inlined: this loop is on every search
                     accessed[slot] = now
                     dirty.add(slot)
-                    self._hits["hot"] += 1
+                    hot_served += 1
                     tier = HOT
                 else:
                     content = lookup.content(slot)
                     if content is None:
                         continue
                     tier = self._serve(slot)
-                hits.append(Hit(catalog.memory(slot, content), float(score), TIERS_BY_CODE[tier]))
+                hits.append(Hit(memory_of(slot, content), float(score), TIERS_BY_CODE[tier]))
+            self._hits["hot"] += hot_served
         return hits
 
     def _lexical_docs(self, namespace: str) -> list[Doc]:
@@ -312,9 +315,8 @@ class SearchMixin:
             # The common case, taken straight: no filter, everything in the warm graph.
             graph = self.warm.graphs.get(namespace)
             result = graph.search(q, k) if graph is not None else None
-            if result is not None:
-                slot_of = catalog.slot_of
-                return [(slot_of[memory_id], score) for memory_id, score in zip(result[0], result[1].tolist())]
+            if result is not None:  # map(), not a comprehension: this runs on every plain search
+                return list(zip(map(catalog.slot_of.__getitem__, result[0]), result[1].tolist()))
         rows = RowFilter.build(catalog, ns, kinds, predicate, only_ids, period)
         if rows.eligible == 0:
             return []
@@ -329,13 +331,48 @@ class SearchMixin:
         elif graph is None and catalog.blocks.cold_count.get(ns, 0) < catalog.count_by_ns[ns]:
             results.update(self._scan(ns, q, k, rows, lookup, cold_only=False, warm_only=True))
         cold_count = catalog.blocks.cold_count.get(ns, 0)
-        if cold_count:
+        part = self.cold_parts.get(namespace) if cold_count else None
+        indexed = catalog.blocks.size_of((ns, INDEXED, True)) if part is not None else 0
+        if indexed:
+            results.update(self._indexed_search(ns, part, q, k, rows, lookup))
+        if cold_count - indexed:
             topics = None
             model = self.topics.get(namespace)
-            if model is not None and cold_count > self.config.cold_exact_max:
-                topics = self._probe_topics(ns, model, q, cold_count)
-            results.update(self._scan(ns, q, k, rows, lookup, cold_only=True, warm_only=False, topics=topics))
+            if model is not None and cold_count - indexed > self.config.cold_exact_max:
+                topics = self._probe_topics(ns, model, q, cold_count - indexed)
+            results.update(self._scan(ns, q, k, rows, lookup, cold_only=True, warm_only=False, topics=topics,
+                                      skip_indexed=True))
         return sorted(results.items(), key=lambda item: -item[1])[:k]
+
+    def _indexed_search(self, ns: int, part: IndexedPart, q: np.ndarray, k: int, rows: RowFilter,
+                        lookup: Lookup) -> list[tuple[int, float]]:
+        """Top-k of the namespace's indexed cold rows: k * cold_index_oversample candidates from the
+        on-disk index (still indexed, passing the filters), scored by their int8 codes as a scan
+        scores them. A filter that the index's neighbourhood mostly fails falls back to an exact
+        scan of the indexed rows, so a filtered search loses nothing to the index."""
+        blocks = self.catalog.blocks
+        place, slot_by_key, key = blocks.place, part.slot_by_key, (ns, INDEXED, True)
+
+        def live(position: int) -> bool:
+            slot = int(slot_by_key[position])
+            return slot >= 0 and place.get(slot, (None,))[0] == key and (not rows.active or rows.accepts(slot, lookup))
+
+        config = self.config
+        keys, _ = part.index.search_keys(q, k, live, oversample=config.cold_index_oversample,
+                                         expansion=config.cold_index_expansion)
+        if rows.active and len(keys) < k:
+            indexed_block = blocks.blocks.get(key)
+            if indexed_block is None:
+                return []
+            weights, offset = self._scan_weights(q)
+            return self._top(*scan([indexed_block], weights, offset), k, rows, lookup)
+        if not len(keys):
+            return []
+        slots = slot_by_key[keys]
+        weights, offset = self._scan_weights(q)
+        scores = blocks.codes(slots.tolist()).astype(np.float32) @ weights + np.float32(offset)
+        top = np.argsort(-scores, kind="stable")[:k]
+        return list(zip(slots[top].tolist(), scores[top].tolist()))
 
     def _probe_topics(self, ns: int, model: TopicModel, q: np.ndarray, cold_count: int) -> list[int]:
         """Nearest topics first, until they hold cold_probe_fraction of the cold rows."""
@@ -377,12 +414,12 @@ class SearchMixin:
         return self._scan(ns, q, k, rows, lookup, cold_only=False, warm_only=True)
 
     def _scan(self, ns: int, q: np.ndarray, k: int, rows: RowFilter, lookup: Lookup, cold_only: bool,
-              warm_only: bool, topics: list[int] | None = None) -> list[tuple[int, float]]:
+              warm_only: bool, topics: list[int] | None = None, skip_indexed: bool = False) -> list[tuple[int, float]]:
         """Exact top-k over the int8 codes of chosen blocks; the cost is one pass per row."""
         if warm_only:
             blocks = [b for key, b in self.catalog.blocks.iter_namespace(ns) if not key[2]]
         else:
-            blocks = self.catalog.blocks.chosen(ns, topics, cold_only=cold_only)
+            blocks = self.catalog.blocks.chosen(ns, topics, cold_only=cold_only, skip_indexed=skip_indexed)
         weights, offset = self._scan_weights(q)
         slots, scores = scan(blocks, weights, offset)
         return self._top(slots, scores, k, rows, lookup)

@@ -18,13 +18,15 @@ import lmdb
 import msgpack
 import numpy as np
 
+from .blocks import INDEXED
 from .catalog import COLD, HOT, WARM
 from .cold import Op, ns_prefix, pack_row, row_key
+from .cold_parts import match as match_index
 from .decay import decay_scores
 from .errors import EncryptionRequiredError, InvalidInputError, StorageError
 from .hot import HotEntry
 from .quantization import quantizer_from_state
-from .records import TIER_CODES, Memory, Tier
+from .records import TIER_CODES, Memory, Tier, check_label
 from .topics import TopicModel, topics_for
 from .warm import Graph
 
@@ -181,8 +183,11 @@ class TierManagerMixin:
         rows = self.cold.load_namespace(ns, count)
         catalog = self.catalog
         catalog.namespaces.assign(namespace, ns)
+        index, indexed, keys = self._attachable_index(namespace, ns, rows)
         with self._mutex:
-            slots = catalog.load_namespace(ns, rows)
+            slots = catalog.load_namespace(ns, rows, indexed)
+        if index is not None:
+            self.cold_parts.attach(namespace, index, keys, np.asarray(slots, dtype=np.int64)[indexed])
         model = self._load_topics(namespace, ns)
         if model is not None:
             sealed = [slot for slot, flag in zip(slots, rows.sensitive) if flag]
@@ -202,7 +207,26 @@ class TierManagerMixin:
                 catalog.dirty.difference_update(hot)
             self._fill_hot(hot)
         self.registry.add(namespace, ns, self._namespace_bytes(namespace, ns), time.perf_counter() - started)
+        self._wake_for_cold_index([ns])
         return ns
+
+    def _attachable_index(self, namespace: str, ns: int, rows: Any) -> tuple[Any, np.ndarray | None, np.ndarray]:
+        """The namespace's on-disk index of its cold part, if it has a sound one, with which of the
+        rows read it holds as they are (mask) and their positions in it (keys)."""
+        none = (None, None, np.zeros(0, dtype=np.int64))
+        if not len(rows) or any(rows.sensitive) or namespace in self._sealed_namespaces:
+            return none
+        index = self.cold_parts.open_file(ns, self.dimension)
+        if index is None:
+            return none
+        cold_rows = np.flatnonzero(np.asarray(rows.tier, dtype=np.int8) == COLD)
+        mask, keys = match_index(index, [rows.ids[i] for i in cold_rows.tolist()], rows.codes[cold_rows])
+        if not mask.any():
+            index.close()
+            return none
+        indexed = np.zeros(len(rows), dtype=bool)
+        indexed[cold_rows[mask]] = True
+        return index, indexed, keys
 
     def _namespace_bytes(self, namespace: str, ns: int) -> int:
         """RAM a loaded namespace holds: its catalog rows and codes, and its graph."""
@@ -240,6 +264,7 @@ class TierManagerMixin:
                 self._pending.pop(slot, None)
             catalog.unload_namespace(ns)
         self.warm.forget(namespace)
+        self.cold_parts.detach(namespace)
         self.lexical.drop(namespace)
         self.topics.pop(namespace, None)
         self.registry.remove(namespace)
@@ -508,6 +533,15 @@ class TierManagerMixin:
                 catalog.set_tier(slot, COLD)
                 self._demotions["warm->cold"] += 1
             self.warm.discard(memory_id, catalog.namespaces.names[catalog.ns[slot]])
+        self._wake_for_cold_index({catalog.ns[slot] for slot in slots})
+
+    def _wake_for_cold_index(self, namespaces: Iterable[int]) -> None:
+        """Start the background thread if one of these namespaces now has enough cold rows for an
+        on-disk index (whether a build is really due is decided there)."""
+        minimum = self.config.cold_index_min_rows
+        if minimum and self.config.promote_in_background and \
+                any(self.catalog.blocks.cold_count.get(ns, 0) >= minimum for ns in namespaces):
+            self._promoter.wake()
 
     def _maintain(self) -> MaintenanceReport:
         started = time.perf_counter()
@@ -605,14 +639,119 @@ class TierManagerMixin:
 
     def _has_background_work(self) -> bool:
         return bool(self._pending) or self._maintenance_due or self._graph_to_compact() is not None or \
-            (self._shared_cold and bool(self._notified))
+            self._cold_index_due() is not None or (self._shared_cold and bool(self._notified))
 
     def _background_work(self) -> bool:
         """One round of the background thread: pending promotions first, then due maintenance
-        (unloads over the budget, decay, saves), then a compaction (then, on a shared cold store,
-        unloading what other processes changed)."""
+        (unloads over the budget, decay, saves), then a compaction, then an on-disk index build
+        (then, on a shared cold store, unloading what other processes changed)."""
         return self._drain_promotions() or self._background_maintenance() or \
-            self._compact_one_in_background() or (self._shared_cold and self._drop_notified())
+            self._compact_one_in_background() or self._build_cold_index() is not None or \
+            (self._shared_cold and self._drop_notified())
+
+    # -- on-disk indexes of huge namespaces' cold parts -------------------------------------
+
+    def _cold_index_due(self, only: str | None = None) -> str | None:
+        """A loaded namespace whose unindexed cold rows call for a (re)build, if any."""
+        minimum = self.config.cold_index_min_rows
+        if self.read_only or not minimum or self._closed or not self.cold_parts.available():
+            return None
+        blocks = self.catalog.blocks
+        names = self.catalog.namespaces.names
+        for ns, cold in list(blocks.cold_count.items()):
+            if cold < minimum:
+                continue
+            namespace = names[ns]
+            if (only is not None and namespace != only) or namespace not in self.registry.loaded:
+                continue
+            indexed = blocks.size_of((ns, INDEXED, True))
+            if cold - indexed >= max(minimum, indexed // 8) and namespace not in self._sealed_namespaces and \
+                    self.cold_parts.skipped.get(namespace) != cold:
+                return namespace
+        return None
+
+    def index_cold(self, namespace: str) -> int:
+        """Build (or rebuild) the on-disk index of a loaded namespace's cold part now, in the
+        caller's thread, without holding the store's lock while it builds; returns the rows it
+        covers (0: nothing to index, a sealed namespace, or usearch missing). The background
+        thread does this by itself once ``cold_index_min_rows`` cold rows are unindexed."""
+        self._check_writable()
+        check_label(namespace, "namespace")
+        self._ensure_loaded([namespace])
+        return self._build_cold_index(namespace, forced=True) or 0
+
+    def _build_cold_index(self, namespace: str | None = None, forced: bool = False) -> int | None:
+        """Snapshot a namespace's cold rows under the shared lock, build their index with no lock
+        held (searches and writes go on), then install it under the exclusive lock, keeping only
+        rows whose code is still the one indexed. Returns the rows installed, None if none was due."""
+        if not self._cold_build_lock.acquire(blocking=forced):
+            return None
+        try:
+            with self._rw.read:
+                if self._closed:
+                    return None
+                target = namespace if forced else self._cold_index_due()
+                entry = self.registry.loaded.get(target) if target is not None else None
+                if entry is None or not self.cold_parts.available() or self.read_only:
+                    return None
+                ns = entry.ns_id
+                catalog = self.catalog
+                blocks = [block for key, block in catalog.blocks.iter_namespace(ns) if key[2]]
+                cold_count = sum(block.size for block in blocks)
+                slots = np.concatenate([block.slots[: block.size] for block in blocks]) if blocks else \
+                    np.zeros(0, dtype=np.int64)
+                if not len(slots) or target in self._sealed_namespaces or \
+                        np.asarray(catalog.sensitive)[slots].any():
+                    self.cold_parts.skipped[target] = cold_count  # sealed rows never go to a file in clear
+                    return 0 if forced else None
+                codes = np.concatenate([block.codes[: block.size] for block in blocks])
+                ids = [catalog.ids[slot] for slot in slots.tolist()]
+                generation = self.cold.namespace_info(ns)[2]
+                decode = quantizer_from_state(self.cold.quantizer.state()).decode
+            started = time.perf_counter()
+            config = self.config
+            try:
+                index = self.cold_parts.build(ns, ids, codes, decode, generation,
+                                              threads=config.cold_index_build_threads,
+                                              expansion_add=config.cold_index_expansion_add,
+                                              expansion_search=config.cold_index_expansion)
+            except (StorageError, OSError, RuntimeError, MemoryError) as err:
+                log.error("building the cold index of %r failed (%s); its cold part stays scanned", target, err)
+                self.cold_parts.skipped[target] = cold_count
+                return 0 if forced else None
+            del codes, ids
+            with self._rw.write:
+                if self._closed or self.registry.loaded.get(target) is not entry:
+                    index.close()  # unloaded meanwhile: the file is checked row by row at the next load
+                    return 0
+                installed = self._install_cold_index(target, ns, index)
+            self.cold_parts.builds += 1
+            self.cold_parts.build_seconds.append(time.perf_counter() - started)
+            log.info("indexed %d cold memories of %r on disk in %.1f s", installed, target,
+                     self.cold_parts.build_seconds[-1])
+            return installed
+        finally:
+            self._cold_build_lock.release()
+
+    def _install_cold_index(self, namespace: str, ns: int, index: Any) -> int:
+        """Make the namespace's cold rows that the new index holds (same code) its indexed block,
+        and every other cold row scanned. Caller holds the write lock."""
+        catalog = self.catalog
+        blocks = [block for key, block in catalog.blocks.iter_namespace(ns) if key[2]]
+        if not blocks:
+            index.close()
+            return 0
+        slots = np.concatenate([block.slots[: block.size] for block in blocks])
+        codes = np.concatenate([block.codes[: block.size] for block in blocks])
+        mask, keys = match_index(index, [catalog.ids[slot] for slot in slots.tolist()], codes)
+        del codes
+        chosen = set(slots[mask].tolist())
+        topic = catalog.topic
+        with self._mutex:
+            catalog.blocks.regroup_cold(ns, lambda rows: [(ns, INDEXED, True) if slot in chosen else
+                                                          (ns, topic[slot], True) for slot in rows.tolist()])
+        self.cold_parts.attach(namespace, index, keys, slots[mask])
+        return len(chosen)
 
     def _background_maintenance(self) -> bool:
         if not self._maintenance_due:

@@ -118,8 +118,7 @@ class Graph:
             labels, distances = self.index.knn_query(query, k=k, num_threads=1)
         except RuntimeError:
             return None
-        id_of = self.id_of
-        return [id_of[label] for label in labels[0].tolist()], 1.0 - distances[0]
+        return list(map(self.id_of.__getitem__, labels[0].tolist())), 1.0 - distances[0]
 
     def vectors(self, memory_ids: list[str]) -> np.ndarray:
         labels = [self.label_of[memory_id] for memory_id in memory_ids]
