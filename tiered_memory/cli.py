@@ -33,6 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .reports.cli import add_report_parser
 
     add_report_parser(commands)
+
+    from .inspection.cli import add_inspect_parsers
+
+    add_inspect_parsers(commands)
     return parser
 
 
