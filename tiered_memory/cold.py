@@ -726,3 +726,60 @@ class ColdTier:
     def _read(self, db: str, memory_id: str) -> bytes | None:
         with self._begin(db=self.dbs[db]) as txn:
             return txn.get(_key(memory_id))
+
+    # == As stored: for tools that copy or check a whole store (tiered_memory.inspection) =========
+    # Values come back as the disk holds them (sealed ones sealed); the engine never calls these.
+
+    def stored_items(self, db: str, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
+        """(key, value) of one database as stored, in key order, from one read transaction held
+        while the caller iterates."""
+        with self._begin(db=self.dbs[db]) as txn:
+            cursor = txn.cursor()
+            if not cursor.set_range(prefix):
+                return
+            for key, value in cursor:
+                if not key.startswith(prefix):
+                    return
+                yield key, value
+
+    def stored_value(self, db: str, key: bytes) -> bytes | None:
+        """One value of any database as stored (None if absent)."""
+        with self._begin(db=self.dbs[db]) as txn:
+            return txn.get(key)
+
+    @staticmethod
+    def stored_row(key: bytes, data: bytes) -> list[Any]:
+        """A catalog row's fields (kind, importance, created, updated, accessed, uses, topic, tier,
+        version, sensitive), checked: StorageError names the memory of a damaged one."""
+        return _unpack_row(key, data)
+
+    def plain_vector(self, field: str, key: bytes, stored: bytes) -> bytes:
+        """A stored int8 code (field "code", key: its row key) or float original ("original", key:
+        its memory id) as plain bytes, opened with the store's key if sealed; sizes are checked."""
+        if field == "code":
+            return self._plain_vector_bytes(key[_NS_ID.size:].decode("utf-8", "replace"), "code", stored,
+                                            self.dimension, key)
+        if field == "original":
+            return self._plain_vector_bytes(key.decode("utf-8", "replace"), "original", stored, self._original_size)
+        raise ValueError(f"field must be 'code' or 'original', not {field!r}")
+
+    def namespace_entries(self) -> list[tuple[int, str, int, int]]:
+        """(ns id, name, memory count, generation) of every namespace the store has seen, in id order."""
+        out = []
+        for key, data in self.stored_items("namespaces", b"i"):
+            try:
+                name, count, generation = msgpack.unpackb(data, raw=False)
+                ns_id = _NS_ID.unpack(key[1:])[0]
+                ok = isinstance(name, str) and type(count) is int and type(generation) is int
+            except (ValueError, TypeError, struct.error, msgpack.UnpackException):
+                ok = False
+            if not ok:
+                raise StorageError(f"the namespace entry {key[1:].hex()} is damaged; restore the store from a backup")
+            out.append((ns_id, name, count, generation))
+        return out
+
+    @staticmethod
+    def namespace_ops(ns_id: int, name: str, count: int, generation: int) -> list[Op]:
+        """Puts that give a namespace this id, name, count and generation (an exact copy's)."""
+        return [("namespaces", b"n" + name.encode("utf-8"), _NS_ID.pack(ns_id)),
+                ("namespaces", b"i" + _NS_ID.pack(ns_id), msgpack.packb([name, count, generation], use_bin_type=True))]
