@@ -10,13 +10,15 @@ read per database, never a scan of the archive.
 
 - ``records``: memory id -> msgpack record (text, metadata, ...); read per memory, on demand.
 - ``rows``: ns id + memory id -> the memory's catalog row (kind, importance, timestamps, use
-  count, topic, tier, version, sensitive): what search and decay need, without the text.
+  count, topic, tier, version, sensitive, and ``expires_at`` when it has one): what search, decay
+  and the expiry sweep need, without the text.
 - ``nscodes``: ns id + memory id -> int8 code (sealed for sensitive memories).
 - ``originals``: memory id -> float16/32 original (rescoring, re-calibration).
 - ``namespaces``: ``n`` + name -> ns id; ``i`` + ns id -> [name, count, generation]. The
   generation counts writes to that namespace: a saved warm graph remembers the one it matches.
 - ``meta``: store-level state (dimension, quantizer, key check, per-namespace topic models keyed
-  by ns id); ``extra``: features' records (agent hubs).
+  by ns id, ``expiry/<ns id>``: a lower bound on the namespace's expiries); ``extra``: features'
+  records (agent hubs).
 
 Stores of schema 2 (codes keyed by memory id, no rows) are migrated once, in one transaction,
 by the first read-write open.
@@ -51,6 +53,7 @@ Op = tuple[str, bytes, bytes | None]
 STORE_SCHEMA = 3
 _DATABASES = ("records", "codes", "originals", "meta", "extra", "rows", "nscodes", "namespaces", "texts")
 _NS_ID = struct.Struct(">I")
+_EXPIRY_PREFIX = b"expiry/"  # + ns id in hex: meta keys of the per-namespace expiry bounds
 
 
 def _key(memory_id: str) -> bytes:
@@ -79,7 +82,7 @@ class NamespaceRows:
     """What one range read of a namespace returns: ids, catalog columns, int8 codes."""
 
     __slots__ = ("ids", "kinds", "importance", "created", "updated", "accessed", "uses", "topic", "tier",
-                 "version", "sensitive", "codes")
+                 "version", "sensitive", "expires", "codes")
 
     def __init__(self, dimension: int, count: int) -> None:
         self.ids: list[str] = []
@@ -93,6 +96,7 @@ class NamespaceRows:
         self.tier: list[int] = []
         self.version: list[int] = []
         self.sensitive: list[int] = []
+        self.expires: list[float] = []  # math.inf: never
         self.codes = np.empty((count, dimension), dtype=np.int8)
 
     def __len__(self) -> int:
@@ -100,26 +104,35 @@ class NamespaceRows:
 
 
 def pack_row(kind: str, importance: float, created: float, updated: float, accessed: float, uses: int,
-             topic: int, tier: int, version: int, sensitive: bool) -> bytes:
-    return msgpack.packb([kind, importance, created, updated, accessed, uses, topic, tier, version,
-                          bool(sensitive)], use_bin_type=True)
+             topic: int, tier: int, version: int, sensitive: bool, expires_at: float | None = None) -> bytes:
+    """A catalog row: ten fields, an eleventh (expires_at) only for a memory that expires, so rows
+    of memories that never expire are byte for byte what they were before expiry existed."""
+    fields = [kind, importance, created, updated, accessed, uses, topic, tier, version, bool(sensitive)]
+    if expires_at is not None and expires_at != math.inf:
+        fields.append(float(expires_at))
+    return msgpack.packb(fields, use_bin_type=True)
 
 
 def memory_row(memory: Memory) -> bytes:
     return pack_row(memory.kind, memory.importance, memory.created_at, memory.updated_at, memory.last_accessed,
-                    memory.access_count, memory.topic, TIER_CODES[memory.tier], memory.version, memory.sensitive)
+                    memory.access_count, memory.topic, TIER_CODES[memory.tier], memory.version, memory.sensitive,
+                    memory.expires_at)
 
 
 def _unpack_row(key: bytes, data: bytes) -> list[Any]:
-    """A catalog row, every field checked: a damaged row is reported by id, never a raw error."""
+    """A catalog row, every field checked: a damaged row is reported by id, never a raw error.
+    Eleven fields, the last ``expires_at`` (math.inf for a row of ten: it never expires)."""
     try:
         row = msgpack.unpackb(data, raw=False)
-        kind, importance, created, updated, accessed, uses, topic, tier, version, sensitive = row
+        if type(row) is list and len(row) == 10:
+            row.append(math.inf)
+        kind, importance, created, updated, accessed, uses, topic, tier, version, sensitive, expires = row
         ok = (isinstance(kind, str) and kind and all(isinstance(v, (int, float)) and not isinstance(v, bool)
                                                      and math.isfinite(v)
                                                      for v in (importance, created, updated, accessed))
               and all(isinstance(v, int) and not isinstance(v, bool) for v in (uses, topic, tier, version))
-              and tier in (0, 1, 2) and version >= 1 and uses >= 0 and isinstance(sensitive, bool))
+              and tier in (0, 1, 2) and version >= 1 and uses >= 0 and isinstance(sensitive, bool)
+              and isinstance(expires, (int, float)) and not isinstance(expires, bool) and not math.isnan(expires))
     except (ValueError, TypeError, msgpack.UnpackException):
         ok = False
     if not ok:
@@ -341,7 +354,7 @@ class ColdTier:
                 if code_key is None or bytes(code_key) != key:
                     raise StorageError(f"memory {key[4:].decode('utf-8', 'replace')!r} has a catalog row but no "
                                        "code; the store is damaged (restore it from a backup)")
-                kind, importance, created, updated, accessed, uses, topic, tier, version, sensitive = \
+                kind, importance, created, updated, accessed, uses, topic, tier, version, sensitive, expires = \
                     _unpack_row(key, data)
                 memory_id = key[4:].decode("utf-8")
                 i = len(found.ids)
@@ -360,6 +373,7 @@ class ColdTier:
                 found.tier.append(tier)
                 found.version.append(version)
                 found.sensitive.append(int(sensitive))
+                found.expires.append(float(expires))
         found.codes = codes[: len(found.ids)]
         return found
 
@@ -381,6 +395,66 @@ class ColdTier:
                         break
                     out.append(key[4:].decode("utf-8"))
         return out
+
+    # -- expiry (see tiered_memory/expiry.py) ---------------------------------------------
+
+    def expired_rows(self, ns_id: int, now: float) -> tuple[list[str], list[bool], float]:
+        """One range read of a namespace's rows (codes untouched, nothing decrypted): the ids and
+        sensitive flags of memories whose expiry is at or before `now`, and the earliest expiry
+        of the others (math.inf: none expires)."""
+        prefix = ns_prefix(ns_id)
+        expired: list[str] = []
+        sealed: list[bool] = []
+        earliest = math.inf
+        with self._begin(db=self.dbs["rows"], buffers=True) as txn:
+            cursor = txn.cursor()
+            if cursor.set_range(prefix):
+                for key, data in cursor:
+                    key = bytes(key)
+                    if not key.startswith(prefix):
+                        break
+                    row = _unpack_row(key, bytes(data))
+                    if row[10] <= now:
+                        expired.append(key[4:].decode("utf-8"))
+                        sealed.append(row[9])
+                    elif row[10] < earliest:
+                        earliest = row[10]
+        return expired, sealed, earliest
+
+    def row_expires_at(self, ns_id: int, memory_id: str) -> float:
+        """The expiry in a memory's catalog row (math.inf: never, or no such row)."""
+        rkey = row_key(ns_id, memory_id)
+        with self._begin(db=self.dbs["rows"]) as txn:
+            data = txn.get(rkey)
+        return math.inf if data is None else float(_unpack_row(rkey, data)[10])
+
+    def expiry_bounds(self) -> dict[int, float]:
+        """ns id -> a lower bound on the expiries of the namespace's memories, for every namespace
+        that has held a memory that expires (one range read of ``meta``; empty in most stores)."""
+        out: dict[int, float] = {}
+        with self._begin(db=self.dbs["meta"]) as txn:
+            cursor = txn.cursor()
+            if cursor.set_range(_EXPIRY_PREFIX):
+                for key, data in cursor:
+                    key = bytes(key)
+                    if not key.startswith(_EXPIRY_PREFIX):
+                        break
+                    try:
+                        ns_id, bound = int(key[len(_EXPIRY_PREFIX):], 16), msgpack.unpackb(data)
+                    except (ValueError, msgpack.UnpackException) as err:
+                        raise StorageError(f"the store's {key!r} entry is not readable ({err!r}): the store is "
+                                           "damaged; restore it from a backup") from err
+                    if type(bound) not in (int, float) or math.isnan(bound):
+                        raise StorageError(f"the store's {key!r} entry holds {bound!r:.40}, not a number: the "
+                                           "store is damaged; restore it from a backup")
+                    out[ns_id] = float(bound)
+        return out
+
+    @staticmethod
+    def expiry_bound_op(ns_id: int, bound: float) -> Op:
+        """Write a namespace's expiry bound (math.inf removes it: nothing in it expires)."""
+        key = _EXPIRY_PREFIX + ns_prefix(ns_id).hex().encode()
+        return ("meta", key, None if bound == math.inf else msgpack.packb(float(bound)))
 
     def _grow(self) -> None:
         # Called with the engine's write lock held, so no transaction of this process is open.
@@ -602,7 +676,8 @@ class ColdTier:
                 memories.append(Memory(memory.id, name, memory.text, rows.kinds[i], memory.metadata,
                                        rows.created[i], rows.updated[i], rows.accessed[i], rows.uses[i],
                                        rows.importance[i], rows.topic[i], TIERS_BY_CODE[rows.tier[i]],
-                                       rows.version[i], bool(rows.sensitive[i])))
+                                       rows.version[i], bool(rows.sensitive[i]),
+                                       None if rows.expires[i] == math.inf else rows.expires[i]))
             codes.append(rows.codes)
         order = sorted(range(len(memories)), key=lambda i: memories[i].id)
         stacked = np.concatenate(codes) if codes else np.zeros((0, self.dimension), dtype=np.int8)
