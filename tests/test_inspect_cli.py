@@ -114,7 +114,7 @@ def observed(path: Path, minilm, shared: str) -> dict[str, Any]:
     with TieredMemory(path, encoder=minilm, encryption_key=KEY, read_only=True, **SETTINGS) as mem:
         names = mem.namespaces()
         seen: dict[str, Any] = {"namespaces": {name: (mem.count(name), mem.is_sealed(name)) for name in names}}
-        seen["memories"] = {name: [asdict(m) for m in mem.list_memories(name, limit=10_000)] for name in names}
+        seen["memories"] = {name: [m._asdict() for m in mem.list_memories(name, limit=10_000)] for name in names}
         ids = [m["id"] for memories in seen["memories"].values() for m in memories]
         seen["records"] = {i: (r.text, r.metadata, r.kind, r.namespace, r.version, r.sensitive)
                            for i in ids for r in [mem.record(i)]}

@@ -27,7 +27,6 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -325,7 +324,7 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]], right: Sequenc
 
 
 def _memory_json(memory: Any) -> dict[str, Any]:
-    out = asdict(memory)
+    out = dict(memory._asdict())
     out["tier"] = str(memory.tier)
     out["metadata"] = to_json(memory.metadata)
     return out
