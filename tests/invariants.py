@@ -7,6 +7,7 @@ LMDB and every live label from hnswlib, so keep the stores it checks small (thou
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter
 
 import numpy as np
@@ -26,6 +27,7 @@ def invariant_violations(mem: TieredMemory) -> list[str]:
     _warm_graphs(mem, problems)
     _hot_tier(mem, problems)
     _stats(mem, problems)
+    _expiry(mem, problems)
     return problems
 
 
@@ -201,6 +203,38 @@ def _stats(mem: TieredMemory, problems: list[str]) -> None:
         problems.append("tier accounting does not add up to the number of loaded memories")
     if stats.loaded["loaded"] != len(mem.registry) or stats.loaded["bytes"] > 0 and not len(mem.registry):
         problems.append(f"stats report {stats.loaded} loaded namespaces, the registry has {len(mem.registry)}")
+
+
+def _expiry(mem: TieredMemory, problems: list[str]) -> None:
+    # The catalog's expiry column agrees with the rows in cold, its per-namespace sets hold exactly
+    # the slots that expire, and each namespace's stored bound is at most any of its expiries
+    # (so that counts and the sweep, which trust the bound, never miss an expired memory).
+    catalog = mem.catalog
+    records, _ = mem.cold.load_all()
+    bounds = mem.cold.expiry_bounds()
+    for record in records:
+        slot = catalog.slot_of.get(record.id)
+        if slot is not None and record.namespace in mem.registry:
+            in_catalog = None if catalog.expires[slot] == math.inf else catalog.expires[slot]
+            if in_catalog != record.expires_at:
+                problems.append(f"{record.id}: catalog expires_at {in_catalog}, cold row {record.expires_at}")
+            if (in_catalog is not None) != (slot in catalog.expiring.get(catalog.ns[slot], set())):
+                problems.append(f"{record.id}: expiring sets disagree with its expiry {in_catalog}")
+        if record.expires_at is not None:
+            ns = mem.cold.namespace_id(record.namespace)
+            if bounds.get(ns, math.inf) > record.expires_at:
+                problems.append(f"{record.id} expires at {record.expires_at}, before its namespace's bound "
+                                f"{bounds.get(ns, math.inf)}")
+    if not mem.read_only and mem._expiry_bounds != bounds:
+        problems.append(f"expiry bounds in RAM {mem._expiry_bounds} differ from those in cold {bounds}")
+    for ns, slots in catalog.expiring.items():
+        stale = [slot for slot in slots if catalog.ids[slot] is None or catalog.ns[slot] != ns
+                 or catalog.expires[slot] == math.inf]
+        if stale:
+            problems.append(f"expiring[{ns}] holds slots that are free, elsewhere or never expire: {stale[:5]}")
+    stats = mem.stats()
+    if len(mem) != stats.memories - stats.expired or stats.expired < 0:
+        problems.append(f"len() = {len(mem)} but stats say {stats.memories} stored, {stats.expired} expired")
 
 
 class LoggedErrors(logging.Handler):

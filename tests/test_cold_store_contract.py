@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -296,6 +297,28 @@ class ColdStoreContract:
         fitted.fit(unit_rows(200, seed=8))
         cold.recode_all(fitted.encode, old.decode)
         np.testing.assert_array_equal(cold.load_namespace(ns).codes, fitted.encode(old.decode(before)))
+
+    def test_expiry_rows_and_bounds(self, open_cold: OpenCold) -> None:
+        cold = open_cold(sealer=Sealer(KEY))
+        batch = [memory("a").replace(expires_at=100.0), memory("b"),
+                 memory("c", sensitive=True).replace(expires_at=50.0), memory("d").replace(expires_at=300.0)]
+        add(cold, "ns", batch)
+        ns = cold.namespace_id("ns")
+        assert cold.expired_rows(ns, 99.0) == (["c"], [True], 100.0)
+        assert cold.expired_rows(ns, 100.0) == (["a", "c"], [False, True], 300.0)
+        assert cold.expired_rows(ns, 1_000.0)[2] == math.inf
+        assert (cold.row_expires_at(ns, "a"), cold.row_expires_at(ns, "b")) == (100.0, math.inf)
+        assert cold.row_expires_at(ns, "missing") == math.inf
+        assert cold.load_namespace(ns).expires == [100.0, math.inf, 50.0, 300.0]
+        other = cold.namespace_id("other", create=True)
+        assert cold.expiry_bounds() == {}
+        cold.write([cold.expiry_bound_op(ns, 50.0), cold.expiry_bound_op(other, 7.5), cold.meta_op("expiry", 1)])
+        assert cold.expiry_bounds() == {ns: 50.0, other: 7.5}
+        cold.write([cold.expiry_bound_op(other, math.inf)])  # nothing in it expires any more
+        assert cold.expiry_bounds() == {ns: 50.0}
+        cold.write([("meta", cold.expiry_bound_op(ns, 1.0)[1], b"\xc1")])
+        with pytest.raises(StorageError, match="expiry/"):
+            cold.expiry_bounds()
 
     def test_everything_survives_a_reopen(self, open_cold: OpenCold) -> None:
         cold = open_cold()

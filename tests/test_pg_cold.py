@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tiered_memory import EncryptionRequiredError, StorageError, Tier, TieredMemory
+from tiered_memory import EncryptionRequiredError, MemoryNotFoundError, StorageError, Tier, TieredMemory
 from tiered_memory.config import MemoryConfig
 
 from .conftest import DIM, pg_unavailable, unit_rows
@@ -170,6 +170,23 @@ def test_sealed_memories_are_not_on_the_server_in_clear(open_pg, pg_dsn: str, pg
     with pytest.raises(EncryptionRequiredError):
         open_pg()
     assert open_pg(encryption_key=KEY).get(sealed_id).metadata == {"pin": "ZEBRA-7731"}
+
+
+def test_memories_expire_and_are_swept_on_the_server(open_pg, clock) -> None:
+    mem = open_pg()
+    vectors = unit_rows(10, seed=9)
+    ids = mem.add_many([f"m{i}" for i in range(10)], vectors=vectors, namespace="n",
+                       ttl_s=[30 if i % 2 == 0 else None for i in range(10)])
+    idle = mem.add("idle", vector=vectors[0], namespace="idle", ttl_s=30)
+    mem.close()
+    clock.tick(30)
+    again = open_pg()
+    with pytest.raises(MemoryNotFoundError):
+        again.get(ids[0])
+    assert again.count("n") == 5 and again.get(ids[1]).expires_at is None
+    assert again.maintain().expired == 6  # "idle" too, without loading it
+    assert again.count() == 5 and sorted(again.ids("n")) == sorted(ids[1::2]) and idle not in again.ids()
+    assert again.cold.expiry_bounds() == {}
 
 
 def stored_codes(mem: TieredMemory) -> tuple[list[str], np.ndarray]:

@@ -21,10 +21,12 @@ from .errors import (
     EmptyTextError,
     EncoderError,
     EncryptionRequiredError,
+    InvalidExpiryError,
     InvalidFilterError,
     InvalidInputError,
     InvalidTextError,
     InvalidVectorError,
+    MemoryExpiredError,
     MemoryNotFoundError,
     MetadataError,
     PermissionDenied,
@@ -50,13 +52,16 @@ from .quantization import (
 from .records import Hit, Memory, Tier
 
 if TYPE_CHECKING:
+    from .aio import AsyncTieredMemory
     from .conversation import Conversation, ConversationBuffer, Message, MessageTooLargeError
     from .tokens import TokenizerDataError, UnknownEncodingError, count_tokens
 
 # Imported on first use, so `import tiered_memory` does not load tiktoken (conversations and
-# token counting need it; -X importtime: 26 ms of the import). torch loads only with the PyTorch
-# encoder or an ONNX export; tests/test_imports.py checks both stay out.
+# token counting need it; -X importtime: 26 ms of the import) nor asyncio (AsyncTieredMemory).
+# torch loads only with the PyTorch encoder or an ONNX export; tests/test_imports.py checks
+# both stay out.
 _LAZY = {
+    "AsyncTieredMemory": "aio",
     "Conversation": "conversation", "ConversationBuffer": "conversation", "Message": "conversation",
     "MessageTooLargeError": "conversation",
     "TokenizerDataError": "tokens", "UnknownEncodingError": "tokens", "count_tokens": "tokens",
@@ -77,6 +82,7 @@ def __getattr__(name: str) -> Any:
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncTieredMemory",
     "Agent",
     "AgentHub",
     "Entry",
@@ -106,6 +112,7 @@ __all__ = [
     "Hit",
     "Int4Quantizer",
     "Int8Quantizer",
+    "InvalidExpiryError",
     "InvalidFilterError",
     "InvalidInputError",
     "InvalidTextError",
@@ -113,6 +120,7 @@ __all__ = [
     "MaintenanceReport",
     "Memory",
     "MemoryConfig",
+    "MemoryExpiredError",
     "MemoryNotFoundError",
     "MetadataError",
     "MiniLMEncoder",

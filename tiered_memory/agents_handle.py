@@ -10,7 +10,7 @@ import numpy as np
 
 from .agents_store import Notification, memory_bytes, pack, unpack
 from .encoders import as_unit_vectors
-from .errors import EncryptionRequiredError, InvalidInputError
+from .errors import EncryptionRequiredError, InvalidInputError, MemoryNotFoundError
 from .records import Hit, Memory, check_label, check_metadata, check_text, new_id
 
 if TYPE_CHECKING:
@@ -123,7 +123,10 @@ class Agent:
         memory_id = self.hub.state.shared_keys.get(key) if isinstance(key, str) else None
         if memory_id is None or self.hub.access(self.name, memory_id) is None:
             return None
-        memory = self.hub.mem.get(memory_id, namespace=self.hub.shared_namespace)
+        try:
+            memory = self.hub.mem.get(memory_id, namespace=self.hub.shared_namespace)
+        except MemoryNotFoundError:  # expired (or deleted behind the hub's back): no entry, as for a missing key
+            return None
         return Entry(key, memory.text, memory.metadata, memory.updated_at, memory.sensitive, memory_id)
 
     def keys(self) -> list[str]:

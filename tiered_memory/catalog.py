@@ -12,8 +12,9 @@ its int8 code sits in :class:`~tiered_memory.blocks.CodeBlocks`. Scalar columns 
 from __future__ import annotations
 
 import array
+import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -67,6 +68,12 @@ class Catalog:
         self.tier = array.array("b")
         self.version = array.array("q")
         self.sensitive = array.array("b")  # 1: sealed at rest
+        self.expires = array.array("d")  # expires_at, seconds since the epoch; math.inf: never
+        # Slots with a finite expiry, per namespace; a namespace absent here pays nothing for expiry.
+        self.expiring: dict[int, set[int]] = {}
+        # ns -> [since, until, slots]: the slots expired at any time in [since, until), so that
+        # searches between two expiries reuse one answer. Kept in step by every change below.
+        self._expired: dict[int, list] = {}
         self.blocks = CodeBlocks(dimension)
         self._free: list[int] = []
         self.count_by_ns: dict[int, int] = defaultdict(int)
@@ -83,15 +90,16 @@ class Catalog:
 
     def _columns(self) -> tuple[array.array, ...]:
         return (self.ns, self.kind, self.importance, self.created, self.updated, self.accessed, self.uses,
-                self.topic, self.tier, self.version, self.sensitive)
+                self.topic, self.tier, self.version, self.sensitive, self.expires)
 
     def insert(self, memory: Memory, code: np.ndarray) -> int:
         """Add a row for a new memory; returns its slot."""
         ns = self.namespaces.codes[memory.namespace]
         kind = self.kinds.code(memory.kind)
         tier = TIER_CODES[memory.tier]
+        expires = math.inf if memory.expires_at is None else memory.expires_at
         values = (ns, kind, memory.importance, memory.created_at, memory.updated_at, memory.last_accessed,
-                  memory.access_count, memory.topic, tier, memory.version, int(memory.sensitive))
+                  memory.access_count, memory.topic, tier, memory.version, int(memory.sensitive), expires)
         if self._free:
             slot = self._free.pop()
             self.ids[slot] = memory.id
@@ -108,6 +116,8 @@ class Catalog:
         self.count_by_ns[ns] += 1
         self.count_by_kind[ns, kind] += 1
         self.blocks.add(slot, (ns, memory.topic, tier == COLD), code)
+        if expires != math.inf:
+            self._expiry_added(ns, slot, expires)
         return slot
 
     def load_namespace(self, ns: int, rows: NamespaceRows, indexed: Sequence[bool] | None = None) -> list[int]:
@@ -123,7 +133,7 @@ class Catalog:
         columns = (([ns] * n, self.ns), (kind_codes, self.kind), (rows.importance, self.importance),
                    (rows.created, self.created), (rows.updated, self.updated), (rows.accessed, self.accessed),
                    (rows.uses, self.uses), (rows.topic, self.topic), (rows.tier, self.tier),
-                   (rows.version, self.version), (rows.sensitive, self.sensitive))
+                   (rows.version, self.version), (rows.sensitive, self.sensitive), (rows.expires, self.expires))
         k = len(reused)
         for values, column in columns:
             for slot, value in zip(reused, values):
@@ -143,6 +153,10 @@ class Catalog:
         if indexed is not None:
             keys = [(ns, INDEXED, True) if inside else key for key, inside in zip(keys, indexed)]
         self.blocks.add_many(slots, keys, rows.codes)
+        expiring = [slot for slot, expires in zip(slots, rows.expires) if expires != math.inf]
+        if expiring:
+            self.expiring.setdefault(ns, set()).update(expiring)
+            self._expired.pop(ns, None)
         return slots
 
     def unload_namespace(self, ns: int) -> None:
@@ -151,11 +165,16 @@ class Catalog:
             self.remove(self.ids[slot])
         self.slots_by_ns.pop(ns, None)
         self.count_by_ns.pop(ns, None)
+        self.expiring.pop(ns, None)
+        self._expired.pop(ns, None)
         for key in [key for key in self.count_by_kind if key[0] == ns]:
             del self.count_by_kind[key]
 
     def remove(self, memory_id: str) -> int:
         slot = self.slot_of.pop(memory_id)
+        if self.expires[slot] != math.inf:
+            self._expiry_removed(self.ns[slot], slot)
+            self.expires[slot] = math.inf
         self.slots_by_ns[self.ns[slot]].discard(slot)
         self.blocks.remove(slot)
         self.tier_counts[self.tier[slot]] -= 1
@@ -197,6 +216,58 @@ class Catalog:
         self.blocks.remove(slot)
         self.blocks.add(slot, key, code)
 
+    # -- expiry ----------------------------------------------------------------------------
+
+    def set_expiry(self, slot: int, expires: float) -> None:
+        """Change a live slot's expiry (math.inf: never)."""
+        if self.expires[slot] != math.inf:
+            self._expiry_removed(self.ns[slot], slot)
+        self.expires[slot] = expires
+        if expires != math.inf:
+            self._expiry_added(self.ns[slot], slot, expires)
+
+    def expired(self, ns: int, clock: Callable[[], float]) -> set[int] | None:
+        """Slots of a namespace whose expiry has passed (None: none has). A namespace without
+        expiring memories costs one dict lookup, and the clock is not even read."""
+        members = self.expiring.get(ns)
+        if not members:
+            return None
+        now = clock()
+        window = self._expired.get(ns)
+        if window is None or not window[0] <= now < window[1]:
+            expires = self.expires
+            gone = {slot for slot in members if expires[slot] <= now}
+            until = min((expires[slot] for slot in members if expires[slot] > now), default=math.inf)
+            window = self._expired[ns] = [now, until, gone]
+        return window[2] or None
+
+    def earliest_expiry(self, ns: int, excluding: set[int] | None = None) -> float:
+        """The earliest expiry among a namespace's slots (math.inf: none expires)."""
+        expires = self.expires
+        return min((expires[slot] for slot in self.expiring.get(ns, ()) if not excluding or slot not in excluding),
+                   default=math.inf)
+
+    def _expiry_added(self, ns: int, slot: int, expires: float) -> None:
+        self.expiring.setdefault(ns, set()).add(slot)
+        window = self._expired.get(ns)
+        if window is not None:  # the cached window stays exact: shrink it, or add the slot
+            if expires <= window[0]:
+                window[2].add(slot)
+            elif expires < window[1]:
+                window[1] = expires
+
+    def _expiry_removed(self, ns: int, slot: int) -> None:
+        members = self.expiring.get(ns)
+        if members is not None:
+            members.discard(slot)
+            if not members:
+                del self.expiring[ns]
+                self._expired.pop(ns, None)
+                return
+        window = self._expired.get(ns)
+        if window is not None:
+            window[2].discard(slot)
+
     @property
     def warm_count(self) -> int:
         """Memories in the warm tier, hot ones included (hot is a subset of warm)."""
@@ -226,12 +297,14 @@ class Catalog:
         """The Memory a caller gets: content from a cached or cold record (shared: records are
         read-only), statistics from here. Built as a tuple directly: Memory(...) with keywords
         cost 0.7 us of a 2.3 us hot get."""
+        expires = self.expires[slot]
         return _new_record(Memory, (
             content.id, content.namespace, content.text, content.kind, content.metadata,
             self.created[slot], self.updated[slot], self.accessed[slot], self.uses[slot],
             self.importance[slot], self.topic[slot], TIERS_BY_CODE[self.tier[slot]], self.version[slot],
-            content.sensitive,
+            content.sensitive, None if expires == _NEVER else expires,
         ))
 
 
 _new_record = tuple.__new__
+_NEVER = math.inf

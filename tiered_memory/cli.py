@@ -37,6 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .integrations.mcp_server import add_mcp_parser
 
     add_mcp_parser(commands)
+
+    from .inspection.cli import add_inspect_parsers
+
+    add_inspect_parsers(commands)
     return parser
 
 

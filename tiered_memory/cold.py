@@ -10,13 +10,15 @@ read per database, never a scan of the archive.
 
 - ``records``: memory id -> msgpack record (text, metadata, ...); read per memory, on demand.
 - ``rows``: ns id + memory id -> the memory's catalog row (kind, importance, timestamps, use
-  count, topic, tier, version, sensitive): what search and decay need, without the text.
+  count, topic, tier, version, sensitive, and ``expires_at`` when it has one): what search, decay
+  and the expiry sweep need, without the text.
 - ``nscodes``: ns id + memory id -> int8 code (sealed for sensitive memories).
 - ``originals``: memory id -> float16/32 original (rescoring, re-calibration).
 - ``namespaces``: ``n`` + name -> ns id; ``i`` + ns id -> [name, count, generation]. The
   generation counts writes to that namespace: a saved warm graph remembers the one it matches.
 - ``meta``: store-level state (dimension, quantizer, key check, per-namespace topic models keyed
-  by ns id); ``extra``: features' records (agent hubs).
+  by ns id, ``expiry/<ns id>``: a lower bound on the namespace's expiries); ``extra``: features'
+  records (agent hubs).
 
 Stores of schema 2 (codes keyed by memory id, no rows) are migrated once, in one transaction,
 by the first read-write open.
@@ -25,7 +27,9 @@ by the first read-write open.
 from __future__ import annotations
 
 import logging
+import math
 import os
+import struct
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -34,13 +38,25 @@ import lmdb
 import msgpack
 import numpy as np
 
+from .cold_ops import (
+    EXPIRY_PREFIX,
+    ColdOps,
+    NamespaceRows,
+    Op,
+    expiry_bound_of,
+    memory_row,
+    ns_prefix,
+    row_key,
+    text_key,
+)
+
 # The key layout and row packing live in cold_ops (shared by every cold store); the engine and the
 # tier manager import them from here.
 from .cold_ops import NS_ID as _NS_ID
-from .cold_ops import ColdOps, NamespaceRows, Op, memory_row, ns_prefix, row_key, text_key, unpack_row
 from .cold_ops import memory_key as _key
 from .cold_ops import normalised_text as normalised_text
 from .cold_ops import pack_row as pack_row
+from .cold_ops import unpack_row as _unpack_row
 from .cold_store import ColdStore
 from .config import MemoryConfig
 from .crypto import Sealer
@@ -258,8 +274,8 @@ class ColdTier(ColdOps, ColdStore):
                 if code_key is None or bytes(code_key) != key:
                     raise StorageError(f"memory {key[4:].decode('utf-8', 'replace')!r} has a catalog row but no "
                                        "code; the store is damaged (restore it from a backup)")
-                kind, importance, created, updated, accessed, uses, topic, tier, version, sensitive = \
-                    unpack_row(key, data)
+                kind, importance, created, updated, accessed, uses, topic, tier, version, sensitive, expires = \
+                    _unpack_row(key, data)
                 memory_id = key[4:].decode("utf-8")
                 i = len(found.ids)
                 if i == len(codes):
@@ -277,6 +293,7 @@ class ColdTier(ColdOps, ColdStore):
                 found.tier.append(tier)
                 found.version.append(version)
                 found.sensitive.append(int(sensitive))
+                found.expires.append(float(expires))
         found.codes = codes[: len(found.ids)]
         return found
 
@@ -297,6 +314,53 @@ class ColdTier(ColdOps, ColdStore):
                     if not key.startswith(prefix):
                         break
                     out.append(key[4:].decode("utf-8"))
+        return out
+
+    # -- expiry (see tiered_memory/expiry.py) ---------------------------------------------
+
+    def expired_rows(self, ns_id: int, now: float) -> tuple[list[str], list[bool], float]:
+        """One range read of a namespace's rows (codes untouched, nothing decrypted): the ids and
+        sensitive flags of memories whose expiry is at or before `now`, and the earliest expiry
+        of the others (math.inf: none expires)."""
+        prefix = ns_prefix(ns_id)
+        expired: list[str] = []
+        sealed: list[bool] = []
+        earliest = math.inf
+        with self._begin(db=self.dbs["rows"], buffers=True) as txn:
+            cursor = txn.cursor()
+            if cursor.set_range(prefix):
+                for key, data in cursor:
+                    key = bytes(key)
+                    if not key.startswith(prefix):
+                        break
+                    row = _unpack_row(key, bytes(data))
+                    if row[10] <= now:
+                        expired.append(key[4:].decode("utf-8"))
+                        sealed.append(row[9])
+                    elif row[10] < earliest:
+                        earliest = row[10]
+        return expired, sealed, earliest
+
+    def row_expires_at(self, ns_id: int, memory_id: str) -> float:
+        """The expiry in a memory's catalog row (math.inf: never, or no such row)."""
+        rkey = row_key(ns_id, memory_id)
+        with self._begin(db=self.dbs["rows"]) as txn:
+            data = txn.get(rkey)
+        return math.inf if data is None else float(_unpack_row(rkey, data)[10])
+
+    def expiry_bounds(self) -> dict[int, float]:
+        """ns id -> a lower bound on the expiries of the namespace's memories, for every namespace
+        that has held a memory that expires (one range read of ``meta``; empty in most stores)."""
+        out: dict[int, float] = {}
+        with self._begin(db=self.dbs["meta"]) as txn:
+            cursor = txn.cursor()
+            if cursor.set_range(EXPIRY_PREFIX):
+                for key, data in cursor:
+                    key = bytes(key)
+                    if not key.startswith(EXPIRY_PREFIX):
+                        break
+                    ns_id, bound = expiry_bound_of(key, bytes(data))
+                    out[ns_id] = bound
         return out
 
     def _grow(self) -> None:
@@ -429,7 +493,8 @@ class ColdTier(ColdOps, ColdStore):
                 memories.append(Memory(memory.id, name, memory.text, rows.kinds[i], memory.metadata,
                                        rows.created[i], rows.updated[i], rows.accessed[i], rows.uses[i],
                                        rows.importance[i], rows.topic[i], TIERS_BY_CODE[rows.tier[i]],
-                                       rows.version[i], bool(rows.sensitive[i])))
+                                       rows.version[i], bool(rows.sensitive[i]),
+                                       None if rows.expires[i] == math.inf else rows.expires[i]))
             codes.append(rows.codes)
         order = sorted(range(len(memories)), key=lambda i: memories[i].id)
         stacked = np.concatenate(codes) if codes else np.zeros((0, self.dimension), dtype=np.int8)
@@ -556,3 +621,60 @@ class ColdTier(ColdOps, ColdStore):
     def _read(self, db: str, memory_id: str) -> bytes | None:
         with self._begin(db=self.dbs[db]) as txn:
             return txn.get(_key(memory_id))
+
+    # == As stored: for tools that copy or check a whole store (tiered_memory.inspection) =========
+    # Values come back as the disk holds them (sealed ones sealed); the engine never calls these.
+
+    def stored_items(self, db: str, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
+        """(key, value) of one database as stored, in key order, from one read transaction held
+        while the caller iterates."""
+        with self._begin(db=self.dbs[db]) as txn:
+            cursor = txn.cursor()
+            if not cursor.set_range(prefix):
+                return
+            for key, value in cursor:
+                if not key.startswith(prefix):
+                    return
+                yield key, value
+
+    def stored_value(self, db: str, key: bytes) -> bytes | None:
+        """One value of any database as stored (None if absent)."""
+        with self._begin(db=self.dbs[db]) as txn:
+            return txn.get(key)
+
+    @staticmethod
+    def stored_row(key: bytes, data: bytes) -> list[Any]:
+        """A catalog row's fields (kind, importance, created, updated, accessed, uses, topic, tier,
+        version, sensitive), checked: StorageError names the memory of a damaged one."""
+        return _unpack_row(key, data)
+
+    def plain_vector(self, field: str, key: bytes, stored: bytes) -> bytes:
+        """A stored int8 code (field "code", key: its row key) or float original ("original", key:
+        its memory id) as plain bytes, opened with the store's key if sealed; sizes are checked."""
+        if field == "code":
+            return self._plain_vector_bytes(key[_NS_ID.size:].decode("utf-8", "replace"), "code", stored,
+                                            self.dimension, key)
+        if field == "original":
+            return self._plain_vector_bytes(key.decode("utf-8", "replace"), "original", stored, self._original_size)
+        raise ValueError(f"field must be 'code' or 'original', not {field!r}")
+
+    def namespace_entries(self) -> list[tuple[int, str, int, int]]:
+        """(ns id, name, memory count, generation) of every namespace the store has seen, in id order."""
+        out = []
+        for key, data in self.stored_items("namespaces", b"i"):
+            try:
+                name, count, generation = msgpack.unpackb(data, raw=False)
+                ns_id = _NS_ID.unpack(key[1:])[0]
+                ok = isinstance(name, str) and type(count) is int and type(generation) is int
+            except (ValueError, TypeError, struct.error, msgpack.UnpackException):
+                ok = False
+            if not ok:
+                raise StorageError(f"the namespace entry {key[1:].hex()} is damaged; restore the store from a backup")
+            out.append((ns_id, name, count, generation))
+        return out
+
+    @staticmethod
+    def namespace_ops(ns_id: int, name: str, count: int, generation: int) -> list[Op]:
+        """Puts that give a namespace this id, name, count and generation (an exact copy's)."""
+        return [("namespaces", b"n" + name.encode("utf-8"), _NS_ID.pack(ns_id)),
+                ("namespaces", b"i" + _NS_ID.pack(ns_id), msgpack.packb([name, count, generation], use_bin_type=True))]

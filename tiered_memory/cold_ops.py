@@ -56,7 +56,7 @@ class NamespaceRows:
     """What one range read of a namespace returns: ids, catalog columns, int8 codes."""
 
     __slots__ = ("ids", "kinds", "importance", "created", "updated", "accessed", "uses", "topic", "tier",
-                 "version", "sensitive", "codes")
+                 "version", "sensitive", "expires", "codes")
 
     def __init__(self, dimension: int, count: int) -> None:
         self.ids: list[str] = []
@@ -70,6 +70,7 @@ class NamespaceRows:
         self.tier: list[int] = []
         self.version: list[int] = []
         self.sensitive: list[int] = []
+        self.expires: list[float] = []  # math.inf: never
         self.codes = np.empty((count, dimension), dtype=np.int8)
 
     def __len__(self) -> int:
@@ -77,32 +78,57 @@ class NamespaceRows:
 
 
 def pack_row(kind: str, importance: float, created: float, updated: float, accessed: float, uses: int,
-             topic: int, tier: int, version: int, sensitive: bool) -> bytes:
-    return msgpack.packb([kind, importance, created, updated, accessed, uses, topic, tier, version,
-                          bool(sensitive)], use_bin_type=True)
+             topic: int, tier: int, version: int, sensitive: bool, expires_at: float | None = None) -> bytes:
+    """A catalog row: ten fields, an eleventh (expires_at) only for a memory that expires, so rows
+    of memories that never expire are byte for byte what they were before expiry existed."""
+    fields = [kind, importance, created, updated, accessed, uses, topic, tier, version, bool(sensitive)]
+    if expires_at is not None and expires_at != math.inf:
+        fields.append(float(expires_at))
+    return msgpack.packb(fields, use_bin_type=True)
 
 
 def memory_row(memory: Memory) -> bytes:
     return pack_row(memory.kind, memory.importance, memory.created_at, memory.updated_at, memory.last_accessed,
-                    memory.access_count, memory.topic, TIER_CODES[memory.tier], memory.version, memory.sensitive)
+                    memory.access_count, memory.topic, TIER_CODES[memory.tier], memory.version, memory.sensitive,
+                    memory.expires_at)
 
 
 def unpack_row(key: bytes, data: bytes) -> list[Any]:
-    """A catalog row, every field checked: a damaged row is reported by id, never a raw error."""
+    """A catalog row, every field checked: a damaged row is reported by id, never a raw error.
+    Eleven fields, the last ``expires_at`` (math.inf for a row of ten: it never expires)."""
     try:
         row = msgpack.unpackb(data, raw=False)
-        kind, importance, created, updated, accessed, uses, topic, tier, version, sensitive = row
+        if type(row) is list and len(row) == 10:
+            row.append(math.inf)
+        kind, importance, created, updated, accessed, uses, topic, tier, version, sensitive, expires = row
         ok = (isinstance(kind, str) and kind and all(isinstance(v, (int, float)) and not isinstance(v, bool)
                                                      and math.isfinite(v)
                                                      for v in (importance, created, updated, accessed))
               and all(isinstance(v, int) and not isinstance(v, bool) for v in (uses, topic, tier, version))
-              and tier in (0, 1, 2) and version >= 1 and uses >= 0 and isinstance(sensitive, bool))
+              and tier in (0, 1, 2) and version >= 1 and uses >= 0 and isinstance(sensitive, bool)
+              and isinstance(expires, (int, float)) and not isinstance(expires, bool) and not math.isnan(expires))
     except (ValueError, TypeError, msgpack.UnpackException):
         ok = False
     if not ok:
         raise StorageError(f"the catalog row of memory {bytes(key[4:]).decode('utf-8', 'replace')!r} is damaged; "
                            "restore the store from a backup (or delete that memory)")
     return row
+
+
+EXPIRY_PREFIX = b"expiry/"  # + ns id in hex: meta keys of the per-namespace expiry bounds
+
+
+def expiry_bound_of(key: bytes, data: bytes) -> tuple[int, float]:
+    """(ns id, bound) of a stored expiry bound, checked: a damaged one is StorageError."""
+    try:
+        ns_id, bound = int(key[len(EXPIRY_PREFIX):], 16), msgpack.unpackb(data)
+    except (ValueError, msgpack.UnpackException) as err:
+        raise StorageError(f"the store's {key!r} entry is not readable ({err!r}): the store is "
+                           "damaged; restore it from a backup") from err
+    if type(bound) not in (int, float) or math.isnan(bound):
+        raise StorageError(f"the store's {key!r} entry holds {bound!r:.40}, not a number: the "
+                           "store is damaged; restore it from a backup")
+    return ns_id, float(bound)
 
 
 class ColdOps:
@@ -117,6 +143,11 @@ class ColdOps:
     def _original_size(self) -> int:
         return self.dimension * np.dtype(self.originals_dtype).itemsize
 
+    @staticmethod
+    def expiry_bound_op(ns_id: int, bound: float) -> Op:
+        """Write a namespace's expiry bound (math.inf removes it: nothing in it expires)."""
+        key = EXPIRY_PREFIX + ns_prefix(ns_id).hex().encode()
+        return ("meta", key, None if bound == math.inf else msgpack.packb(float(bound)))
 
     @staticmethod
     def count_op(ns_id: int, delta: int) -> Op:

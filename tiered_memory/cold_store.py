@@ -159,6 +159,28 @@ class ColdStore(Protocol):
         """The memory id each dedup key (text_key: ns id + digest) names; None for no key or no match."""
         ...
 
+    # -- expiry (tiered_memory/expiry.py) ------------------------------------------------------
+
+    def expired_rows(self, ns_id: int, now: float) -> tuple[list[str], list[bool], float]:
+        """One range read of a namespace's catalog rows (no code read, nothing decrypted): ids and
+        sensitive flags of the memories whose expiry is at or before `now`, in key order, and the
+        earliest expiry of the others (math.inf: none expires)."""
+        ...
+
+    def row_expires_at(self, ns_id: int, memory_id: str) -> float:
+        """The expiry in a memory's catalog row (math.inf: never, or no such row)."""
+        ...
+
+    def expiry_bounds(self) -> dict[int, float]:
+        """ns id -> the lower bound on its memories' expiries written by expiry_bound_op, for every
+        namespace that has one. A damaged entry is StorageError."""
+        ...
+
+    @staticmethod
+    def expiry_bound_op(ns_id: int, bound: float) -> Op:
+        """A put of a namespace's expiry bound (math.inf: its delete)."""
+        ...
+
     # -- reading -----------------------------------------------------------------------------
 
     def get(self, memory_id: str) -> Memory | None:

@@ -109,6 +109,10 @@ class MemoryConfig:
 
     query_cache_size: int = 1_024  # encoded query vectors kept (LRU), keyed by a digest of the text
 
+    # Seconds a memory lives when add() is given neither ttl_s= nor expires_at= (None: forever).
+    # Expired memories are left out of every read at once and deleted by the next maintain().
+    default_ttl_s: float | None = None
+
     def __post_init__(self) -> None:
         if self.hot_capacity is None and isinstance(self.warm_capacity, int):
             object.__setattr__(self, "hot_capacity", min(10_000, self.warm_capacity))
@@ -136,6 +140,11 @@ class MemoryConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
                 raise ConfigError(f"MemoryConfig.{name} must be a positive number of seconds, got {value!r}")
+        ttl = self.default_ttl_s
+        if ttl is not None and (not isinstance(ttl, (int, float)) or isinstance(ttl, bool) or not math.isfinite(ttl)
+                                or ttl <= 0):
+            raise ConfigError(f"MemoryConfig.default_ttl_s must be a positive, finite number of seconds or None "
+                              f"(never expire), got {ttl!r}")
         for name in ("use_weight", "hot_min_score", "warm_min_score"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:

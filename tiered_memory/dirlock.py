@@ -38,3 +38,21 @@ class DirectoryLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+
+    def acquire_shared(self) -> None:
+        """A reader's hold, for work that reads the whole store (export, verify): no writer opens
+        it meanwhile. Writes nothing; a store never opened for writing has no LOCK to hold."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "another process"
+            os.close(fd)
+            raise StoreLockedError(
+                f"{self.path.parent} is open for writing in process {holder}; close it there and retry "
+                "(a store read whole while it is written could mix two states)"
+            ) from None
+        self._fd = fd

@@ -49,6 +49,7 @@ from .errors import (
     StoreClosedError,
     short_repr,
 )
+from .expiry import NEVER, UNCHANGED, ExpiryMixin, changed_expiry, expired_error, new_expiries
 from .extra import ExtraStore
 from .filters import compile_where
 from .hot import HotTier
@@ -118,6 +119,8 @@ class StoreStats:
     quantizer: dict[str, Any] = field(default_factory=dict)
     loaded: dict[str, Any] = field(default_factory=dict)  # loaded namespaces: count, bytes, loads, unloads
     cold_index: dict[str, Any] = field(default_factory=dict)  # on-disk indexes of huge namespaces' cold parts
+    # Of `memories`, those past their expires_at: hidden from every read, deleted by the next maintain().
+    expired: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
@@ -125,7 +128,7 @@ class StoreStats:
         return asdict(self)
 
 
-class TieredMemory(SearchMixin, TierManagerMixin):
+class TieredMemory(SearchMixin, TierManagerMixin, ExpiryMixin):
     """An agent's memory: hot LRU, warm hnswlib over int8 codes, cold LMDB; one directory.
 
     >>> with TieredMemory("./agent_memory") as mem:            # doctest: +SKIP
@@ -311,6 +314,7 @@ class TieredMemory(SearchMixin, TierManagerMixin):
         self._has_sealed = bool(self.cold.meta_get("has_sealed", False))
         self._topics_dirty: set[str] = set()  # namespaces whose topic model changed since it was written
         self._attachments: dict[str, Any] = {}  # features' per-store objects: see attachment()
+        self._load_expiry_bounds()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -375,15 +379,22 @@ class TieredMemory(SearchMixin, TierManagerMixin):
         id: str | None = None,
         sensitive: bool = False,
         dedup: bool | None = None,
+        ttl_s: float | None = None,
+        expires_at: float | Any = None,
     ) -> str:
         """Store one memory durably; returns its id. ``vector=`` skips encoding the text;
-        ``sensitive=True`` seals its text, metadata and vectors at rest (needs encryption_key)."""
+        ``sensitive=True`` seals its text, metadata and vectors at rest (needs encryption_key).
+        ``ttl_s`` (seconds from now; math.inf: never) or ``expires_at`` (seconds or a datetime)
+        makes it expire; without either, ``MemoryConfig.default_ttl_s`` applies."""
         vectors = None if vector is None else as_unit_vectors(vector, self.dimension)
         if vectors is not None and len(vectors) != 1:
             raise InvalidInputError(f"add() takes one vector, got {len(vectors)}; use add_many()")
+        if isinstance(ttl_s, (list, tuple)) or isinstance(expires_at, (list, tuple)):
+            raise InvalidInputError("add() takes one ttl_s / expires_at; lists are for add_many()")
         return self.add_many([text], namespace=namespace, kind=kind, metadata=None if metadata is None else [metadata],
                              importance=importance, created_at=created_at, vectors=vectors,
-                             ids=None if id is None else [id], sensitive=sensitive, dedup=dedup)[0]
+                             ids=None if id is None else [id], sensitive=sensitive, dedup=dedup, ttl_s=ttl_s,
+                             expires_at=expires_at)[0]
 
     def add_many(
         self,
@@ -398,14 +409,18 @@ class TieredMemory(SearchMixin, TierManagerMixin):
         ids: Sequence[str] | None = None,
         sensitive: bool = False,
         dedup: bool | None = None,
+        ttl_s: float | Sequence[float | None] | None = None,
+        expires_at: Any = None,
     ) -> list[str]:
         """Store many memories in one durable transaction (all or none); returns their ids.
 
         Per-memory arguments take one value for all or a sequence with one value each. A text the
         namespace already holds (case-folded, white space collapsed) is not stored again: its id is
-        the existing memory's, which counts an access, and the returned list's ``duplicates`` names
-        its index. ``dedup`` (default ``MemoryConfig.dedup``) switches that; with ``ids=`` given,
-        the caller owns identity and nothing is deduplicated.
+        the existing memory's, which counts an access (and keeps the later of its expiry and the
+        one asked for), and the returned list's ``duplicates`` names its index. ``dedup`` (default
+        ``MemoryConfig.dedup``) switches that; with ``ids=`` given, the caller owns identity and
+        nothing is deduplicated. ``ttl_s`` / ``expires_at``: see :meth:`add` (None in a list: the
+        default).
         """
         if dedup is not None and not isinstance(dedup, bool):
             raise InvalidInputError(f"dedup must be True, False or None, got {dedup!r:.40}")
@@ -415,7 +430,8 @@ class TieredMemory(SearchMixin, TierManagerMixin):
         n = len(texts)
         if n == 0:
             return []
-        memories = self._new_memories(texts, namespace, kind, metadata, importance, created_at, ids, sensitive)
+        memories = self._new_memories(texts, namespace, kind, metadata, importance, created_at, ids, sensitive,
+                                      ttl_s, expires_at)
         if vectors is not None:
             matrix = as_unit_vectors(vectors, self.dimension)
             if len(matrix) != n:
@@ -430,7 +446,8 @@ class TieredMemory(SearchMixin, TierManagerMixin):
         return added
 
     def _new_memories(self, texts: Sequence[str], namespace: str, kind: Any, metadata: Any, importance: Any,
-                      created_at: Any, ids: Sequence[str] | None, sensitive: bool) -> list[Memory]:
+                      created_at: Any, ids: Sequence[str] | None, sensitive: bool, ttl_s: Any = None,
+                      expires_at: Any = None) -> list[Memory]:
         config = self.config
         n = len(texts)
         namespace = check_label(namespace, "namespace")
@@ -447,6 +464,7 @@ class TieredMemory(SearchMixin, TierManagerMixin):
         if ids is not None and (isinstance(ids, str) or len(ids) != n):
             raise InvalidInputError(f"ids must be a list of {n} ids, one per text")
         now = self.clock()
+        expiries = new_expiries(ttl_s, expires_at, n, now, config.default_ttl_s)
         memories = []
         seen: set[str] = set()
         for i, text in enumerate(texts):
@@ -469,6 +487,7 @@ class TieredMemory(SearchMixin, TierManagerMixin):
                 topic=-1,
                 tier=Tier.WARM,
                 sensitive=sensitive,
+                expires_at=expiries[i],
             ))
         return memories
 
@@ -529,9 +548,13 @@ class TieredMemory(SearchMixin, TierManagerMixin):
         ns = self._load(namespace, create=True)
         answer = AddedIds(memory.id for memory in memories)
         text_keys: list[bytes | None] = [None] * len(memories)
+        raised: dict[int, float] = {}  # slot -> the later expiry a duplicate asked for
         if dedup:
-            memories, vectors, text_keys = self._without_duplicates(ns, memories, vectors, answer)
+            memories, vectors, text_keys = self._without_duplicates(ns, memories, vectors, answer, raised)
             if not memories:
+                if raised:
+                    self.cold.write(self._expiry_ops(raised))
+                    self._set_expiries(raised)
                 return answer
         else:
             # Still indexed (the latest memory of a text wins), so a later deduplicating add finds
@@ -550,9 +573,14 @@ class TieredMemory(SearchMixin, TierManagerMixin):
             not self._has_sealed else []
         dedup_ops = [("texts", key, memory.id.encode("utf-8")) for key, memory in zip(text_keys, memories)
                      if key is not None]
-        self.cold.write([*self.cold.memory_ops(ns, memories, codes, vectors), *dedup_ops, *sealing])
+        bound_ops, bound = self._lowered_bound_ops(ns, [memory.expires_at for memory in memories])
+        self.cold.write([*self.cold.memory_ops(ns, memories, codes, vectors), *dedup_ops, *sealing, *bound_ops,
+                         *self._expiry_ops(raised)])
         if sealing:
             self._key_checked = self._has_sealed = True
+        if bound_ops:
+            self._expiry_bounds[ns] = bound
+        self._set_expiries(raised)
         # Durable from here on; what follows only updates in-RAM structures.
         self._clipped += quantizer.clip_rate(vectors) * vectors.size
         self._coded += vectors.size
@@ -577,10 +605,12 @@ class TieredMemory(SearchMixin, TierManagerMixin):
                         self.catalog.touch(slot, now)
         return answer
 
-    def _without_duplicates(self, ns: int, memories: list[Memory], vectors: np.ndarray,
-                            answer: AddedIds) -> tuple[list[Memory], np.ndarray, list[bytes | None]]:
+    def _without_duplicates(self, ns: int, memories: list[Memory], vectors: np.ndarray, answer: AddedIds,
+                            raised: dict[int, float]) -> tuple[list[Memory], np.ndarray, list[bytes | None]]:
         """Drop memories whose text the namespace (or this batch) already holds; each counts as an
-        access of the memory it repeats, and `answer` gets that memory's id and the index."""
+        access of the memory it repeats, and `answer` gets that memory's id and the index. A
+        repeated memory keeps the later of its expiry and the repeat's (`raised` gets the stored
+        ones to change); an expired memory is no longer held: its text is stored anew."""
         keys = [None if memory.sensitive else text_key(ns, memory.text) for memory in memories]
         found = self.cold.find_texts(keys)
         catalog = self.catalog
@@ -588,15 +618,22 @@ class TieredMemory(SearchMixin, TierManagerMixin):
         keep = []
         now = self.clock()
         for i, (key, existing) in enumerate(zip(keys, found)):
-            if key is not None and existing is not None and existing in catalog.slot_of:
+            wanted = NEVER if memories[i].expires_at is None else memories[i].expires_at
+            slot = catalog.slot_of.get(existing) if key is not None and existing is not None else None
+            if slot is not None and catalog.expires[slot] > now:
                 answer[i] = existing
                 answer.duplicates.append(i)
+                if wanted > raised.get(slot, catalog.expires[slot]):
+                    raised[slot] = wanted
                 with self._mutex:
-                    catalog.touch(catalog.slot_of[existing], now)
+                    catalog.touch(slot, now)
             elif key is not None and key in first:
-                answer[i] = memories[first[key]].id  # touched once the first is stored
+                repeated = memories[first[key]]
+                answer[i] = repeated.id  # touched once the first is stored
                 answer.duplicates.append(i)
                 answer.repeats.append(i)
+                if repeated.expires_at is not None and wanted > repeated.expires_at:
+                    memories[first[key]] = repeated._replace(expires_at=None if wanted == NEVER else wanted)
             else:
                 if key is not None:
                     first[key] = i
@@ -623,7 +660,8 @@ class TieredMemory(SearchMixin, TierManagerMixin):
     # -- reading ---------------------------------------------------------------------------
 
     def get(self, memory_id: str, *, namespace: str | None = None) -> Memory:
-        """The memory with this id (raises MemoryNotFoundError). Promotes it to the hot tier."""
+        """The memory with this id (raises MemoryNotFoundError; MemoryExpiredError, a subclass,
+        once its expires_at has passed). Promotes it to the hot tier."""
         # The hot path, kept flat (every call and attribute lookup shows at ~2 us): one LRU
         # lookup, the use counters, a fresh copy. close() empties the hot tier, so a closed
         # store always takes the slow path, which raises.
@@ -638,8 +676,11 @@ class TieredMemory(SearchMixin, TierManagerMixin):
             if entry is not None and (namespace is None or entry.memory.namespace == namespace):
                 catalog = self.catalog
                 slot = catalog.slot_of[memory_id]
+                now = self.clock()
+                if catalog.expires[slot] <= now:
+                    raise expired_error(memory_id, catalog.expires[slot])
                 catalog.uses[slot] += 1
-                catalog.accessed[slot] = self.clock()
+                catalog.accessed[slot] = now
                 catalog.dirty.add(slot)
                 self._hits["hot"] += 1
                 self._ops += 1
@@ -676,6 +717,7 @@ class TieredMemory(SearchMixin, TierManagerMixin):
                         self._misses[tier] += 1
                 where = "" if namespace is None else f" in namespace {namespace!r}"
                 raise MemoryNotFoundError(f"no memory with id {memory_id!r}{where}")
+            self._check_unexpired(slot)
             with self._mutex:
                 self._serve(slot)
                 memory = self.catalog.memory(slot, content)
@@ -780,10 +822,15 @@ class TieredMemory(SearchMixin, TierManagerMixin):
         importance: float | None = None,
         vector: Any = None,
         namespace: str | None = None,
+        ttl_s: float | None = None,
+        expires_at: Any = UNCHANGED,
     ) -> Memory:
-        """Change a memory's text (re-encoded), kind, metadata (replaced) or importance.
+        """Change a memory's text (re-encoded), kind, metadata (replaced), importance or expiry.
 
-        The change is durable before this returns; the version is bumped.
+        ``ttl_s`` sets the expiry to that many seconds from now (math.inf: never); ``expires_at``
+        sets it to a time, and ``expires_at=None`` (passed explicitly) clears it; left out, the
+        expiry stays. The change is durable before this returns; the version is bumped. An
+        expired memory cannot be changed (MemoryExpiredError).
         """
         self._check_writable()
         check_id(memory_id)
@@ -793,6 +840,7 @@ class TieredMemory(SearchMixin, TierManagerMixin):
         metadata = None if metadata is None else check_metadata(metadata, config.max_metadata_bytes,
                                                                  config.max_metadata_depth)
         importance = None if importance is None else check_importance(importance)
+        new_expiry = changed_expiry(ttl_s, expires_at, self.clock())
         new_vector = None
         if vector is not None:
             new_vector = as_unit_vectors(vector, self.dimension)
@@ -803,6 +851,7 @@ class TieredMemory(SearchMixin, TierManagerMixin):
         with self._rw.write:
             self._check_writable()
             slot = self._slot(memory_id, namespace)
+            self._check_unexpired(slot)
             catalog = self.catalog
             ns = catalog.ns[slot]
             entry = self.hot.peek(memory_id)
@@ -816,7 +865,7 @@ class TieredMemory(SearchMixin, TierManagerMixin):
                 metadata if metadata is not None else old.metadata, current.created_at, now,
                 current.last_accessed, current.access_count,
                 importance if importance is not None else current.importance, current.topic, current.tier,
-                current.version + 1, old.sensitive,
+                current.version + 1, old.sensitive, current.expires_at if new_expiry is UNCHANGED else new_expiry,
             )
             model = self.topics.get(old.namespace)
             ops = self.cold.record_ops([changed])
@@ -837,8 +886,13 @@ class TieredMemory(SearchMixin, TierManagerMixin):
             with self._mutex:
                 changed = changed._replace(tier=catalog.tier_of(slot))
             ops += self.cold.row_ops(ns, [memory_id], [self._row_bytes(slot, changed)])
-            self.cold.write(ops)
+            bound_ops, bound = self._lowered_bound_ops(ns, [changed.expires_at])
+            self.cold.write(ops + bound_ops)
+            if bound_ops:
+                self._expiry_bounds[ns] = bound
             with self._mutex:
+                if new_expiry is not UNCHANGED:
+                    catalog.set_expiry(slot, NEVER if new_expiry is None else new_expiry)
                 catalog.updated[slot] = now
                 catalog.version[slot] = changed.version
                 catalog.importance[slot] = changed.importance
@@ -861,7 +915,8 @@ class TieredMemory(SearchMixin, TierManagerMixin):
         return result
 
     def delete(self, memory_id: str, *, namespace: str | None = None) -> None:
-        """Remove a memory from every tier, durably. Raises MemoryNotFoundError if unknown."""
+        """Remove a memory from every tier, durably. Raises MemoryNotFoundError if unknown. An
+        expired memory the sweep has not reached yet is deleted like any other."""
         self._check_writable()
         check_id(memory_id)
         with self._rw.write:
@@ -953,8 +1008,14 @@ class TieredMemory(SearchMixin, TierManagerMixin):
 
     def stats(self) -> StoreStats:
         """Per tier: count, bytes, hits, misses; promotions and demotions since open; loaded
-        namespaces (count, bytes, loads, unloads, load latency)."""
+        namespaces (count, bytes, loads, unloads, load latency). Counts are of what is stored:
+        ``expired`` says how many of ``memories`` have expired and wait for the sweep."""
         self._check_open()
+        if self._bounds():  # expired memories may read rows: not under the mutex hot gets take
+            with self._rw.read:
+                expired = self._expired_count()
+        else:
+            expired = 0
         with self._rw.read, self._mutex:
             catalog = self.catalog
             # Codes of loaded namespaces are in RAM (the blocks searches scan): warm rows count
@@ -980,38 +1041,73 @@ class TieredMemory(SearchMixin, TierManagerMixin):
                            "calibrated_on": self._calibrated_on},
                 loaded=self.registry.stats(),
                 cold_index=self.cold_parts.stats(),
+                expired=expired,
             )
 
     def __len__(self) -> int:
+        """Memories stored and not expired."""
         self._check_open()
-        return len(self.cold)
+        if not self._bounds():  # no memory of the store expires: the archive's count
+            return len(self.cold)
+        with self._rw.read:  # the catalog's expiring sets change under the write lock
+            return len(self.cold) - self._expired_count()
 
     def __contains__(self, memory_id: object) -> bool:
         if not isinstance(memory_id, str) or self._closed:
             return False
-        return memory_id in self.catalog.slot_of or self.cold.get_many([memory_id])[0] is not None
+        slot = self.catalog.slot_of.get(memory_id)
+        if slot is not None:
+            return self.catalog.expires[slot] > self.clock()
+        return self._live(self.cold.get_many([memory_id])[0]) is not None
 
     def count(self, namespace: str | None = None) -> int:
-        """Memories in one namespace, or in all (read from the cold tier's counts: no load)."""
+        """Memories in one namespace, or in all, expired ones left out (read from the cold tier's
+        counts, no load; the rows of a namespace are read only when one of its memories may have
+        expired since the last sweep)."""
         self._check_open()
         if namespace is None:
-            return len(self.cold)
+            return len(self)
         ns = self.cold.namespace_id(check_label(namespace, "namespace"))
-        return 0 if ns is None else self.cold.namespace_info(ns)[1]
+        if ns is None:
+            return 0
+        if ns not in self._bounds():
+            return self.cold.namespace_info(ns)[1]
+        with self._rw.read:
+            stored = self.cold.namespace_info(ns)[1]
+            return stored - self._expired_count(ns) if stored else 0
 
     def namespaces(self) -> list[str]:
-        """Namespaces that hold at least one memory."""
+        """Namespaces that hold at least one memory that has not expired."""
         self._check_open()
-        return [name for name, count in self.cold.namespace_counts() if count]
+        if not self._bounds():  # no memory of the store expires
+            return [name for name, count in self.cold.namespace_counts() if count]
+        with self._rw.read:
+            now = self.clock()
+            due = set(self._due_namespaces(now))
+            found = []
+            for name, count in self.cold.namespace_counts():
+                ns = self.cold.namespace_id(name) if count and due else None
+                if ns in due:
+                    count -= len(self._expired_ids(ns, now))  # type: ignore[arg-type]
+                if count:
+                    found.append(name)
+            return found
 
     def ids(self, namespace: str | None = None) -> list[str]:
-        """Ids of one namespace's memories, or of all (keys read from cold: no load)."""
+        """Ids of one namespace's memories, or of all, expired ones left out (keys read from cold:
+        no load)."""
         self._check_open()
         with self._rw.read:
+            now = self.clock()
             if namespace is None:
-                return list(self.cold.ids())
+                due = self._due_namespaces(now)
+                gone = set().union(*(self._expired_ids(ns, now) for ns in due)) if due else set()
+                return [i for i in self.cold.ids() if i not in gone] if gone else list(self.cold.ids())
             ns = self.cold.namespace_id(check_label(namespace, "namespace"))
-            return [] if ns is None else self.cold.namespace_ids(ns)
+            if ns is None:
+                return []
+            gone = self._expired_ids(ns, now)
+            return [i for i in self.cold.namespace_ids(ns) if i not in gone] if gone else self.cold.namespace_ids(ns)
 
     def tier_of(self, memory_id: str) -> Tier:
         """Where a memory sits now, without counting as an access (cold if its namespace is not loaded)."""
@@ -1020,15 +1116,18 @@ class TieredMemory(SearchMixin, TierManagerMixin):
         with self._mutex:
             slot = self.catalog.slot_of.get(memory_id)
             if slot is not None:
+                if self.catalog.expires[slot] <= self.clock():
+                    raise expired_error(memory_id, self.catalog.expires[slot])
                 return self.catalog.tier_of(slot)
-        if self.cold.get_many([memory_id])[0] is None:
+        if self._live(self.cold.get_many([memory_id])[0]) is None:
             raise MemoryNotFoundError(f"no memory with id {memory_id!r}")
         return Tier.COLD
 
     def list_memories(self, namespace: str = DEFAULT_NAMESPACE, *, since: Any = None, until: Any = None,
                       limit: int = 100, offset: int = 0, newest_first: bool = False) -> list[Memory]:
         """A namespace's memories in created_at order (then id), a page at a time, optionally within
-        [since, until]: for agents that replay a period. Not counted as accesses."""
+        [since, until]: for agents that replay a period. Not counted as accesses; expired
+        memories are left out."""
         self._check_open()
         namespace = check_label(namespace, "namespace")
         for name, value, low in (("limit", limit, 1), ("offset", offset, 0)):
@@ -1046,6 +1145,9 @@ class TieredMemory(SearchMixin, TierManagerMixin):
                 return []
             slots = catalog.slots(namespace=ns).tolist()
             created, ids = catalog.created, catalog.ids
+            expired = catalog.expired(ns, self.clock)
+            if expired:
+                slots = [slot for slot in slots if slot not in expired]
             if period is not None:
                 slots = [slot for slot in slots if period[0] <= created[slot] <= period[1]]
             slots.sort(key=lambda slot: (created[slot], ids[slot]), reverse=newest_first)
@@ -1094,11 +1196,12 @@ class TieredMemory(SearchMixin, TierManagerMixin):
         return self._sealer is not None
 
     def record(self, memory_id: str) -> Memory | None:
-        """A memory as stored in cold, without counting an access or promoting it; None if unknown."""
+        """A memory as stored in cold, without counting an access or promoting it; None if unknown
+        or expired (as for every read, an expired memory is gone)."""
         check_id(memory_id)
         with self._rw.read:
             self._check_open()
-            return self.cold.get(memory_id)
+            return self._live(self.cold.get(memory_id))
 
     def version_of(self, memory_id: str) -> int:
         """The version the store holds for a memory, 0 if it holds none."""
@@ -1113,10 +1216,13 @@ class TieredMemory(SearchMixin, TierManagerMixin):
         return None if record is None else record.namespace
 
     def vector(self, memory_id: str) -> np.ndarray | None:
-        """The best float vector kept for a memory (its original, else its decoded code)."""
+        """The best float vector kept for a memory (its original, else its decoded code); None if
+        unknown or expired."""
         check_id(memory_id)
         with self._rw.read:
             self._check_open()
+            if self._bounds() and self._live(self.cold.get(memory_id)) is None:
+                return None
             return self.cold.vector(memory_id)
 
     def attachment(self, key: str, factory: Callable[[], Any]) -> Any:

@@ -49,11 +49,19 @@ class ConfigError(InvalidInputError):
     """A configuration value out of range, or a store opened with settings it was not built with."""
 
 
+class InvalidExpiryError(InvalidInputError):
+    """A ``ttl_s=`` or ``expires_at=`` that cannot be used: not a number, not positive, in the past, or both given."""
+
+
 class MemoryNotFoundError(TieredMemoryError, KeyError):
     """No memory has this id (in this namespace)."""
 
     def __str__(self) -> str:  # KeyError quotes its argument; keep the message readable
         return str(self.args[0]) if self.args else "memory not found"
+
+
+class MemoryExpiredError(MemoryNotFoundError):
+    """The memory's ``expires_at`` has passed: it is gone for every read, and maintenance deletes it."""
 
 
 class StoreClosedError(TieredMemoryError):

@@ -66,6 +66,7 @@ state per process (one writing process per hub).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import secrets
@@ -78,7 +79,7 @@ import msgpack
 import numpy as np
 
 from .cold import STORE_SCHEMA
-from .cold_ops import NS_ID, ColdOps, NamespaceRows, Op, row_key, unpack_row
+from .cold_ops import EXPIRY_PREFIX, NS_ID, ColdOps, NamespaceRows, Op, expiry_bound_of, row_key, unpack_row
 from .cold_store import ColdStore
 from .config import MemoryConfig
 from .crypto import Sealer
@@ -674,7 +675,7 @@ class PostgresColdStore(ColdOps, ColdStore):
             if code is None:
                 raise StorageError(f"memory {memory_id!r} has a catalog row but no code; the store is damaged "
                                    "(restore it from a backup)")
-            kind, importance, created, updated, accessed, uses, topic, tier, version, sensitive = \
+            kind, importance, created, updated, accessed, uses, topic, tier, version, sensitive, expires = \
                 unpack_row(key, data)
             rows.codes[i] = np.frombuffer(self._plain_vector_bytes(memory_id, "code", code, self.dimension, key),
                                           dtype=np.int8)
@@ -689,7 +690,38 @@ class PostgresColdStore(ColdOps, ColdStore):
             rows.tier.append(tier)
             rows.version.append(version)
             rows.sensitive.append(int(sensitive))
+            rows.expires.append(float(expires))
         return rows
+
+    # -- expiry (see tiered_memory/expiry.py) ---------------------------------------------
+
+    def expired_rows(self, ns_id: int, now: float) -> tuple[list[str], list[bool], float]:
+        with self._connection() as conn:
+            found = conn.execute("SELECT memory_id, value FROM tm_rows WHERE ns_id = %s ORDER BY memory_id",
+                                 (ns_id,)).fetchall()
+        expired: list[str] = []
+        sealed: list[bool] = []
+        earliest = math.inf
+        for memory_id, data in found:
+            row = unpack_row(row_key(ns_id, memory_id), data)
+            if row[10] <= now:
+                expired.append(memory_id)
+                sealed.append(row[9])
+            elif row[10] < earliest:
+                earliest = row[10]
+        return expired, sealed, earliest
+
+    def row_expires_at(self, ns_id: int, memory_id: str) -> float:
+        with self._connection() as conn:
+            found = conn.execute("SELECT value FROM tm_rows WHERE ns_id = %s AND memory_id = %s",
+                                 (ns_id, memory_id)).fetchone()
+        return math.inf if found is None else float(unpack_row(row_key(ns_id, memory_id), found[0])[10])
+
+    def expiry_bounds(self) -> dict[int, float]:
+        with self._connection() as conn:
+            found = conn.execute("SELECT key, value FROM tm_meta WHERE key >= %s AND key < %s ORDER BY key",
+                                 (EXPIRY_PREFIX, _prefix_end(EXPIRY_PREFIX))).fetchall()
+        return dict(expiry_bound_of(bytes(key), bytes(value)) for key, value in found)
 
     def find_texts(self, keys: list[bytes | None]) -> list[str | None]:
         wanted = [key for key in keys if key is not None]

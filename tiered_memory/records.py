@@ -134,6 +134,9 @@ class Memory(NamedTuple):
     tier: Tier  # in a get() or search() result: the tier that served it (it may move up right after)
     version: int = 1  # bumped by every update
     sensitive: bool = False  # text, metadata and vectors sealed at rest (needs the store's encryption key)
+    # Seconds since the epoch after which no read returns the memory and maintenance deletes it;
+    # None: never. Kept in the catalog row (not the record), so it is in clear for sealed memories.
+    expires_at: float | None = None
 
     def replace(self, **changes: Any) -> Memory:
         """A copy with some fields changed (nothing stored changes; use update() for that)."""

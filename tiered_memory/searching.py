@@ -75,28 +75,37 @@ class Lookup:
 
 class RowFilter:
     """The filters of one search, in one namespace: kinds and allowed ids (checked on catalog
-    columns, vectorized) and the metadata predicate (which needs the record)."""
+    columns, vectorized), expired slots (left out), and the metadata predicate (which needs the
+    record)."""
 
     def __init__(self, kind_codes: list[int] | None, allowed: np.ndarray | None, predicate: Predicate | None,
-                 eligible: int, total: int, catalog: Catalog) -> None:
+                 eligible: int, total: int, catalog: Catalog, expired: set[int] | None = None) -> None:
         self.kind_codes = kind_codes
         self.allowed = allowed
         self._allowed_set = None if allowed is None else set(allowed.tolist())
         self.predicate = predicate
         self.eligible = eligible
         self.selectivity = eligible / total if total else 0.0
-        self.active = kind_codes is not None or allowed is not None or predicate is not None
+        self.expired = expired
+        self._expired_array = None if expired is None else np.fromiter(expired, dtype=np.int64, count=len(expired))
+        self.active = kind_codes is not None or allowed is not None or predicate is not None or expired is not None
         self._kind_column = catalog.kind
 
     @classmethod
     def build(cls, catalog: Catalog, ns: int, kinds: list[str] | None, predicate: Predicate | None,
-              only_ids: Collection[str] | None, period: Period | None = None) -> RowFilter:
+              only_ids: Collection[str] | None, period: Period | None = None,
+              expired: set[int] | None = None) -> RowFilter:
         total = catalog.count_by_ns[ns]
         eligible = total
         kind_codes = None
         if kinds is not None:
             kind_codes = [catalog.kinds.codes[name] for name in kinds if name in catalog.kinds.codes]
             eligible = sum(catalog.count_by_kind[ns, code] for code in kind_codes)
+            if expired:
+                kind_column = catalog.kind
+                eligible -= sum(1 for slot in expired if kind_column[slot] in kind_codes)
+        elif expired:
+            eligible -= len(expired)
         allowed = None
         if only_ids is not None:
             slot_of, ns_column = catalog.slot_of, catalog.ns
@@ -109,9 +118,14 @@ class RowFilter:
             inside = members[(created >= period[0]) & (created <= period[1])]
             allowed = inside if allowed is None else np.intersect1d(allowed, inside)
             eligible = min(eligible, len(allowed))
-        return cls(kind_codes, allowed, predicate, eligible, total, catalog)
+        if allowed is not None and expired:
+            allowed = allowed[~np.isin(allowed, np.fromiter(expired, dtype=np.int64, count=len(expired)))]
+            eligible = min(eligible, len(allowed))
+        return cls(kind_codes, allowed, predicate, eligible, total, catalog, expired)
 
     def accepts(self, slot: int, lookup: Lookup) -> bool:
+        if self.expired is not None and slot in self.expired:
+            return False
         if self.kind_codes is not None and self._kind_column[slot] not in self.kind_codes:
             return False
         if self._allowed_set is not None and slot not in self._allowed_set:
@@ -126,6 +140,9 @@ class RowFilter:
         if self.allowed is not None and len(slots):
             inside = np.isin(slots, self.allowed)
             keep = inside if keep is None else keep & inside
+        if self._expired_array is not None and len(slots):
+            live = ~np.isin(slots, self._expired_array)
+            keep = live if keep is None else keep & live
         return keep
 
 
@@ -237,7 +254,7 @@ class SearchMixin:
                     for slot, score in self._dense_candidates(namespace, ns, q, depth, kinds, predicate, only_ids,
                                                               lookup, period):
                         dense[slot] = max(score, dense.get(slot, -np.inf))
-                rows = RowFilter.build(catalog, ns, kinds, predicate, only_ids, period)
+                rows = RowFilter.build(catalog, ns, kinds, predicate, only_ids, period, catalog.expired(ns, self.clock))
                 if rows.eligible == 0:
                     continue
                 ids, scores = self.lexical.search(namespace, query, depth * 2 if rows.active else depth)
@@ -310,14 +327,15 @@ class SearchMixin:
         ns = catalog.namespaces.codes.get(namespace)
         if ns is None or not catalog.count_by_ns.get(ns):
             return []
-        if kinds is None and predicate is None and only_ids is None and period is None and \
+        expired = catalog.expired(ns, self.clock)  # None (one dict lookup) where nothing expires
+        if kinds is None and predicate is None and only_ids is None and period is None and expired is None and \
                 catalog.count_by_ns[ns] > self.config.exact_search_max and not catalog.blocks.cold_count.get(ns):
             # The common case, taken straight: no filter, everything in the warm graph.
             graph = self.warm.graphs.get(namespace)
             result = graph.search(q, k) if graph is not None else None
             if result is not None:  # map(), not a comprehension: this runs on every plain search
                 return list(zip(map(catalog.slot_of.__getitem__, result[0]), result[1].tolist()))
-        rows = RowFilter.build(catalog, ns, kinds, predicate, only_ids, period)
+        rows = RowFilter.build(catalog, ns, kinds, predicate, only_ids, period, expired)
         if rows.eligible == 0:
             return []
         if rows.allowed is not None and len(rows.allowed) <= self.config.exact_search_max:

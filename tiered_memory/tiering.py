@@ -50,6 +50,7 @@ class MaintenanceReport:
     recalibrated: bool = False
     graphs_compacted: int = 0
     unloaded: int = 0  # namespaces unloaded to keep within warm_budget_bytes
+    expired: int = 0  # memories past their expires_at, deleted
     seconds: float = 0.0
 
 
@@ -383,18 +384,23 @@ class TierManagerMixin:
                     self.warm.discard(self.catalog.ids[slot], namespace)
                     self.catalog.set_tier(slot, COLD)
 
-    def _row_bytes(self, slot: int, memory: Memory | None = None) -> bytes:
+    def _row_bytes(self, slot: int, memory: Memory | None = None, expires: float | None = None) -> bytes:
         """A slot's catalog row as stored in cold. Sealed rows keep no topic: it is derived from
-        the (sealed) vector and recomputed at load (issue 11.1)."""
+        the (sealed) vector and recomputed at load (issue 11.1). The expiry is `memory`'s, else
+        `expires` (math.inf: never), else the catalog's."""
         catalog = self.catalog
         sensitive = bool(catalog.sensitive[slot])
         kind = memory.kind if memory is not None else catalog.kinds.names[catalog.kind[slot]]
         importance = memory.importance if memory is not None else catalog.importance[slot]
         updated = memory.updated_at if memory is not None else catalog.updated[slot]
         version = memory.version if memory is not None else catalog.version[slot]
+        if memory is not None:
+            expires = memory.expires_at
+        elif expires is None:
+            expires = catalog.expires[slot]
         return pack_row(kind, importance, catalog.created[slot], updated, catalog.accessed[slot],
                         catalog.uses[slot], -1 if sensitive else catalog.topic[slot], catalog.tier[slot], version,
-                        sensitive)
+                        sensitive, expires)
 
     def _rebuild_graph(self, namespace: str, slots: list[int]) -> None:
         ids = [self.catalog.ids[slot] for slot in slots]
@@ -547,6 +553,7 @@ class TierManagerMixin:
         started = time.perf_counter()
         report = MaintenanceReport()
         report.unloaded = self._unload_over_budget()
+        report.expired = self._sweep_expired()
         config = self.config
         catalog = self.catalog
         slots, scores = self.decay_scores(catalog.slots(tiers=(WARM, HOT)))
@@ -953,6 +960,9 @@ class TierManagerMixin:
             if exclude_tiers and len(slots):
                 excluded = [TIER_CODES[tier] for tier in exclude_tiers]
                 slots = slots[~np.isin(np.asarray(catalog.tier)[slots], excluded)]
+            expired = catalog.expired(ns, self.clock)
+            if expired and len(slots):
+                slots = slots[~np.isin(slots, list(expired))]
             if not len(slots):
                 return []
             slots, scores = self.decay_scores(slots)

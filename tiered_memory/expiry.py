@@ -1,0 +1,313 @@
+"""Expiry (TTL) of memories: argument checks, extending, the maintenance sweep, live counts.
+
+A memory added with ``ttl_s=`` or ``expires_at=`` (or under ``MemoryConfig.default_ttl_s``) is
+gone for every read once the store's clock passes its ``expires_at``: ``get`` raises
+:class:`~tiered_memory.errors.MemoryExpiredError`, searches, listings and counts leave it out.
+``maintain()`` deletes expired memories durably, as ``delete`` would.
+
+Where it is kept. The expiry is a field of the memory's catalog row (``rows``, in clear, also for
+sealed memories: it is not content), so loading a namespace brings it into the catalog's
+``expires`` column, and the sweep finds expired memories without reading a record or needing the
+key. Rows of memories that never expire have no such field: they are what they were before.
+
+What it costs where nothing expires. Searches ask the catalog for a namespace's expired slots:
+one dict lookup for a namespace without expiring memories (the clock is not read). Between two
+expiries one answer per namespace is reused. For namespaces that are not loaded, ``meta`` holds
+``expiry/<ns id>``: a lower bound on the expiries of the namespace's memories (lowered in the
+transaction that writes an earlier one, raised by the sweep), so counts read the rows of a
+namespace only when something in it may have expired.
+
+Mixed into :class:`~tiered_memory.engine.TieredMemory`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from .cold import Op, row_key, text_key
+from .errors import InvalidExpiryError, InvalidInputError, MemoryExpiredError, short_repr
+from .records import Memory, check_id, check_timestamp, is_real_number
+
+if TYPE_CHECKING:
+    from .engine import TieredMemory
+
+NEVER = math.inf  # the catalog's expiry of a memory that never expires
+
+
+class _Unchanged:
+    """The default of ``update(expires_at=)``: leave the expiry as it is (None clears it)."""
+
+    def __repr__(self) -> str:
+        return "UNCHANGED"
+
+
+UNCHANGED: Any = _Unchanged()
+
+
+def check_ttl(value: object, what: str = "ttl_s") -> float:
+    """A time to live in seconds: a number > 0; math.inf means never expire."""
+    if not is_real_number(value) or math.isnan(float(value)) or float(value) <= 0:  # type: ignore[arg-type]
+        raise InvalidExpiryError(f"{what} must be a number of seconds > 0 (math.inf: never expire), got "
+                                 f"{short_repr(value)}")
+    return float(value)  # type: ignore[arg-type]
+
+
+def check_expires_at(value: object, now: float) -> float:
+    """An expiry time: seconds since the epoch or a datetime (naive: UTC), after `now`."""
+    try:
+        stamp = check_timestamp(value, "expires_at")
+    except InvalidInputError as err:
+        raise InvalidExpiryError(str(err)) from err
+    if stamp <= now:
+        raise InvalidExpiryError(f"expires_at {short_repr(value)} is not after the store's clock ({_iso(now)}); "
+                                 "give a later time, or delete() the memory")
+    return stamp
+
+
+def new_expiries(ttl_s: Any, expires_at: Any, n: int, now: float, default_ttl_s: float | None) -> list[float | None]:
+    """The expires_at of each of n new memories (None: never): from ``ttl_s`` (seconds from now),
+    ``expires_at``, else ``default_ttl_s``; each argument one value or one per memory."""
+    if ttl_s is not None and expires_at is not None:
+        raise InvalidExpiryError("give ttl_s= or expires_at=, not both")
+    default = None if default_ttl_s is None else now + default_ttl_s
+    if ttl_s is None and expires_at is None:
+        return [default] * n
+    values = _per_memory(ttl_s if expires_at is None else expires_at, n,
+                         "ttl_s" if expires_at is None else "expires_at")
+    out: list[float | None] = []
+    for value in values:
+        if value is None:
+            out.append(default)
+        elif expires_at is None:
+            ttl = check_ttl(value)
+            out.append(None if ttl == NEVER else now + ttl)
+        else:
+            out.append(check_expires_at(value, now))
+    return out
+
+
+def changed_expiry(ttl_s: Any, expires_at: Any, now: float) -> Any:
+    """The expiry an ``update`` sets: UNCHANGED, None (never expire) or a time."""
+    if ttl_s is not None and expires_at is not UNCHANGED:
+        raise InvalidExpiryError("give ttl_s= or expires_at=, not both")
+    if ttl_s is not None:
+        ttl = check_ttl(ttl_s)
+        return None if ttl == NEVER else now + ttl
+    if expires_at is UNCHANGED or expires_at is None:
+        return expires_at
+    return check_expires_at(expires_at, now)
+
+
+def _per_memory(value: Any, n: int, name: str) -> list[Any]:
+    if isinstance(value, (list, tuple)):
+        if len(value) != n:
+            raise InvalidExpiryError(f"{name} has {len(value)} values for {n} memories; give one value or one per "
+                                     "memory")
+        return list(value)
+    return [value] * n
+
+
+def _iso(stamp: float) -> str:
+    return datetime.fromtimestamp(stamp, UTC).isoformat(timespec="seconds")
+
+
+def expired_error(memory_id: str, expires: float) -> MemoryExpiredError:
+    return MemoryExpiredError(f"memory {memory_id!r} expired at {_iso(expires)}: no read returns it and the next "
+                              "maintain() deletes it (extend() memories to keep before they expire)")
+
+
+class ExpiryMixin:
+    """Extending expiries, the sweep, and the expired memories that counts and listings leave out."""
+
+    # -- extending ---------------------------------------------------------------------------
+
+    def extend(self: TieredMemory, memory_id: str, *, ttl_s: float, namespace: str | None = None) -> float | None:
+        """Push a memory's expiry to ``ttl_s`` seconds from now, durably; returns its expires_at.
+
+        Never shortens: an expiry already later stays, and a memory that never expires keeps
+        never expiring (``update(expires_at=)`` sets any expiry). Not an access and not a new
+        version. Raises MemoryExpiredError if it has already expired."""
+        return self.extend_many([memory_id], ttl_s=ttl_s, namespace=namespace)[0]
+
+    def extend_many(self: TieredMemory, memory_ids: Sequence[str], *, ttl_s: float | Sequence[float],
+                    namespace: str | None = None) -> list[float | None]:
+        """:meth:`extend` for several memories in one durable transaction (all or none); ``ttl_s``
+        one value or one per id. For a read that refreshes what it returns (``refresh_on_read``)."""
+        self._check_writable()
+        if isinstance(memory_ids, str) or not isinstance(memory_ids, Sequence):
+            raise InvalidInputError("extend_many() takes a list of ids; use extend() for one")
+        ids = [check_id(memory_id) for memory_id in memory_ids]
+        ttls = [check_ttl(value) for value in _per_memory(ttl_s, len(ids), "ttl_s")]
+        if not ids:
+            return []
+        with self._rw.write:
+            self._check_writable()
+            now = self.clock()
+            catalog = self.catalog
+            targets: dict[int, float] = {}
+            for memory_id, ttl in zip(ids, ttls):
+                slot = self._slot(memory_id, namespace)
+                current = catalog.expires[slot]
+                if current <= now:
+                    raise expired_error(memory_id, current)
+                wanted = max(targets.get(slot, current), current, now + ttl)
+                if current != NEVER and wanted > current:
+                    targets[slot] = wanted
+            if targets:
+                self.cold.write(self._expiry_ops(targets))
+                self._set_expiries(targets)
+            result = [catalog.expires[catalog.slot_of[memory_id]] for memory_id in ids]
+        self._after_ops(len(ids))
+        return [None if expires == NEVER else expires for expires in result]
+
+    def _expiry_ops(self: TieredMemory, expiries: dict[int, float]) -> list[Op]:
+        """Puts of these slots' rows with new, later expiries (the bound stays a lower bound)."""
+        catalog = self.catalog
+        return [("rows", row_key(catalog.ns[slot], catalog.ids[slot]), self._row_bytes(slot, expires=expires))
+                for slot, expires in expiries.items()]
+
+    def _set_expiries(self: TieredMemory, expiries: dict[int, float]) -> None:
+        """After their rows are written: the catalog's expiries of these slots."""
+        if expiries:
+            with self._mutex:
+                for slot, expires in expiries.items():
+                    self.catalog.set_expiry(slot, expires)
+
+    # -- bounds: which namespaces may hold expired memories -------------------------------------
+
+    def _load_expiry_bounds(self: TieredMemory) -> None:
+        self._expiry_bounds: dict[int, float] = self.cold.expiry_bounds()
+
+    def _bounds(self: TieredMemory) -> dict[int, float]:
+        # A read-only process reads them each time: the writer lowers them as it adds.
+        return self.cold.expiry_bounds() if self.read_only else self._expiry_bounds
+
+    def _due_namespaces(self: TieredMemory, now: float) -> list[int]:
+        """Ids of namespaces that may hold a memory expired at `now` (most stores: none)."""
+        bounds = self._bounds()
+        return [ns for ns, bound in bounds.items() if bound <= now] if bounds else []
+
+    def _lowered_bound_ops(self: TieredMemory, ns: int, expiries: list[float | None]) -> tuple[list[Op], float]:
+        """The op that lowers a namespace's bound to the earliest of these expiries, if it is earlier."""
+        finite = [value for value in expiries if value is not None]
+        bound = self._expiry_bounds.get(ns, NEVER)
+        if not finite or min(finite) >= bound:
+            return [], bound
+        bound = min(finite)
+        return [self.cold.expiry_bound_op(ns, bound)], bound
+
+    # -- expired memories as reads see them -----------------------------------------------------
+
+    def _expired_ids(self: TieredMemory, ns: int, now: float) -> set[str]:
+        """Ids of a namespace's memories expired at `now`: from the catalog when this process wrote
+        it all (a writer's loaded namespace), else one range read of the namespace's rows."""
+        if self._bounds().get(ns, NEVER) > now:
+            return set()
+        catalog = self.catalog
+        if not self.read_only and ns in catalog.namespaces.names and catalog.namespaces.names[ns] in self.registry:
+            expired = catalog.expired(ns, lambda: now)
+            return set() if expired is None else {catalog.ids[slot] for slot in expired}  # type: ignore[misc]
+        return set(self.cold.expired_rows(ns, now)[0])
+
+    def _expired_count(self: TieredMemory, ns: int | None = None) -> int:
+        """Memories expired now, of one namespace or of all, still stored until the sweep."""
+        now = self.clock()
+        due = self._due_namespaces(now) if ns is None else [ns]
+        return sum(len(self._expired_ids(ns_id, now)) for ns_id in due)
+
+    def _stored_expiry(self: TieredMemory, record: Memory) -> float:
+        """The expiry of a memory read from cold (NEVER if none): the catalog's when it is
+        loaded, else its row's, read only when the namespace's bound says it may have passed."""
+        catalog = self.catalog
+        slot = catalog.slot_of.get(record.id)
+        if slot is not None and catalog.namespaces.codes.get(record.namespace) == catalog.ns[slot]:
+            return catalog.expires[slot]
+        if not self._bounds():  # no memory of the store expires
+            return NEVER
+        ns = self.cold.namespace_id(record.namespace)
+        if ns is None or self._bounds().get(ns, NEVER) > self.clock():
+            return NEVER
+        return self.cold.row_expires_at(ns, record.id)
+
+    def _live(self: TieredMemory, record: Memory | None) -> Memory | None:
+        """The record, or None if it has expired; with its expires_at filled in."""
+        if record is None:
+            return None
+        expires = self._stored_expiry(record)
+        if expires <= self.clock():
+            return None
+        return record._replace(expires_at=None if expires == NEVER else expires)
+
+    def _check_unexpired(self: TieredMemory, slot: int) -> None:
+        """Raise MemoryExpiredError if a loaded slot's expiry has passed (before a change)."""
+        expires = self.catalog.expires[slot]
+        if expires <= self.clock():
+            raise expired_error(self.catalog.ids[slot], expires)  # type: ignore[arg-type]
+
+    # -- the sweep ------------------------------------------------------------------------------
+
+    def _sweep_expired(self: TieredMemory) -> int:
+        """Delete every expired memory durably, in one transaction, and raise the namespaces'
+        bounds to their next expiry. Rows tell what expired (no record is decrypted); records of
+        unsealed ones are read for their dedup keys. Caller holds the write lock."""
+        if self.read_only:
+            return 0
+        now = self.clock()
+        due = self._due_namespaces(now)
+        if not due:
+            return 0
+        catalog = self.catalog
+        ops: list[Op] = []
+        loaded: list[tuple[str, list[str]]] = []
+        bounds: dict[int, float] = {}
+        removed = 0
+        for ns in due:
+            name = self.cold.namespace_info(ns)[0]
+            if name in self.registry:
+                expired = catalog.expired(ns, lambda: now) or set()
+                ids = [catalog.ids[slot] for slot in expired]
+                sealed = [bool(catalog.sensitive[slot]) for slot in expired]
+                bounds[ns] = catalog.earliest_expiry(ns, excluding=expired)
+                if ids:
+                    loaded.append((name, ids))  # type: ignore[arg-type]
+            else:
+                ids, sealed, bounds[ns] = self.cold.expired_rows(ns, now)
+            if ids:
+                ops += self.cold.delete_ops(ns, ids)  # type: ignore[arg-type]
+                ops += self._dedup_key_deletions(ns, [i for i, flag in zip(ids, sealed) if not flag])
+                removed += len(ids)
+            ops.append(self.cold.expiry_bound_op(ns, bounds[ns]))
+        self.cold.write(ops)
+        # Durable from here on; what follows drops the deleted memories from RAM, as delete() does.
+        for ns, bound in bounds.items():
+            if bound == NEVER:
+                self._expiry_bounds.pop(ns, None)
+            else:
+                self._expiry_bounds[ns] = bound
+        for name, ids in loaded:
+            with self._mutex:
+                for memory_id in ids:
+                    self.hot.discard(memory_id)
+                    catalog.remove(memory_id)
+            for memory_id in ids:
+                self.warm.discard(memory_id, name)
+            self.lexical.removed(name, ids)
+            self._namespace_grew(name)
+        return removed
+
+    def _dedup_key_deletions(self: TieredMemory, ns: int, memory_ids: list[str]) -> list[Op]:
+        """Deletes of the dedup index entries that name these (unsealed) memories."""
+        if not memory_ids:
+            return []
+        records = self.cold.get_many(memory_ids)
+        keys = [None if record is None else text_key(ns, record.text) for record in records]
+        ops: list[Op] = []
+        seen: set[bytes] = set()
+        for memory_id, key, holder in zip(memory_ids, keys, self.cold.find_texts(keys)):
+            if key is not None and holder == memory_id and key not in seen:
+                seen.add(key)
+                ops.append(("texts", key, None))
+        return ops
