@@ -85,6 +85,10 @@ def built(tmp_path_factory: pytest.TempPathFactory, minilm) -> dict[str, Any]:
                            created_at=[START + i * DAY for i in range(len(USER_FACTS))])
         secret = mem.add("The launch code is PELICAN-7731", namespace="user_123", sensitive=True,
                          metadata={"pin": "8812-secret"}, created_at=START + 20 * DAY)
+        # Expiries travel with the copy, sealed or not (they are in the catalog row, in clear); far
+        # enough ahead that the checks below, which open the store on the real clock, still see them.
+        mem.add("Remind the user about the dentist next spring", namespace="user_123", ttl_s=40 * 365 * DAY)
+        mem.add("The temporary door code is 4410", namespace="user_123", sensitive=True, ttl_s=30 * 365 * DAY)
         support = mem.add_many([f"Ticket {i}: the customer {ISSUES[i % len(ISSUES)]} (case {1000 + i})"
                                 for i in range(40)], namespace="support", kind="conversation",
                                created_at=[START + i * 3600 for i in range(40)])
@@ -309,7 +313,7 @@ def test_namespaces_stats_ls_and_get(built, capsys) -> None:
     rows = {row["namespace"]: row for row in run_json(capsys, "namespaces", store)}  # no key needed
     assert rows["support"]["memories"] == 40 and not rows["support"]["sealed"]
     assert rows["vault"]["sealed"] and rows["vault"]["sealed_memories"] == 2
-    assert rows["user_123"]["sealed_memories"] == 1 and rows["user_123"]["memories"] == len(USER_FACTS)
+    assert rows["user_123"]["sealed_memories"] == 2 and rows["user_123"]["memories"] == len(USER_FACTS) + 2
     capsys.readouterr()
     assert run("namespaces", store) == 0
     assert "vault" in capsys.readouterr().out
@@ -324,7 +328,7 @@ def test_namespaces_stats_ls_and_get(built, capsys) -> None:
         period = mem.list_memories("user_123", since=START + 2 * DAY, until=START + 4 * DAY)
     page = run_json(capsys, "ls", store, *keys, "-n", "user_123", "--limit", "3", "--offset", "2")
     assert [m["id"] for m in page["memories"]] == [m.id for m in expected]
-    assert page["memories"][0]["access_count"] == expected[0].access_count and page["total"] == len(USER_FACTS)
+    assert page["memories"][0]["access_count"] == expected[0].access_count and page["total"] == len(USER_FACTS) + 2
     listed = run_json(capsys, "ls", store, *keys, "-n", "user_123", "--since", "2023-11-16",
                       "--until", str(START + 4 * DAY))
     assert [m["id"] for m in listed["memories"]] == [m.id for m in period] and len(period) == 3

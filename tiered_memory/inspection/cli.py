@@ -375,7 +375,8 @@ def _namespaces(args: argparse.Namespace) -> int:
         with _progress(args, sum(ns.count for ns in namespaces), "reading", " memories") as bar:
             for ns in namespaces:
                 sealed, oldest, newest = 0, math.inf, -math.inf
-                for _, (_, _, created, *_, sensitive) in snapshot.rows(ns):
+                for _, row in snapshot.rows(ns):
+                    created, sensitive = row[2], row[9]
                     sealed += sensitive
                     oldest, newest = min(oldest, created), max(newest, created)
                     bar.update(1)

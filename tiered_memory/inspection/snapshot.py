@@ -11,6 +11,7 @@ store for writing while the whole store is read, so what is read is one state of
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +63,7 @@ class StoredMemory:
     tier: str
     version: int
     sensitive: bool
+    expires_at: float | None  # None: never expires
     code: bytes
     original: bytes | None
     record: bytes | None
@@ -183,7 +185,8 @@ class StoreSnapshot:
     def rows(self, namespace: NamespaceEntry) -> Iterator[tuple[str, list[Any]]]:
         """(memory id, catalog row fields) of a namespace's memories in id order: what the engine
         keeps per memory besides its content (kind, importance, created, updated, accessed, uses,
-        topic, tier, version, sensitive), read without touching records or vectors."""
+        topic, tier, version, sensitive, expires_at: math.inf if never), read without touching records
+        or vectors."""
         prefix_size = len(ns_prefix(0))
         for key, row in self.cold.stored_items("rows", ns_prefix(namespace.ns_id)):
             yield key[prefix_size:].decode("utf-8"), self.cold.stored_row(key, row)
@@ -205,7 +208,7 @@ class StoreSnapshot:
     def _stored(self, namespace: NamespaceEntry, key: bytes, row: bytes, open_sealed: bool) -> StoredMemory:
         cold = self.cold
         memory_id = key[len(ns_prefix(0)):].decode("utf-8")
-        kind, importance, created, updated, accessed, uses, topic, tier, version, sensitive = \
+        kind, importance, created, updated, accessed, uses, topic, tier, version, sensitive, expires = \
             cold.stored_row(key, row)
         id_key = memory_id.encode("utf-8")
         record = cold.stored_value("records", id_key)
@@ -226,5 +229,5 @@ class StoreSnapshot:
         dedup = not sensitive and text is not None and \
             cold.stored_value("texts", text_key(namespace.ns_id, text)) == id_key
         return StoredMemory(memory_id, namespace.name, kind, text, metadata, created, updated, accessed, uses,
-                            importance, topic, TIERS_BY_CODE[tier].value, version, sensitive, code, original, kept,
-                            dedup)
+                            importance, topic, TIERS_BY_CODE[tier].value, version, sensitive,
+                            None if expires == math.inf else float(expires), code, original, kept, dedup)

@@ -34,6 +34,7 @@ the engine serves), is written from the row.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -85,6 +86,14 @@ class TransferSummary:
         return dict(vars(self))
 
 
+def _expiry(item: dict[str, Any]) -> float | None:
+    """A memory line's expires_at (absent in exports made before expiry existed: never)."""
+    value = item.get("expires_at")
+    if value is not None and (type(value) not in (int, float) or math.isnan(value)):
+        raise ValueError(f"memory {item.get('id')!r} has expires_at {value!r}")
+    return None if value is None else float(value)
+
+
 def memory_line(memory: StoredMemory, vectors: bool = True) -> dict[str, Any]:
     """A memory's line of the export (``get`` shows the same fields)."""
     line: dict[str, Any] = {
@@ -93,6 +102,7 @@ def memory_line(memory: StoredMemory, vectors: bool = True) -> dict[str, Any]:
         "created_at": memory.created_at, "updated_at": memory.updated_at, "last_accessed": memory.last_accessed,
         "access_count": memory.access_count, "importance": memory.importance, "topic": memory.topic,
         "tier": memory.tier, "version": memory.version, "sensitive": memory.sensitive, "dedup": memory.dedup,
+        "expires_at": memory.expires_at,
     }
     if vectors:
         line["code"] = b64(memory.code)
@@ -347,7 +357,7 @@ class _Importer:
         ops: list[Op] = [("rows", rkey, pack_row(
             check_label(item["kind"], "kind"), item["importance"], item["created_at"], item["updated_at"],
             item["last_accessed"], item["access_count"], item["topic"], TIER_CODES[tier], item["version"],
-            sensitive))]
+            sensitive, _expiry(item)))]
         self.held[namespace] += 1
         self.summary.memories += 1
         if item["record"] is not None:  # sealed, as stored: its blobs are bound to this id and namespace id
@@ -365,7 +375,7 @@ class _Importer:
             raise ValueError(f"memory {memory_id!r} has no text or metadata")
         memory = Memory(memory_id, namespace, item["text"], item["kind"], metadata, item["created_at"],
                         item["updated_at"], item["last_accessed"], item["access_count"], item["importance"],
-                        item["topic"], tier, item["version"], sensitive)
+                        item["topic"], tier, item["version"], sensitive, _expiry(item))
         vector = None
         if original is not None:
             if self.cold.originals_dtype is None:
