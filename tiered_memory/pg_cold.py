@@ -60,8 +60,8 @@ Several writers (processes, each with its own engine and cache directory) may sh
 
 Not covered yet: two processes adding the same text at once may both store it (the dedup lookup
 precedes the write); two concurrent updates of one memory: the last wins; agent hubs cache their
-state per process (one writing process per hub); expiry bounds are cached per process (another
-process's expiring memories are hidden and swept by the process that added them).
+state per process (one writing process per hub); expiry bounds are read at open (memories another
+process adds with an expiry expire there, but this process serves them until it reopens).
 """
 
 from __future__ import annotations
