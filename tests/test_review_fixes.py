@@ -134,8 +134,7 @@ def test_a_reader_never_serves_another_namespaces_record_under_a_reused_id(tmp_p
         sys.stdin.readline()
         hits = reader.search(vector=q, namespace="A", k=2)
         try:
-            reader.get("X", namespace="A")
-            got = "served"
+            got = reader.get("X", namespace="A").text
         except MemoryNotFoundError:
             got = "not found"
         print(json.dumps([[h.memory.namespace, h.memory.text] for h in hits] + [got]), flush=True)
@@ -153,7 +152,9 @@ def test_a_reader_never_serves_another_namespaces_record_under_a_reused_id(tmp_p
     finally:
         child.communicate(timeout=60)  # closes the pipes
         writer.close()
-    assert out[-1] == "not found"
+    # The reader may still hold A's X in its own hot tier (its first search promoted it, in the
+    # background: whether that landed is a race), and serve it; never B's record under that id.
+    assert out[-1] in ("not found", "tenant A's note")
     assert all(namespace == "A" and text != "tenant B's secret" for namespace, text in out[:-1])
 
 

@@ -249,10 +249,10 @@ class TinyBudgetStoreMachine(StoreMachine):
     extra_settings = {"warm_budget_bytes": 4_000}
 
 
-def run_fuzz(machine: type[StoreMachine], examples: int, steps: int) -> None:
+def run_fuzz(machine: type[StoreMachine], examples: int, steps: int, derandomize: bool = False) -> None:
     """Run one machine (used by the tests below and by benchmarks/reliability.py)."""
     run_state_machine_as_test(machine, settings=settings(FUZZ_SETTINGS, max_examples=examples,
-                                                         stateful_step_count=steps))
+                                                         stateful_step_count=steps, derandomize=derandomize))
 
 
 def test_public_api_agrees_with_an_exact_model() -> None:
@@ -261,7 +261,9 @@ def test_public_api_agrees_with_an_exact_model() -> None:
 
 def test_approximate_search_agrees_with_an_exact_model_within_recall() -> None:
     before = (FIGURES.expected_results, FIGURES.returned_expected)
-    run_fuzz(ApproximateStoreMachine, examples=15, steps=30)
+    # A fixed series of examples: a random one could (rarely: once in ~25 runs) make no search
+    # with an expected result, and then measure nothing. Every other check still runs on it.
+    run_fuzz(ApproximateStoreMachine, examples=15, steps=30, derandomize=True)
     expected = FIGURES.expected_results - before[0]
     returned = FIGURES.returned_expected - before[1]
     assert expected > 0 and returned / expected >= MIN_APPROXIMATE_RECALL, (returned, expected)
