@@ -9,7 +9,12 @@ use the injected store.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypedDict
@@ -504,6 +509,7 @@ BAD_CALLS: list[tuple[str, Callable[[TieredStore], object], type[Exception], str
     ("negative offset", lambda s: s.list_namespaces(offset=-5), ValueError, "offset"),
     ("max_depth 0", lambda s: s.list_namespaces(max_depth=0), ValueError, "max_depth"),
     ("negative ttl", lambda s: s.put(("a",), "k", {"v": 1}, ttl=-1), ValueError, "ttl"),
+    ("zero ttl", lambda s: s.put(("a",), "k", {"v": 1}, ttl=0), ValueError, "ttl is a number of minutes > 0"),
     ("bad index paths", lambda s: s.put(("a",), "k", {"v": 1}, index="v"), ValueError, "list of str paths"),
     ("unknown op", lambda s: s.batch([("get", "k")]), ValueError, "Unknown operation"),
 ]
@@ -576,37 +582,85 @@ def test_async_get_put_delete_search_list(store):
 
 
 # -- TTL -------------------------------------------------------------------------------------------------
+# The store's TTL is the engine's expiry: an expired item is gone for every read at once, and stays on
+# disk until a sweep. `stored` reopens the directory in another process, read-only, with a clock that
+# stands at the start, before any expiry, so it shows what is on disk, swept or not.
 
-def test_ttl_expires_items_at_the_sweep(open_store, clock):
+CLOCK_START = FakeClock().now
+_READ_STORED = """
+import json, sys
+from tiered_memory import TieredMemory
+with TieredMemory(sys.argv[1], encoder=None, read_only=True, clock=lambda: float(sys.argv[2])) as reader:
+    print(json.dumps({memory_id: reader.record(memory_id).kind for memory_id in reader.ids()}))
+"""
+
+
+def stored(store: TieredStore) -> dict[str, str]:
+    """Memory id -> kind of everything on disk in the store's directory, expired or not."""
+    done = subprocess.run([sys.executable, "-c", _READ_STORED, str(store.memory.path), str(CLOCK_START)],
+                          capture_output=True, text=True, timeout=120, check=True,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    return json.loads(done.stdout)
+
+
+def expiries(store: TieredStore, namespace: str) -> dict[str, float | None]:
+    """Memory id -> expires_at of the readable memories of one engine namespace."""
+    return {m.id: m.expires_at for m in store.memory.list_memories(namespace, limit=100)}
+
+
+def test_expired_items_are_gone_at_once_and_the_sweep_deletes_them_on_disk(open_store, clock, encoder):
     store = open_store(ttl={"default_ttl": 1.0})
     store.put(("t",), "default", {"v": 1})  # 1 minute, from the TTLConfig
     store.put(("t",), "short", {"v": 2}, ttl=0.5)
     store.put(("t",), "forever", {"v": 3}, ttl=None)
+    assert sorted(expiries(store, "langgraph/t").values(), key=str) == [CLOCK_START + 30, CLOCK_START + 60, None]
     clock.tick(40)
+    assert store.get(("t",), "short") is None  # expired, not swept: no read returns it
+    assert {item.key for item in store.search(("t",), refresh_ttl=False)} == {"default", "forever"}
+    assert len(stored(store)) == 3  # still on disk
     assert store.sweep_ttl() == 1
-    assert store.get(("t",), "short") is None
+    assert len(stored(store)) == 2  # deleted from disk
     clock.tick(40)
-    assert store.get(("t",), "default", refresh_ttl=False) is not None  # expired, not swept yet: still read
+    assert store.get(("t",), "default", refresh_ttl=False) is None
     assert store.sweep_ttl() == 1
     assert [item.key for item in store.search(("t",))] == ["forever"]
     assert store.sweep_ttl() == 0
+    assert list(stored(store).values()) == [ITEM_KIND]
 
 
-def test_reads_refresh_the_ttl(open_store, clock):
+def test_an_item_and_its_vector_memories_expire_together(open_store, clock, encoder):
+    store = open_store()
+    store.put(("t",), "k", {"list": ["alpine lakes and glaciers", "deep sea vents"]}, index=["list[*]"], ttl=2)
+    assert set(stored(store).values()) == {ITEM_KIND, VECTOR_KIND}
+    assert set(expiries(store, "langgraph/t").values()) == {CLOCK_START + 120}
+    assert store.search(("t",), query="deep sea vents")[0].key == "k"
+    clock.tick(121)
+    assert store.search(("t",), query="deep sea vents") == []
+    assert store.list_namespaces() == []  # nothing readable is left in it
+    assert store.sweep_ttl() == 2  # the item and its second vector
+    assert stored(store) == {}
+
+
+def test_reads_refresh_the_ttl(open_store, clock, encoder):
     store = open_store(ttl={"default_ttl": 1.0, "refresh_on_read": True})
     store.put(("t",), "got", {"v": 1})
-    store.put(("t",), "searched", {"v": 2})
+    store.put(("t",), "searched", {"v": 2, "list": ["volcano eruption", "coral reef"]}, index=["list[*]"])
     store.put(("t",), "untouched", {"v": 3})
     store.put(("t",), "read_without_refresh", {"v": 4})
     clock.tick(50)
     store.get(("t",), "got")
     store.search(("t",), filter={"v": 2})
     store.get(("t",), "read_without_refresh", refresh_ttl=False)
+    refreshed = {m.metadata.get("key", m.metadata.get("item")): m.expires_at
+                 for m in store.memory.list_memories("langgraph/t", limit=100) if m.expires_at != CLOCK_START + 60}
+    assert sorted(refreshed.values()) == [CLOCK_START + 110] * 3  # "got", and "searched" with its vector memory
     clock.tick(50)
     assert store.sweep_ttl() == 2
     assert {item.key for item in store.search(("t",), refresh_ttl=False)} == {"got", "searched"}
+    assert store.search(("t",), query="coral reef", refresh_ttl=False)[0].key == "searched"  # its vector too
     item = store.get(("t",), "got")
     assert (item.updated_at - item.created_at).total_seconds() == 0  # a refresh is not an update
+    assert len(stored(store)) == 3
 
 
 def test_refresh_on_read_false_makes_reads_keep_the_ttl(open_store, clock):
@@ -615,24 +669,79 @@ def test_refresh_on_read_false_makes_reads_keep_the_ttl(open_store, clock):
     clock.tick(50)
     store.get(("t",), "k")
     clock.tick(20)
+    assert store.get(("t",), "k") is None
     assert store.sweep_ttl() == 1
 
 
-def test_a_put_restarts_or_removes_the_ttl(open_store, clock):
+def test_a_refresh_does_not_outlast_a_put_that_changed_the_ttl(open_store, clock):
+    store = open_store(ttl={"default_ttl": 10.0})
+    texts = {"list": ["tide pools", "sand dunes"]}
+    store.put(("t",), "k", {"v": 1, **texts}, index=["list[*]"])
+    # Shortened: the engine's expiries (the item's and its unchanged vector's) are replaced, not extended.
+    store.put(("t",), "k", {"v": 2, **texts}, index=["list[*]"], ttl=1)
+    store.get(("t",), "k")  # refreshes by the item's ttl now: 1 minute
+    assert list(expiries(store, "langgraph/t").values()) == [CLOCK_START + 60] * 2
+    store.put(("t",), "k", {"v": 3, **texts}, index=["list[*]"], ttl=None)
+    clock.tick(3600)
+    store.get(("t",), "k")  # nothing to refresh: it never expires
+    assert list(expiries(store, "langgraph/t").values()) == [None] * 2
+
+
+def test_a_put_restarts_or_removes_the_ttl(open_store, clock, encoder):
     store = open_store(ttl={"default_ttl": 1.0})
-    store.put(("t",), "renewed", {"v": 1})
-    store.put(("t",), "made_permanent", {"v": 1})
+    store.put(("t",), "renewed", {"list": ["snow", "ice"]}, index=["list[*]"])
+    store.put(("t",), "made_permanent", {"list": ["first text", "second text", "third text"]}, index=["list[*]"])
     clock.tick(50)
-    store.put(("t",), "renewed", {"v": 2})
-    store.put(("t",), "made_permanent", {"v": 2}, ttl=None)
+    store.put(("t",), "renewed", {"list": ["snow", "ice"], "v": 2}, index=["list[*]"])
+    store.put(("t",), "made_permanent", {"list": ["first text", "second text", "other text"]}, index=["list[*]"],
+              ttl=None)
+    assert sorted(expiries(store, "langgraph/t").values(), key=str) == [CLOCK_START + 110] * 2 + [None] * 3
     clock.tick(50)
     assert store.sweep_ttl() == 0
     clock.tick(20)
-    assert store.sweep_ttl() == 1
+    assert store.sweep_ttl() == 2  # "renewed" and its vector memory
     assert [item.key for item in store.search(("t",))] == ["made_permanent"]
+    assert store.search(("t",), query="second text")[0].key == "made_permanent"
+    assert sorted(stored(store).values()) == [ITEM_KIND] + [VECTOR_KIND] * 2
 
 
-def test_omit_expired_hides_expired_items_before_the_sweep(open_store, clock):
+def test_a_put_without_ttl_never_expires_under_the_engines_default_ttl(tmp_path, clock, encoder):
+    memory = TieredMemory(tmp_path / "store", encoder=encoder, clock=clock, promote_in_background=False,
+                          default_ttl_s=60.0)
+    with memory, TieredStore(memory) as store:
+        store.put(("t",), "k", {"v": 1})
+        memory.add("an engine memory under the default", namespace="other")
+        clock.tick(3600)
+        assert store.get(("t",), "k").value == {"v": 1}
+        assert memory.count("other") == 0
+
+
+def test_a_put_of_an_expired_key_before_the_sweep_writes_a_new_item(open_store, clock, encoder):
+    store = open_store()
+    store.put(("t",), "k", {"list": ["mountain hiking", "river rafting", "cave diving"]}, index=["list[*]"], ttl=1)
+    clock.tick(61)
+    assert store.get(("t",), "k") is None
+    # The expired memories still hold their ids on disk: the put replaces them, vectors included.
+    store.put(("t",), "k", {"list": ["mountain hiking", "desert trekking"]}, index=["list[*]"], ttl=1)
+    item = store.get(("t",), "k")
+    assert item.value == {"list": ["mountain hiking", "desert trekking"]}
+    assert item.created_at == item.updated_at  # a new item: the expired one is gone
+    assert sorted(stored(store).values()) == [ITEM_KIND, VECTOR_KIND]
+    assert store.search(("t",), query="desert trekking")[0].key == "k"
+    assert store.search(("t",), query="cave diving")[0].score < 0.5  # the old third vector is deleted
+
+
+def test_a_delete_of_an_expired_key_deletes_it_on_disk(open_store, clock, encoder):
+    store = open_store()
+    store.put(("t",), "k", {"a": "alpha", "b": "beta"}, index=["a", "b"], ttl=1)
+    store.put(("t",), "kept", {"v": 1})
+    clock.tick(61)
+    store.delete(("t",), "k")
+    assert list(stored(store).values()) == [ITEM_KIND]
+    assert store.sweep_ttl() == 0
+
+
+def test_expired_items_are_hidden_from_every_read_before_the_sweep(open_store, clock, encoder):
     store = open_store(ttl={"default_ttl": 1.0, "omit_expired": True})
     store.put(("t", "gone"), "e", {"text": "expired memory"})
     store.put(("t", "kept"), "c", {"text": "permanent memory"}, ttl=None)
@@ -640,30 +749,48 @@ def test_omit_expired_hides_expired_items_before_the_sweep(open_store, clock):
     assert store.get(("t", "gone"), "e") is None
     assert [item.key for item in store.search(("t",))] == ["c"]
     assert [item.key for item in store.search(("t",), query="memory")] == ["c"]
+    assert [item.key for item in store.search(("t",), query="memory", filter={"text": "expired memory"})] == []
     assert store.list_namespaces(prefix=("t",)) == [("t", "kept")]
-    assert len(store.memory.ids()) == 2  # hidden, not deleted, until the sweep
+    assert len(stored(store)) == 2  # hidden, not deleted, until the sweep
     assert store.sweep_ttl() == 1
+    assert len(stored(store)) == 1
 
 
-def test_ttl_sweeper_thread_deletes_expired_items(open_store, clock):
+def test_omit_expired_false_warns_that_expired_items_are_omitted_anyway(open_store, clock, tmp_path):
+    with pytest.warns(UserWarning, match="always omits expired items"):
+        store = open_store(ttl={"default_ttl": 1.0, "omit_expired": False})
+    store.put(("t",), "k", {"v": 1})
+    clock.tick(61)
+    assert store.get(("t",), "k") is None  # what the warning says
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # not asked for (LangGraph's default) or asked to omit: no warning
+        open_store(tmp_path / "default", ttl={"default_ttl": 1.0})
+        open_store(tmp_path / "omitting", ttl={"default_ttl": 1.0, "omit_expired": True})
+
+
+def test_ttl_sweeper_thread_deletes_expired_items(open_store, clock, encoder):
     store = open_store(ttl={"default_ttl": 1.0, "sweep_interval_minutes": 0.001})
     store.put(("t",), "k", {"text": "short lived", "list": ["a b", "c d"]}, index=["list[*]"])
+    assert len(stored(store)) == 2
     clock.tick(120)
     future = store.start_ttl_sweeper()
     deadline = time.monotonic() + 30
-    while store.memory.ids() and time.monotonic() < deadline:
+    while store.memory.stats().expired and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert store.memory.ids() == []  # the item and its vector memories
+    assert store.memory.stats().memories == 0  # the item and its vector memory, deleted
     assert store.stop_ttl_sweeper(timeout=10)
     assert future.done()
+    assert stored(store) == {}
 
 
 def test_ttl_needs_no_config_for_a_per_put_ttl(store, clock):
     store.put(("t",), "k", {"v": 1}, ttl=2)
     clock.tick(119)
     assert store.sweep_ttl() == 0
+    assert store.get(("t",), "k", refresh_ttl=False).value == {"v": 1}
     clock.tick(2)
     assert store.sweep_ttl() == 1
+    assert store.memory.stats().memories == 0
 
 
 def test_vector_memories_belong_to_the_items_namespace(store):

@@ -19,6 +19,18 @@ a listing without a query is newest ``updated_at`` first, a query search returns
 with their cosine similarity as ``score``. Filters follow InMemoryStore's matching (exact values,
 nested dicts, lists, ``$eq $ne $gt $gte $lt $lte``), except that an order comparison between a
 number and something else is false instead of an error.
+
+TTL is the engine's expiry (``Memory.expires_at``): a put with a ``ttl`` (or under TTLConfig's
+``default_ttl``) gives the item's memory and its ``langgraph.vector`` memories ``ttl_s`` of that many
+minutes, a put without one makes them never expire (also under ``MemoryConfig.default_ttl_s``), and a
+re-put replaces the expiry. The item's metadata keeps its ``ttl`` in minutes, which a read with
+``refresh_ttl`` renews with one ``extend_many`` over the item and its vectors. The engine hides an
+expired memory from every read at once and ``maintain()`` deletes it durably; ``sweep_ttl()`` is that
+sweep. So expired items are always omitted, as with ``TTLConfig(omit_expired=True)``, and
+``omit_expired=False`` (reads may return expired items until the sweep) cannot be honoured. Asked for
+explicitly, it warns at construction instead of raising: under LangGraph's TTL a sweep may run at any
+time, so no caller can count on reading an expired item, and a TTLConfig written for another store
+should still open. Left out (LangGraph's default is False too), nothing was asked and nothing is said.
 """
 
 from __future__ import annotations
@@ -31,6 +43,7 @@ import logging
 import math
 import os
 import threading
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -223,6 +236,7 @@ class _Write:
     record: Memory | None
     metadata: dict[str, Any] = field(default_factory=dict)  # the item's, for a put that writes
     slot_texts: list[str | None] = field(default_factory=list)  # current text of slots 1..; None: absent
+    slot_expiries: list[float | None] = field(default_factory=list)  # their expires_at (None: never)
     extra_slots: int = 0  # existing slots beyond the new texts, to delete
 
 
@@ -234,8 +248,10 @@ class TieredStore(BaseStore):
     ``open_options`` and closed by :meth:`close`. ``index``: LangGraph's ``IndexConfig``; by default
     every item is embedded whole (``fields=["$"]``) with the store's own encoder; ``embed=`` brings
     another embedding (its ``dims`` must be the store's dimension); ``index=False`` keeps a plain
-    key-value store. ``ttl``: LangGraph's ``TTLConfig`` (minutes); expired items are deleted by
-    :meth:`sweep_ttl` or by the thread :meth:`start_ttl_sweeper` starts. ``namespace_prefix`` names
+    key-value store. ``ttl``: LangGraph's ``TTLConfig`` (minutes), kept as the engine's expiry:
+    expired items are gone for every read at once (``omit_expired=False`` cannot be honoured: it
+    warns) and deleted from disk by :meth:`sweep_ttl`, by the thread :meth:`start_ttl_sweeper`
+    starts, or by the engine's own maintenance. ``namespace_prefix`` names
     the engine namespaces this store owns, so one TieredMemory can hold several stores and other
     memories beside them.
     """
@@ -286,7 +302,13 @@ class TieredStore(BaseStore):
             if interval is not None and (isinstance(interval, bool) or not isinstance(interval, (int, float))
                                          or not interval > 0):
                 raise ConfigError(f"sweep_interval_minutes must be a positive number, got {short_repr(interval)}")
-        self._omit_expired = bool(self.ttl_config and self.ttl_config.get("omit_expired", False))
+            if self.ttl_config.get("omit_expired", True) is False:
+                # Asked for explicitly (left out, LangGraph's default is the same False, but nothing
+                # was asked): say once, here, why expired items never come back before the sweep.
+                warnings.warn("TieredStore always omits expired items: the engine hides a memory from every "
+                              "read once it expires, so TTLConfig(omit_expired=False) cannot return expired "
+                              "items until the sweep; reads behave as if the sweep had just run. Drop "
+                              "omit_expired from the TTLConfig to silence this.", UserWarning, stacklevel=3)
         self.embeddings: Any = None  # a LangChain Embeddings when index["embed"] is given
         self.index_config: IndexConfig | None = None
         self._fields: list[tuple[str, str | list[str]]] = []
@@ -551,7 +573,7 @@ class TieredStore(BaseStore):
             memory = self.memory.get(memory_id, namespace=engine_namespace)
         except MemoryNotFoundError:
             return None
-        if not self._is_item(memory, op.key) or self._hidden(memory):
+        if not self._is_item(memory, op.key):
             return None
         if op.refresh_ttl and memory.metadata.get("ttl") is not None:
             refresh[memory_id] = engine_namespace
@@ -562,13 +584,6 @@ class TieredStore(BaseStore):
     def _is_item(memory: Memory, key: str | None = None) -> bool:
         return memory.kind in ITEM_KINDS and "value" in memory.metadata and \
             (key is None or memory.metadata.get("key") == key)
-
-    def _hidden(self, memory: Memory) -> bool:
-        """Expired and TTLConfig(omit_expired=True): reads skip it before the sweep deletes it."""
-        if not self._omit_expired:
-            return False
-        expires = memory.metadata.get("expires")
-        return expires is not None and expires <= self.memory.clock()
 
     def _matching_namespaces(self, prefix: tuple[str, ...], namespaces: list[str]) -> list[str]:
         size = len(prefix)
@@ -597,7 +612,7 @@ class TieredStore(BaseStore):
             found = self._semantic(op, scope, queries[op.query], spec)
         else:
             listed = [memory for name in scope for memory in self._items(name)
-                      if not self._hidden(memory) and _filter_passes(json.loads(memory.metadata["value"]), spec)]
+                      if _filter_passes(json.loads(memory.metadata["value"]), spec)]
             listed.sort(key=lambda m: (-m.metadata["updated"], m.namespace, m.metadata["key"]))
             found = [(memory, None) for memory in listed[op.offset:op.offset + op.limit]]
         if op.refresh_ttl:
@@ -611,12 +626,11 @@ class TieredStore(BaseStore):
         """Items by their best vector's cosine, as the engine ranks them; a filter (evaluated on the
         values, which the engine's where= cannot see) becomes the set of ids the search may return."""
         allowed: set[str] | None = None
-        if spec is not None or self._omit_expired:
+        if spec is not None:
             allowed = set()
             for name in scope:
                 for memory in self._items(name):
-                    if memory.kind != ITEM_KIND or self._hidden(memory) or \
-                            not _filter_passes(json.loads(memory.metadata["value"]), spec):
+                    if memory.kind != ITEM_KIND or not _filter_passes(json.loads(memory.metadata["value"]), spec):
                         continue
                     allowed.add(memory.id)
                     allowed.update(vector_id(memory.id, slot) for slot in range(1, len(memory.metadata["texts"])))
@@ -634,7 +648,7 @@ class TieredStore(BaseStore):
                 if owner in best:
                     continue
                 item = memory if memory.kind == ITEM_KIND else self._owner_of(memory, owner)
-                if item is not None and self._is_item(item) and not self._hidden(item):
+                if item is not None and self._is_item(item):
                     best[owner] = (item, float(hit.score))
             if len(best) >= needed or len(hits) < k or k >= MAX_K:
                 break
@@ -658,8 +672,6 @@ class TieredStore(BaseStore):
         names = [self._namespace_of(name) for name in namespaces]
         found = [name for name, tup in zip(namespaces, names) if tup is not None and
                  all(_namespace_matches(condition[0], condition[1], tup) for condition in op.match_conditions or ())]
-        if self._omit_expired:  # a namespace whose items have all expired is not listed
-            found = [name for name in found if any(not self._hidden(memory) for memory in self._items(name))]
         tuples = [self._namespace_of(name) or () for name in found]
         if op.max_depth is not None:
             tuples = list({tup[:op.max_depth] for tup in tuples})
@@ -680,20 +692,21 @@ class TieredStore(BaseStore):
                                          if text not in vectors))
             if missing:
                 return missing
-            fresh: dict[str, list[tuple[str, str, str, dict[str, Any], np.ndarray]]] = {}
+            fresh: dict[str, list[tuple[str, str, str, dict[str, Any], np.ndarray, float, float]]] = {}
             for plan in plans:
+                self._drop_expired(plan)
                 if plan.put.value_json is None:
-                    if plan.record is not None:
-                        self._delete(plan.put.id, plan.put.engine_namespace, len(plan.slot_texts))
+                    self._delete(plan.put.id, plan.put.engine_namespace, len(plan.slot_texts),
+                                 item=plan.record is not None)
                 elif plan.record is None and not any(text is not None for text in plan.slot_texts):
                     fresh.setdefault(plan.put.engine_namespace, []).extend(self._new_memories(plan, vectors))
                 else:
                     self._update(plan, vectors)
             for engine_namespace, memories in fresh.items():
-                ids, texts, kinds, metadata, rows, stamps = zip(*memories)
+                ids, texts, kinds, metadata, rows, stamps, ttls = zip(*memories)
                 self.memory.add_many(list(texts), namespace=engine_namespace, kind=list(kinds),
                                      metadata=list(metadata), vectors=np.stack(rows), ids=list(ids),
-                                     created_at=list(stamps))
+                                     created_at=list(stamps), ttl_s=list(ttls))
         return []
 
     def _plan(self, put: _Put) -> _Write:
@@ -705,14 +718,13 @@ class TieredStore(BaseStore):
         slot = 1
         while (current := self.memory.record(vector_id(put.id, slot))) is not None:
             plan.slot_texts.append(current.text)
+            plan.slot_expiries.append(current.expires_at)
             slot += 1
         if put.value_json is None:
             return plan
-        now = self.memory.clock()
         plan.metadata = {
             "key": put.key, "value": put.value_json, "texts": [text_digest(text) for text in put.texts],
-            "updated": now, "ttl": put.ttl_minutes,
-            "expires": None if put.ttl_minutes is None else now + 60.0 * put.ttl_minutes,
+            "updated": self.memory.clock(), "ttl": put.ttl_minutes,  # the expiry itself is the engine's
         }
         plan.extra_slots = max(0, len(plan.slot_texts) - max(len(put.texts) - 1, 0))
         return plan
@@ -745,81 +757,123 @@ class TieredStore(BaseStore):
         put = plan.put
         text, kind, vector = self._item_text_and_vector(plan, vectors)
         stamp = plan.metadata["updated"]  # a new item's created_at is its updated_at
-        memories = [(put.id, text, kind, plan.metadata, vector, stamp)]
+        ttl = _ttl_seconds(put.ttl_minutes)
+        memories = [(put.id, text, kind, plan.metadata, vector, stamp, ttl)]
         for slot, extra in enumerate(put.texts[1:], start=1):
-            memories.append((vector_id(put.id, slot), extra, VECTOR_KIND, {"item": put.id}, vectors[extra], stamp))
+            memories.append((vector_id(put.id, slot), extra, VECTOR_KIND, {"item": put.id}, vectors[extra], stamp,
+                             ttl))
         return memories
 
     def _update(self, plan: _Write, vectors: Mapping[str, np.ndarray]) -> None:
         """Change an existing item: the item first (the value and the digests of its texts are what
-        reads trust), then its further vectors, then drop the ones it no longer has, last first."""
+        reads trust), then its further vectors, then drop the ones it no longer has, last first.
+
+        A put replaces the expiry of the item and of every vector it keeps (LangGraph: the TTL
+        restarts, and a put without one never expires); vectors are written after the item, so
+        they never expire before it."""
         put, record = plan.put, plan.record
         namespace = put.engine_namespace
+        ttl_s = _ttl_seconds(put.ttl_minutes)
+        expiry: dict[str, Any] = {"expires_at": None} if ttl_s == math.inf else {"ttl_s": ttl_s}
+        text, kind, vector = self._item_text_and_vector(plan, vectors)
         if record is None:  # vectors left by a put that stopped before its item was written
-            text, kind, vector = self._item_text_and_vector(plan, vectors)
-            self.memory.add(text, namespace=namespace, kind=kind, metadata=plan.metadata, vector=vector, id=put.id)
+            self.memory.add(text, namespace=namespace, kind=kind, metadata=plan.metadata, vector=vector, id=put.id,
+                            ttl_s=ttl_s)
+        elif record.kind == kind and record.text == text:
+            self.memory.update(put.id, metadata=plan.metadata, namespace=namespace, **expiry)
         else:
-            text, kind, vector = self._item_text_and_vector(plan, vectors)
-            if record.kind == kind and record.text == text:
-                self.memory.update(put.id, metadata=plan.metadata, namespace=namespace)
-            else:
-                self.memory.update(put.id, text=text, kind=kind, metadata=plan.metadata, vector=vector,
-                                   namespace=namespace)
-        added = []
+            self.memory.update(put.id, text=text, kind=kind, metadata=plan.metadata, vector=vector,
+                               namespace=namespace, **expiry)
+        added, extended = [], []
         for slot, extra in enumerate(put.texts[1:], start=1):
+            memory_id = vector_id(put.id, slot)
             current = plan.slot_texts[slot - 1] if slot - 1 < len(plan.slot_texts) else None
             if current is None:
-                added.append((vector_id(put.id, slot), extra))
+                added.append((memory_id, extra))
             elif current != extra:
-                self.memory.update(vector_id(put.id, slot), text=extra, vector=vectors[extra], namespace=namespace)
+                self.memory.update(memory_id, text=extra, vector=vectors[extra], namespace=namespace, **expiry)
+            elif ttl_s == math.inf:
+                if plan.slot_expiries[slot - 1] is not None:
+                    self.memory.update(memory_id, expires_at=None, namespace=namespace)
+            elif plan.slot_expiries[slot - 1] is None or plan.slot_expiries[slot - 1] > self.memory.clock() + ttl_s:
+                self.memory.update(memory_id, ttl_s=ttl_s, namespace=namespace)  # shortened: extend never does
+            else:
+                extended.append(memory_id)
+        if extended:  # the usual case, a TTL restarted: one transaction for all of them
+            self.memory.extend_many(extended, ttl_s=ttl_s, namespace=namespace)
         if added:
             ids, texts = zip(*added)
             self.memory.add_many(list(texts), namespace=namespace, kind=VECTOR_KIND, metadata={"item": put.id},
-                                 vectors=np.stack([vectors[text] for text in texts]), ids=list(ids))
+                                 vectors=np.stack([vectors[text] for text in texts]), ids=list(ids), ttl_s=ttl_s)
         keep = max(len(put.texts) - 1, 0)
         for slot in range(len(plan.slot_texts), keep, -1):
             self.memory.delete(vector_id(put.id, slot), namespace=namespace)
 
-    def _delete(self, memory_id: str, engine_namespace: str, slots: int) -> None:
+    def _delete(self, memory_id: str, engine_namespace: str, slots: int, item: bool = True) -> None:
         """Vectors first, last first, then the item: a delete that stops halfway leaves an item
         with fewer vectors, never vectors without an item."""
         for slot in range(slots, 0, -1):
             self.memory.delete(vector_id(memory_id, slot), namespace=engine_namespace)
-        self.memory.delete(memory_id, namespace=engine_namespace)
+        if item:
+            self.memory.delete(memory_id, namespace=engine_namespace)
+
+    def _drop_expired(self, plan: _Write) -> None:
+        """Delete what the plan could not see but the disk still holds: an expired item (reads skip
+        it, but its id stays taken until the sweep) and every vector memory after the item's
+        readable ones (expired, or stranded behind an expired one). The plan then holds for a
+        new item, or for one whose vectors outlived it."""
+        namespace = plan.put.engine_namespace
+        slot = len(plan.slot_texts) + 1
+        while self._delete_if_stored(vector_id(plan.put.id, slot), namespace):
+            slot += 1
+        if plan.record is None:
+            self._delete_if_stored(plan.put.id, namespace)
+
+    def _delete_if_stored(self, memory_id: str, engine_namespace: str) -> bool:
+        try:
+            self.memory.delete(memory_id, namespace=engine_namespace)
+        except MemoryNotFoundError:
+            return False
+        return True
 
     # -- TTL ---------------------------------------------------------------------------------------
 
     def _refresh_ttl(self, items: Mapping[str, str]) -> None:
-        """Restart the TTL of items just read (LangGraph: refresh_ttl on get and search)."""
+        """Restart the TTL of items just read (LangGraph: refresh_ttl on get and search): the item
+        and its vector memories, ``ttl`` minutes from now, in one durable ``extend_many``.
+
+        Each item is read again under the write lock, so a put since the read (another TTL, or none)
+        is what counts; ``extend`` never shortens, so a refresh cannot undo that put either."""
         with self._write_lock:
-            now = self.memory.clock()
-            for memory_id, engine_namespace in items.items():
+            ids: list[str] = []
+            ttls: list[float] = []
+            for memory_id in items:
                 record = self.memory.record(memory_id)
                 if record is None or not self._is_item(record) or record.metadata.get("ttl") is None:
                     continue
-                metadata = dict(record.metadata)
-                metadata["expires"] = now + 60.0 * metadata["ttl"]
-                self.memory.update(memory_id, metadata=metadata, namespace=engine_namespace)
+                own = [memory_id] + [vector_id(memory_id, slot) for slot in range(1, len(record.metadata["texts"]))]
+                ids += own
+                ttls += [60.0 * record.metadata["ttl"]] * len(own)
+            if not ids:
+                return
+            try:
+                self.memory.extend_many(ids, ttl_s=ttls)
+            except MemoryNotFoundError:
+                # All or none: one memory expired since the read, or a vector a stopped put never
+                # wrote. Extend the others one by one (whatever expired stays expired).
+                for memory_id, ttl_s in zip(ids, ttls):
+                    try:
+                        self.memory.extend(memory_id, ttl_s=ttl_s)
+                    except MemoryNotFoundError:
+                        continue
 
     def sweep_ttl(self) -> int:
-        """Delete every item whose TTL has run out; returns how many were deleted."""
-        deleted = 0
-        for engine_namespace in self._own_namespaces():
-            now = self.memory.clock()
-            expired = [memory.id for memory in self._items(engine_namespace)
-                       if memory.metadata.get("expires") is not None and memory.metadata["expires"] <= now]
-            for memory_id in expired:
-                with self._write_lock:
-                    record = self.memory.record(memory_id)  # a put since the listing may have renewed it
-                    if record is None or record.metadata.get("expires") is None or \
-                            record.metadata["expires"] > self.memory.clock():
-                        continue
-                    slots = 0
-                    while self.memory.record(vector_id(memory_id, slots + 1)) is not None:
-                        slots += 1
-                    self._delete(memory_id, engine_namespace, slots)
-                    deleted += 1
-        return deleted
+        """Delete expired memories from disk now (the engine's ``maintain()``, which sweeps every
+        expired memory of the TieredMemory); returns how many it deleted: one per expired item
+        plus one per further embedded text of it (its ``langgraph.vector`` memories).
+
+        Reads never see expired items, swept or not: this frees their space and ids."""
+        return self.memory.maintain().expired
 
     def start_ttl_sweeper(self, sweep_interval_minutes: float | None = None) -> concurrent.futures.Future[None]:
         """Sweep expired items every ``sweep_interval_minutes`` (else TTLConfig's, else 5) in a
@@ -840,7 +894,7 @@ class TieredStore(BaseStore):
                     try:
                         swept = self.sweep_ttl()
                         if swept:
-                            log.info("TTL sweep deleted %d expired items", swept)
+                            log.info("TTL sweep deleted %d expired memories", swept)
                     except Exception:  # keep sweeping: one failed sweep must not stop expiry for good
                         if self.memory.closed:
                             break
@@ -911,10 +965,17 @@ def _check_count(value: object, name: str) -> None:
 
 
 def _check_ttl(minutes: object) -> float:
+    # > 0, as the engine's ttl_s: an item that expires as it is written is a delete (put None).
     if isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or \
-            not math.isfinite(float(minutes)) or minutes < 0:
-        raise InvalidInputError(f"ttl is a number of minutes >= 0 (or None for no expiry), got {short_repr(minutes)}")
+            not math.isfinite(float(minutes)) or minutes <= 0:
+        raise InvalidInputError(f"ttl is a number of minutes > 0 (or None for no expiry), got {short_repr(minutes)}")
     return float(minutes)
+
+
+def _ttl_seconds(minutes: float | None) -> float:
+    """The engine's ttl_s of a LangGraph TTL: math.inf (never expire, whatever the TieredMemory's
+    default_ttl_s) when the put has none, as LangGraph's stores do."""
+    return math.inf if minutes is None else 60.0 * minutes
 
 
 def _tokenized_paths(paths: object, what: str) -> list[tuple[str, str | list[str]]]:
