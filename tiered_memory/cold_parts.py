@@ -28,24 +28,29 @@ from .cold_index import ColdIndex
 
 log = logging.getLogger(__name__)
 
-# Exact integer fingerprints: an int8 code (|x| <= 127) times integer weights (|w| <= 1024) sums to
-# at most 384 * 127 * 1024 ~ 5e7 in magnitude, far below 2**53, so float64 BLAS computes it without
-# rounding in any order of summation: the same code gives the same fingerprint on every run.
+# Exact integer fingerprints: an int8 code (|x| <= 127) times integer weights (|w| <= 256 at d=384) sums to
+# at most 384 * 127 * 256 ~ 1.25e7 in magnitude, below 2**24, so every partial sum is an integer
+# float32 holds exactly and BLAS computes it without rounding in any order of summation: the same
+# code gives the same fingerprint on every run. float32, not float64: at 930k rows the float64
+# widening was a quarter of a huge namespace's load (benchmarks/results/huge-namespace/).
 _PRINT_COLUMNS = 2
 _PRINT_CHUNK = 65_536
 
 
 def _print_weights(dimension: int) -> np.ndarray:
-    return np.random.default_rng(20_261_201).integers(-1024, 1025, (dimension, _PRINT_COLUMNS)).astype(np.float64)
+    # Longer codes get smaller weights, so that the sums stay below 2**24 (86 at 1,536 dimensions).
+    bound = min(256, (2**24 - 1) // (127 * dimension))
+    return np.random.default_rng(20_261_201).integers(-bound, bound + 1, (dimension, _PRINT_COLUMNS)).astype(
+        np.float32)
 
 
 def fingerprints(codes: np.ndarray) -> np.ndarray:
-    """(n, 2) float64 fingerprints of int8 codes (equal codes, equal fingerprints; different codes
-    collide with odds of about 1 in 1e14)."""
+    """(n, 2) float32 fingerprints of int8 codes (equal codes, equal fingerprints; two different
+    codes collide only if both weighted sums agree exactly)."""
     weights = _print_weights(codes.shape[1])
-    out = np.empty((len(codes), _PRINT_COLUMNS), dtype=np.float64)
+    out = np.empty((len(codes), _PRINT_COLUMNS), dtype=np.float32)
     for start in range(0, len(codes), _PRINT_CHUNK):
-        out[start:start + _PRINT_CHUNK] = codes[start:start + _PRINT_CHUNK].astype(np.float64) @ weights
+        out[start:start + _PRINT_CHUNK] = codes[start:start + _PRINT_CHUNK].astype(np.float32) @ weights
     return out
 
 

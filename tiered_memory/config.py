@@ -68,13 +68,15 @@ class MemoryConfig:
     # index of its cold part (usearch int8 graph, memory-mapped: tiered_memory/cold_parts.py). A
     # search asks it for k * cold_index_oversample candidates (breadth cold_index_expansion) and
     # scores them by their int8 codes, as a scan would. At 1M rows the graph answered in 1.0 ms
-    # where a 40% partition scan took 109 ms (benchmarks/results/cold-index/); the rows it does not
+    # where a 40% partition scan took 109 ms (benchmarks/results/cold-index/); breadth 512, not 128:
+    # recall@10 of the whole search at 1M was 0.908 at 128 and 0.967 at 512, p50 12.1 vs 11.7 ms
+    # (the rest of the search dominates; benchmarks/results/huge-namespace/). The rows it does not
     # cover (at most about cold_index_min_rows) are scanned at ~0.09 ms per 1,000. 0 turns it off.
     # A build takes minutes at 1M rows on cold_index_build_threads threads (1: the other core
     # keeps serving); sealed namespaces are never indexed (the file would hold vectors in clear).
     cold_index_min_rows: int = 20_000
     cold_index_oversample: int = 4
-    cold_index_expansion: int = 128
+    cold_index_expansion: int = 512
     cold_index_expansion_add: int = 64
     cold_index_build_threads: int = 1
 
