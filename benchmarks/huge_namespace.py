@@ -344,7 +344,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--build-threads", type=int, default=2)
     parser.add_argument("--sweep", nargs="*", metavar="OVERSAMPLExEXPANSION",
                         help="also the engine at these settings, e.g. 2x128 8x128 (none given: oversample 2/4/8 x "
-                             "expansion 64/128/256); raw usearch always runs the full grid (it has no load cost)")
+                             "expansion 64/128/256; 'raw': none); raw usearch always runs the full grid (no load "
+                             "cost)")
     parser.add_argument("--workdir", type=Path, default=None, help="where the store goes (default: a temp dir)")
     parser.add_argument("--keep-store", action="store_true")
     parser.add_argument("--resume", action="store_true",
@@ -430,8 +431,8 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             value = run()
             value["stage_seconds"] = time.perf_counter() - t0
+            value["load_avg_at_end"] = os.getloadavg()
             saved.write_text(json.dumps(value))
-        value.setdefault("load_avg_at_end", os.getloadavg())
         results[name] = value
         save()
         return value
@@ -489,7 +490,8 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.sweep is not None:
             grid = [(o, e) for o in (2, 4, 8) for e in (64, 128, 256)]
-            chosen = [tuple(int(x) for x in item.split("x")) for item in args.sweep] or grid
+            chosen = [] if args.sweep == ["raw"] else \
+                [tuple(int(x) for x in item.split("x")) for item in args.sweep] or grid
 
             def sweep() -> dict:
                 rows = []
