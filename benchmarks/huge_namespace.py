@@ -531,7 +531,7 @@ def main(argv: list[str] | None = None) -> int:
                         for key in ("engine", "scan_peer")}
 
             for key, run in stage("quiet", quiet).items():
-                if key.startswith("load_avg"):
+                if not isinstance(run, dict):  # stage_seconds, load_avg_at_end
                     continue
                 found = run.pop("quiet_found", None)
                 if found is not None:
