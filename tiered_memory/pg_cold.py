@@ -71,6 +71,7 @@ import math
 import os
 import re
 import secrets
+import select
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -203,9 +204,10 @@ class PostgresColdStore(ColdOps, ColdStore):
         self._listener: threading.Thread | None = None
         self._closed = False
         self.pool = ConnectionPool(self.dsn, min_size=1, max_size=max(1, pool_size), timeout=timeout_s,
-                                   kwargs={"autocommit": True}, configure=self._configure, open=False,
-                                   name="tiered_memory")
+                                   kwargs={"autocommit": True}, configure=self._configure,
+                                   check=self._check_idle_connection, open=False, name="tiered_memory")
         try:
+            self._first_connection(timeout_s)
             self.pool.open(wait=True, timeout=timeout_s)
             self._migrate()
             with self._connection() as conn:
@@ -217,6 +219,17 @@ class PostgresColdStore(ColdOps, ColdStore):
         except BaseException:
             self.pool.close()
             raise
+
+    def _first_connection(self, timeout_s: float) -> None:
+        """One connection of our own before the pool's: the pool retries a failed connect until its
+        timeout and then reports only that it timed out, which hides a refused port, a missing
+        database or a rejected user behind a wait of timeout_s; the driver's error names them at once."""
+        try:
+            psycopg.connect(self.dsn, connect_timeout=max(1, math.ceil(timeout_s)), autocommit=True).close()
+        except psycopg.OperationalError as err:
+            reason = " ".join(str(err).split())
+            raise StorageError(f"cannot connect to PostgreSQL at {self._where()} ({reason}); start the server, or "
+                               f"fix the DSN (host, port, database, user, password) or {DSN_ENV}") from err
 
     def __repr__(self) -> str:
         return f"PostgresColdStore({self._where()})"
@@ -232,6 +245,15 @@ class PostgresColdStore(ColdOps, ColdStore):
             conn.execute(f'SET search_path TO "{self.schema_name}"')
         if self.read_only:
             conn.execute("SET default_transaction_read_only = on")
+
+    @staticmethod
+    def _check_idle_connection(conn: psycopg.Connection) -> None:
+        """Before the pool hands out a connection: an idle one has nothing to read unless the server
+        sent something, as it does when it ends the session (a terminated backend, a restart). Only
+        then a round trip tells whether it still works (raising makes the pool discard it and open
+        another), so a killed backend costs no failed read and the usual checkout costs a poll."""
+        if conn.closed or select.select([conn.fileno()], [], [], 0)[0]:
+            ConnectionPool.check_connection(conn)
 
     @contextmanager
     def _connection(self) -> Iterator[psycopg.Connection]:
@@ -848,32 +870,52 @@ class PostgresColdStore(ColdOps, ColdStore):
     def recode_all(self, encode: Any, decode_old: Any, then: Iterable[Op] = (), batch: int = 2048) -> None:
         """Every code re-encoded in one transaction, streamed in batches through a server-side
         cursor, with the `then` puts; every namespace's version moves, so that other processes
-        reload their copies of the codes."""
+        reload their copies of the codes. A lost connection, serialization failure or deadlock is
+        retried (``retries``) as write() does: the transaction rolled back, or, if its commit went
+        through unacknowledged, the stored quantizer is the one `then` stores, which the retry sees."""
         then = list(then)
-        try:
-            with self.pool.connection() as conn:
-                with conn.transaction():
-                    self._check_quantizer(conn, exclusive=True)
-                    with conn.cursor(name="tm_recode") as cursor:
-                        cursor.execute("SELECT c.ns_id, c.memory_id, c.value, o.value FROM tm_codes c "
-                                       "LEFT JOIN tm_originals o ON o.ns_id = c.ns_id AND o.memory_id = c.memory_id "
-                                       "ORDER BY c.ns_id, c.memory_id")
-                        while chunk := cursor.fetchmany(batch):
-                            self._recode_chunk(conn, chunk, encode, decode_old)
-                    touched = conn.execute("UPDATE tm_namespaces SET version = version + 1 "
-                                           "RETURNING ns_id, version, generation").fetchall()
-                    for op in then:
-                        if op[0] not in _BY_KEY:
-                            raise StorageError(f"recode_all commits store-level puts only, not {op[0]!r} ones: "
-                                               "nothing was changed")
-                        self._apply_key_run(conn, _BY_KEY[op[0]], op[2] is None, [op])
-                    self._next_generation(conn, None)
-                self._saw_own({ns: (version, generation) for ns, version, generation in touched})
-                for db, key, value in then:
-                    if db == "meta" and key == _QUANTIZER_KEY:
-                        self._quantizer_stored = value
-        except (psycopg.Error, PoolTimeout) as err:
-            raise StorageError(f"re-encoding the codes in {self._where()} failed ({err}); nothing was changed") from err
+        meant = next((value for db, key, value in then if db == "meta" and key == _QUANTIZER_KEY), None)
+        for attempt in range(1, self.retries + 1):
+            try:
+                with self.pool.connection() as conn:
+                    if attempt > 1 and meant is not None and self._stored_quantizer(conn) == meant:
+                        self._recoded(then, {})  # the lost attempt committed
+                        return
+                    with conn.transaction():
+                        self._check_quantizer(conn, exclusive=True)
+                        with conn.cursor(name="tm_recode") as cursor:
+                            cursor.execute("SELECT c.ns_id, c.memory_id, c.value, o.value FROM tm_codes c "
+                                           "LEFT JOIN tm_originals o ON o.ns_id = c.ns_id "
+                                           "AND o.memory_id = c.memory_id ORDER BY c.ns_id, c.memory_id")
+                            while chunk := cursor.fetchmany(batch):
+                                self._recode_chunk(conn, chunk, encode, decode_old)
+                        touched = conn.execute("UPDATE tm_namespaces SET version = version + 1 "
+                                               "RETURNING ns_id, version, generation").fetchall()
+                        for op in then:
+                            if op[0] not in _BY_KEY:
+                                raise StorageError(f"recode_all commits store-level puts only, not {op[0]!r} ones: "
+                                                   "nothing was changed")
+                            self._apply_key_run(conn, _BY_KEY[op[0]], op[2] is None, [op])
+                        self._next_generation(conn, None)
+                    self._recoded(then, {ns: (version, generation) for ns, version, generation in touched})
+                    return
+            except _RETRIED as err:
+                if attempt == self.retries:
+                    raise StorageError(f"re-encoding the codes in {self._where()} failed after {attempt} attempts "
+                                       f"({err}); nothing was changed (a retry is safe)") from err
+                log.warning("re-encoding the codes in %s failed (%s), retrying (%d of %d)", self._where(), err,
+                            attempt, self.retries)
+            except psycopg.Error as err:
+                raise StorageError(f"re-encoding the codes in {self._where()} failed ({err}); "
+                                   "nothing was changed") from err
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _recoded(self, then: list[Op], versions: dict[int, tuple[int, int]]) -> None:
+        """After recode_all committed: its own version moves, and the quantizer state it stored."""
+        self._saw_own(versions)
+        for db, key, value in then:
+            if db == "meta" and key == _QUANTIZER_KEY:
+                self._quantizer_stored = value
 
     def _recode_chunk(self, conn: psycopg.Connection, chunk: list[tuple[Any, ...]], encode: Any,
                       decode_old: Any) -> None:
