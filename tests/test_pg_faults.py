@@ -209,3 +209,40 @@ def test_a_server_not_there_at_open_fails_naming_the_cause(pg_dsn: str, pg_schem
         TieredMemory(tmp_path / "cache", cold=pg_cold.postgres_cold(missing), encoder=None, dimension=DIM)
     with engine(pg_dsn, pg_schema, tmp_path / "cache") as mem:  # the failed opens left the directory unlocked
         assert mem.add("stored once the DSN is right", vector=unit_rows(1, seed=5)[0]) in mem.ids()
+
+
+def test_a_killed_listening_connection_listens_again(pg_dsn: str, pg_schema: str, admin) -> None:
+    tag = f"tmf_{pg_schema}"
+    heard: list[list[int] | None] = []
+    arrived = threading.Condition()
+
+    def on_notice(ns_ids: list[int] | None) -> None:
+        with arrived:
+            heard.append(ns_ids)
+            arrived.notify_all()
+
+    def listening() -> int:
+        return admin.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s AND query ILIKE "
+                             "'LISTEN%%' AND pid <> pg_backend_pid()", (tag,)).fetchone()[0]
+
+    listener = pg_cold.PostgresColdStore(tagged(pg_dsn, tag), schema=pg_schema)
+    writer = pg_cold.PostgresColdStore(pg_dsn, schema=pg_schema)
+    try:
+        for store in (listener, writer):
+            store.use_dimension(DIM)
+        ns = writer.namespace_id("shared", create=True)
+        listener.listen(on_notice)
+        assert listening() == 1
+        assert terminate(admin, tag) >= 1 and listening() == 0
+        deadline = time.monotonic() + 30
+        while listening() == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert listening() == 1  # listening again
+        with arrived:
+            assert arrived.wait_for(lambda: None in heard, timeout=30)  # told that notices may have been lost
+        writer.write([writer.count_op(ns, 0)])  # touches the namespace: its version moves, a notice names it
+        with arrived:
+            assert arrived.wait_for(lambda: [ns] in heard, timeout=30)
+    finally:
+        listener.close()
+        writer.close()

@@ -73,6 +73,7 @@ import re
 import secrets
 import select
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -144,6 +145,7 @@ _TABLES = ("tm_records", "tm_rows", "tm_codes", "tm_originals", "tm_texts", "tm_
 _RETRIED = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected, psycopg.OperationalError, PoolTimeout)
 _QUANTIZER_KEY = b"quantizer"
 _LISTEN_POLL_S = 0.2  # how often the listener looks at whether the store was closed
+_LISTEN_RETRY_MAX_S = 2.0  # longest wait between attempts to listen again (close() waits for the listener)
 _SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
 
@@ -581,35 +583,58 @@ class PostgresColdStore(ColdOps, ColdStore):
         """Call ``callback(ns_ids)`` from a thread of this store soon after another writer commits
         a change to those namespaces (None: possibly all of them). Notices are a hint for dropping
         stale copies early; changed_elsewhere stays the check a use relies on (a notice may come
-        late, or not at all if the listening connection drops)."""
+        late). A listening connection that drops is opened again (backing off up to
+        _LISTEN_RETRY_MAX_S), then ``callback(None)``: notices sent meanwhile were lost."""
         if self._listener is not None:
             raise ConfigError("this store already has a listener")
         try:
-            conn = psycopg.connect(self.dsn, autocommit=True)
-            conn.execute(f'LISTEN "{self._channel}"')
+            conn = self._listening_connection()
         except psycopg.Error as err:
             raise StorageError(f"cannot listen for changes at {self._where()} ({err})") from err
         self._listener = threading.Thread(target=self._listen, args=(conn, callback), daemon=True,
                                           name="tiered-memory-pg-listener")
         self._listener.start()
 
-    def _listen(self, conn: psycopg.Connection, callback: Callable[[list[int] | None], None]) -> None:
+    def _listening_connection(self) -> psycopg.Connection:
+        conn = psycopg.connect(self.dsn, autocommit=True)
         try:
-            while not self._closed:
+            conn.execute(f'LISTEN "{self._channel}"')
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _listen(self, conn: psycopg.Connection, callback: Callable[[list[int] | None], None]) -> None:
+        def notify(ns_ids: list[int] | None) -> None:
+            try:
+                callback(ns_ids)
+            except Exception:  # a failing callback must not end the notices
+                log.exception("change notice callback failed")
+
+        while not self._closed:
+            try:
                 for notice in conn.notifies(timeout=_LISTEN_POLL_S):
                     token, _, names = notice.payload.partition(" ")
-                    if token == self._token:
-                        continue
-                    try:
-                        callback(None if names == "*" else [int(name) for name in names.split(",")])
-                    except Exception:  # a failing callback must not end the notices
-                        log.exception("change notice callback failed")
-        except psycopg.Error as err:
-            if not self._closed:
-                log.warning("change notices from %s stopped (%s); loaded namespaces are still checked on use",
-                            self._where(), err)
-        finally:
+                    if token != self._token:
+                        notify(None if names == "*" else [int(name) for name in names.split(",")])
+                continue
+            except psycopg.Error as err:
+                if self._closed:
+                    break
+                log.warning("change notices from %s stopped (%s); listening again (loaded namespaces are "
+                            "checked on use meanwhile)", self._where(), err)
             conn.close()
+            delay = _LISTEN_POLL_S
+            while not self._closed:
+                time.sleep(delay)
+                try:
+                    conn = self._listening_connection()
+                except psycopg.Error:
+                    delay = min(_LISTEN_RETRY_MAX_S, 2 * delay)
+                    continue
+                notify(None)  # what changed while no one listened is unknown
+                break
+        conn.close()
 
     def _saw_own(self, versions: dict[int, tuple[int, int]]) -> None:
         """After a commit: a namespace whose version moved by our write alone is still as we loaded it."""
