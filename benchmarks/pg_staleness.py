@@ -205,7 +205,10 @@ def render(report: dict[str, Any]) -> str:
               "copy's version with the server's is all there is (it also runs without background promotion: the "
               "engine has no switch for the listener alone). Both check the version on every use, so a reader "
               "never serves a change's old state once the commit is visible; the window is the reader's poll in "
-              "flight plus the reload of the namespace the check orders.", ""]
+              "flight plus the reload of the namespace the check orders. That reload rebuilds the namespace's warm "
+              "index from the cold tier (logged as `warm index of 'bench' rebuilt from the cold tier`): with "
+              "thousands of memories it is most of the window, whichever mode; notices only move the unload to "
+              "the background thread, the next use still reloads.", ""]
     return "\n".join(lines)
 
 

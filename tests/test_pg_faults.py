@@ -246,3 +246,19 @@ def test_a_killed_listening_connection_listens_again(pg_dsn: str, pg_schema: str
     finally:
         listener.close()
         writer.close()
+
+
+def test_a_search_racing_another_process_delete_leaves_the_memory_out(pg_dsn: str, pg_schema: str,
+                                                                      tmp_path: Path, admin) -> None:
+    """Another process deletes a memory between a search's version check and its read of the
+    record. The window is made wide on the server: the rows go without the namespace's version
+    moving, which is what the searching process sees inside it."""
+    vectors = unit_rows(30, seed=41)
+    with engine(pg_dsn, pg_schema, tmp_path / "writer") as writer:
+        ids = writer.add_many([f"note {i}" for i in range(30)], vectors=vectors, namespace="shared")
+    with engine(pg_dsn, pg_schema, tmp_path / "reader") as reader:
+        assert reader.search(vector=vectors[7], namespace="shared", k=1)[0].memory.id == ids[7]  # loaded
+        for table in ("tm_records", "tm_rows", "tm_codes", "tm_originals"):
+            admin.execute(f'DELETE FROM "{pg_schema}".{table} WHERE memory_id = %s', (ids[8],))
+        hits = reader.search(vector=vectors[8], namespace="shared", k=5)
+        assert len(hits) >= 4 and ids[8] not in {hit.memory.id for hit in hits}
