@@ -294,7 +294,7 @@ def test_a_retried_write_changes_nothing_more(pg_dsn: str, pg_schema: str) -> No
 
 
 def test_no_server_is_a_storage_error_that_says_so() -> None:
-    with pytest.raises(StorageError, match="no PostgreSQL server answers"):
+    with pytest.raises(StorageError, match="cannot connect to PostgreSQL .*start the server, or fix the DSN"):
         pg_cold.PostgresColdStore("postgresql://nobody:hunter2@127.0.0.1:1/none?connect_timeout=1", timeout_s=1.5)
 
 

@@ -71,7 +71,9 @@ import math
 import os
 import re
 import secrets
+import select
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -143,6 +145,7 @@ _TABLES = ("tm_records", "tm_rows", "tm_codes", "tm_originals", "tm_texts", "tm_
 _RETRIED = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected, psycopg.OperationalError, PoolTimeout)
 _QUANTIZER_KEY = b"quantizer"
 _LISTEN_POLL_S = 0.2  # how often the listener looks at whether the store was closed
+_LISTEN_RETRY_MAX_S = 2.0  # longest wait between attempts to listen again (close() waits for the listener)
 _SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
 
@@ -203,9 +206,10 @@ class PostgresColdStore(ColdOps, ColdStore):
         self._listener: threading.Thread | None = None
         self._closed = False
         self.pool = ConnectionPool(self.dsn, min_size=1, max_size=max(1, pool_size), timeout=timeout_s,
-                                   kwargs={"autocommit": True}, configure=self._configure, open=False,
-                                   name="tiered_memory")
+                                   kwargs={"autocommit": True}, configure=self._configure,
+                                   check=self._check_idle_connection, open=False, name="tiered_memory")
         try:
+            self._first_connection(timeout_s)
             self.pool.open(wait=True, timeout=timeout_s)
             self._migrate()
             with self._connection() as conn:
@@ -217,6 +221,17 @@ class PostgresColdStore(ColdOps, ColdStore):
         except BaseException:
             self.pool.close()
             raise
+
+    def _first_connection(self, timeout_s: float) -> None:
+        """One connection of our own before the pool's: the pool retries a failed connect until its
+        timeout and then reports only that it timed out, which hides a refused port, a missing
+        database or a rejected user behind a wait of timeout_s; the driver's error names them at once."""
+        try:
+            psycopg.connect(self.dsn, connect_timeout=max(1, math.ceil(timeout_s)), autocommit=True).close()
+        except psycopg.OperationalError as err:
+            reason = " ".join(str(err).split())
+            raise StorageError(f"cannot connect to PostgreSQL at {self._where()} ({reason}); start the server, or "
+                               f"fix the DSN (host, port, database, user, password) or {DSN_ENV}") from err
 
     def __repr__(self) -> str:
         return f"PostgresColdStore({self._where()})"
@@ -232,6 +247,15 @@ class PostgresColdStore(ColdOps, ColdStore):
             conn.execute(f'SET search_path TO "{self.schema_name}"')
         if self.read_only:
             conn.execute("SET default_transaction_read_only = on")
+
+    @staticmethod
+    def _check_idle_connection(conn: psycopg.Connection) -> None:
+        """Before the pool hands out a connection: an idle one has nothing to read unless the server
+        sent something, as it does when it ends the session (a terminated backend, a restart). Only
+        then a round trip tells whether it still works (raising makes the pool discard it and open
+        another), so a killed backend costs no failed read and the usual checkout costs a poll."""
+        if conn.closed or select.select([conn.fileno()], [], [], 0)[0]:
+            ConnectionPool.check_connection(conn)
 
     @contextmanager
     def _connection(self) -> Iterator[psycopg.Connection]:
@@ -559,35 +583,58 @@ class PostgresColdStore(ColdOps, ColdStore):
         """Call ``callback(ns_ids)`` from a thread of this store soon after another writer commits
         a change to those namespaces (None: possibly all of them). Notices are a hint for dropping
         stale copies early; changed_elsewhere stays the check a use relies on (a notice may come
-        late, or not at all if the listening connection drops)."""
+        late). A listening connection that drops is opened again (backing off up to
+        _LISTEN_RETRY_MAX_S), then ``callback(None)``: notices sent meanwhile were lost."""
         if self._listener is not None:
             raise ConfigError("this store already has a listener")
         try:
-            conn = psycopg.connect(self.dsn, autocommit=True)
-            conn.execute(f'LISTEN "{self._channel}"')
+            conn = self._listening_connection()
         except psycopg.Error as err:
             raise StorageError(f"cannot listen for changes at {self._where()} ({err})") from err
         self._listener = threading.Thread(target=self._listen, args=(conn, callback), daemon=True,
                                           name="tiered-memory-pg-listener")
         self._listener.start()
 
-    def _listen(self, conn: psycopg.Connection, callback: Callable[[list[int] | None], None]) -> None:
+    def _listening_connection(self) -> psycopg.Connection:
+        conn = psycopg.connect(self.dsn, autocommit=True)
         try:
-            while not self._closed:
+            conn.execute(f'LISTEN "{self._channel}"')
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _listen(self, conn: psycopg.Connection, callback: Callable[[list[int] | None], None]) -> None:
+        def notify(ns_ids: list[int] | None) -> None:
+            try:
+                callback(ns_ids)
+            except Exception:  # a failing callback must not end the notices
+                log.exception("change notice callback failed")
+
+        while not self._closed:
+            try:
                 for notice in conn.notifies(timeout=_LISTEN_POLL_S):
                     token, _, names = notice.payload.partition(" ")
-                    if token == self._token:
-                        continue
-                    try:
-                        callback(None if names == "*" else [int(name) for name in names.split(",")])
-                    except Exception:  # a failing callback must not end the notices
-                        log.exception("change notice callback failed")
-        except psycopg.Error as err:
-            if not self._closed:
-                log.warning("change notices from %s stopped (%s); loaded namespaces are still checked on use",
-                            self._where(), err)
-        finally:
+                    if token != self._token:
+                        notify(None if names == "*" else [int(name) for name in names.split(",")])
+                continue
+            except psycopg.Error as err:
+                if self._closed:
+                    break
+                log.warning("change notices from %s stopped (%s); listening again (loaded namespaces are "
+                            "checked on use meanwhile)", self._where(), err)
             conn.close()
+            delay = _LISTEN_POLL_S
+            while not self._closed:
+                time.sleep(delay)
+                try:
+                    conn = self._listening_connection()
+                except psycopg.Error:
+                    delay = min(_LISTEN_RETRY_MAX_S, 2 * delay)
+                    continue
+                notify(None)  # what changed while no one listened is unknown
+                break
+        conn.close()
 
     def _saw_own(self, versions: dict[int, tuple[int, int]]) -> None:
         """After a commit: a namespace whose version moved by our write alone is still as we loaded it."""
@@ -848,32 +895,52 @@ class PostgresColdStore(ColdOps, ColdStore):
     def recode_all(self, encode: Any, decode_old: Any, then: Iterable[Op] = (), batch: int = 2048) -> None:
         """Every code re-encoded in one transaction, streamed in batches through a server-side
         cursor, with the `then` puts; every namespace's version moves, so that other processes
-        reload their copies of the codes."""
+        reload their copies of the codes. A lost connection, serialization failure or deadlock is
+        retried (``retries``) as write() does: the transaction rolled back, or, if its commit went
+        through unacknowledged, the stored quantizer is the one `then` stores, which the retry sees."""
         then = list(then)
-        try:
-            with self.pool.connection() as conn:
-                with conn.transaction():
-                    self._check_quantizer(conn, exclusive=True)
-                    with conn.cursor(name="tm_recode") as cursor:
-                        cursor.execute("SELECT c.ns_id, c.memory_id, c.value, o.value FROM tm_codes c "
-                                       "LEFT JOIN tm_originals o ON o.ns_id = c.ns_id AND o.memory_id = c.memory_id "
-                                       "ORDER BY c.ns_id, c.memory_id")
-                        while chunk := cursor.fetchmany(batch):
-                            self._recode_chunk(conn, chunk, encode, decode_old)
-                    touched = conn.execute("UPDATE tm_namespaces SET version = version + 1 "
-                                           "RETURNING ns_id, version, generation").fetchall()
-                    for op in then:
-                        if op[0] not in _BY_KEY:
-                            raise StorageError(f"recode_all commits store-level puts only, not {op[0]!r} ones: "
-                                               "nothing was changed")
-                        self._apply_key_run(conn, _BY_KEY[op[0]], op[2] is None, [op])
-                    self._next_generation(conn, None)
-                self._saw_own({ns: (version, generation) for ns, version, generation in touched})
-                for db, key, value in then:
-                    if db == "meta" and key == _QUANTIZER_KEY:
-                        self._quantizer_stored = value
-        except (psycopg.Error, PoolTimeout) as err:
-            raise StorageError(f"re-encoding the codes in {self._where()} failed ({err}); nothing was changed") from err
+        meant = next((value for db, key, value in then if db == "meta" and key == _QUANTIZER_KEY), None)
+        for attempt in range(1, self.retries + 1):
+            try:
+                with self.pool.connection() as conn:
+                    if attempt > 1 and meant is not None and self._stored_quantizer(conn) == meant:
+                        self._recoded(then, {})  # the lost attempt committed
+                        return
+                    with conn.transaction():
+                        self._check_quantizer(conn, exclusive=True)
+                        with conn.cursor(name="tm_recode") as cursor:
+                            cursor.execute("SELECT c.ns_id, c.memory_id, c.value, o.value FROM tm_codes c "
+                                           "LEFT JOIN tm_originals o ON o.ns_id = c.ns_id "
+                                           "AND o.memory_id = c.memory_id ORDER BY c.ns_id, c.memory_id")
+                            while chunk := cursor.fetchmany(batch):
+                                self._recode_chunk(conn, chunk, encode, decode_old)
+                        touched = conn.execute("UPDATE tm_namespaces SET version = version + 1 "
+                                               "RETURNING ns_id, version, generation").fetchall()
+                        for op in then:
+                            if op[0] not in _BY_KEY:
+                                raise StorageError(f"recode_all commits store-level puts only, not {op[0]!r} ones: "
+                                                   "nothing was changed")
+                            self._apply_key_run(conn, _BY_KEY[op[0]], op[2] is None, [op])
+                        self._next_generation(conn, None)
+                    self._recoded(then, {ns: (version, generation) for ns, version, generation in touched})
+                    return
+            except _RETRIED as err:
+                if attempt == self.retries:
+                    raise StorageError(f"re-encoding the codes in {self._where()} failed after {attempt} attempts "
+                                       f"({err}); nothing was changed (a retry is safe)") from err
+                log.warning("re-encoding the codes in %s failed (%s), retrying (%d of %d)", self._where(), err,
+                            attempt, self.retries)
+            except psycopg.Error as err:
+                raise StorageError(f"re-encoding the codes in {self._where()} failed ({err}); "
+                                   "nothing was changed") from err
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _recoded(self, then: list[Op], versions: dict[int, tuple[int, int]]) -> None:
+        """After recode_all committed: its own version moves, and the quantizer state it stored."""
+        self._saw_own(versions)
+        for db, key, value in then:
+            if db == "meta" and key == _QUANTIZER_KEY:
+                self._quantizer_stored = value
 
     def _recode_chunk(self, conn: psycopg.Connection, chunk: list[tuple[Any, ...]], encode: Any,
                       decode_old: Any) -> None:

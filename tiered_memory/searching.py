@@ -47,15 +47,18 @@ class Lookup:
 
     def content(self, slot: int) -> Memory | None:
         """The record of a slot; None if cold no longer has it as the catalog knows it (a
-        read-only opener whose writer deleted it, or moved its id to another namespace, since:
-        such a memory is left out of results, never served from the other namespace)."""
+        read-only opener whose writer deleted it, or moved its id to another namespace, since; or
+        a store shared with other writers: such a memory is left out of results, never served from
+        the other namespace)."""
         if slot in self.contents:
             return self.contents[slot]
         engine = self.engine
         memory_id = engine.catalog.ids[slot]
         entry = engine.hot.peek(memory_id)
         content = entry.memory if entry is not None else self.checked(slot, engine.cold.get(memory_id))
-        if content is None and not engine.read_only:
+        # -- several writers: another process may delete it between this call's version check and
+        # this read (as for a read-only opener, it is left out of the results)
+        if content is None and not engine.read_only and not engine._shared_cold:
             raise TieredMemoryError(f"memory {memory_id!r} is in the catalog but not in cold storage")
         self.contents[slot] = content
         return content
