@@ -6,7 +6,7 @@ At each size, n unit vectors from DailyDialog's MiniLM embeddings plus noise
 (`corpora.scaled_vectors`, seed 1), 1,000 queries made the same way from other noise (seed 99),
 exact float32 ground truth (`corpora.exact_neighbors`), tie-aware recall@10. Methods, in one run:
 
-* ``usearch-i8-view``: `tiered_memory.cold_index.ColdIndex`, a usearch int8 HNSW graph saved to a
+* ``usearch-i8-view``: `tiered_memory.tiers.cold_index.ColdIndex`, a usearch int8 HNSW graph saved to a
   file and memory-mapped read-only (`view=True`).
 * ``ivf-memmap``: IVF lists in one file read through numpy.memmap: sqrt(n) spherical k-means
   centroids in RAM (`topics.TopicModel`), the int8 codes (`Int8Quantizer`) sorted by list, the
@@ -71,7 +71,7 @@ def _child(method: str, scratch: Path, queries_n: int) -> None:
     queries = np.load(scratch / "queries.npy")[:queries_n]
     started = time.perf_counter()
     if method == "usearch-i8-view":
-        from tiered_memory.cold_index import ColdIndex
+        from tiered_memory.tiers.cold_index import ColdIndex
 
         index = ColdIndex.open(scratch / "usearch" / "cold.json")
         if index is None:
@@ -98,8 +98,8 @@ def _child(method: str, scratch: Path, queries_n: int) -> None:
             labels, _ = graph.knn_query(q, K, num_threads=1)
             return labels[0].astype(np.int64)
     else:
-        from tiered_memory.blocks import Block, scan
         from tiered_memory.quantization import Int8Quantizer
+        from tiered_memory.tiers.blocks import Block, scan
 
         meta = json.loads((scratch / "ivf.json").read_text())
         quantizer = Int8Quantizer(meta["dimension"])
@@ -172,7 +172,7 @@ def _run_child(method: str, scratch: Path, queries_n: int) -> dict[str, Any]:
 
 
 def _build_usearch(scratch: Path, vectors: np.ndarray) -> dict[str, dict[str, Any]]:
-    from tiered_memory.cold_index import ColdIndex
+    from tiered_memory.tiers.cold_index import ColdIndex
 
     started = time.perf_counter()
     index = ColdIndex.build(scratch / "usearch" / "cold.json", [f"m{i}" for i in range(len(vectors))], vectors,
@@ -184,7 +184,7 @@ def _build_usearch(scratch: Path, vectors: np.ndarray) -> dict[str, dict[str, An
 
 def _build_ivf(scratch: Path, vectors: np.ndarray) -> dict[str, dict[str, Any]]:
     from tiered_memory.quantization import Int8Quantizer
-    from tiered_memory.topics import TopicModel
+    from tiered_memory.tiering.topics import TopicModel
 
     n, dimension = vectors.shape
     started = time.perf_counter()

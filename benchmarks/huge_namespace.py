@@ -1,7 +1,7 @@
 """One huge namespace: a million memories in "default", default budgets, vectors given.
 
 The scenario of the tiers issue where one namespace outgrows the warm budget, so most of it is
-cold, and the cold part is found through its on-disk index (tiered_memory/cold_parts.py). Each
+cold, and the cold part is found through its on-disk index (tiered_memory/tiers/cold_parts.py). Each
 figure comes from a fresh process:
 
 1. build: add the scale set's first `--rows` vectors with add_many, 1,000 per call, durability
@@ -195,7 +195,7 @@ def phase_raw(store: Path, data: Path, queries: int, oversample: int, expansion:
     """The index file alone, as the engine opens it (checksums verified) and asks it (k * oversample
     candidates at this expansion); the top 10 by the index's own int8 cosine."""
     t0 = time.perf_counter()
-    from tiered_memory.cold_index import ColdIndex
+    from tiered_memory.tiers.cold_index import ColdIndex
     import_s = time.perf_counter() - t0
     all_queries = np.load(data / "queries.npy")
     measured, warmup = all_queries[:queries], all_queries[-50:]

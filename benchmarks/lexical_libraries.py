@@ -2,7 +2,7 @@
 
     python benchmarks/lexical_libraries.py [--out benchmarks/results/lexical] [--queries 300]
 
-Every library gets the same terms (``tiered_memory.lexical_tokens.Tokenizer``: stop words removed,
+Every library gets the same terms (``tiered_memory.search.lexical_tokens.Tokenizer``: stop words removed,
 Snowball English stems), BM25 with k1=1.2, b=0.75, k=10, each on disk as the engine would keep it.
 Corpora: LoCoMo (5 conversations, each its own index of 369-689 turns, queried with its 1-4
 category questions), the first 10k DailyDialog utterances, and 100k documents made of all 62,142
@@ -254,7 +254,7 @@ INDEXES = {"bm25s": Bm25sIndex, "tantivy": TantivyIndex, "tantivy-ram": TantivyR
 
 def run_one(library: str, corpus: str, queries: int) -> dict[str, Any]:
     """One library on one corpus, in this (fresh) process."""
-    from tiered_memory.lexical_tokens import Tokenizer
+    from tiered_memory.search.lexical_tokens import Tokenizer
 
     tokenizer = Tokenizer()
     namespaces = load_corpus(corpus, queries)

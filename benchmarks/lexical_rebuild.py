@@ -35,7 +35,7 @@ def _rss() -> int:
 
 def run_one(size: int) -> dict[str, Any]:
     from tiered_memory.corpora import load_dailydialog
-    from tiered_memory.lexical import LexicalIndex
+    from tiered_memory.search.lexical import LexicalIndex
 
     utterances = load_dailydialog().utterances
     texts = [utterances[i % len(utterances)] for i in range(size)]

@@ -59,7 +59,7 @@ def unit(seed: int) -> np.ndarray:
 
 def open_engine(dsn: str, schema: str, cache: Path, background: bool):
     from tiered_memory import TieredMemory
-    from tiered_memory.pg_cold import postgres_cold
+    from tiered_memory.tiers.pg_cold import postgres_cold
 
     return TieredMemory(cache, cold=postgres_cold(dsn, schema=schema), encoder=None, dimension=DIMENSION,
                         promote_in_background=background)

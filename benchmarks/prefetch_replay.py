@@ -32,9 +32,9 @@ from typing import Any
 import numpy as np
 
 from tiered_memory import Conversation, Hit, MemoryConfig, PrefetchConfig, TieredMemory, __version__
+from tiered_memory.conversation.prefetch import PrefetchWorker
 from tiered_memory.corpora import DatasetNotFoundError, load_dailydialog, load_locomo
-from tiered_memory.prefetch import PrefetchWorker
-from tiered_memory.topics import TopicModel, topics_for
+from tiered_memory.tiering.topics import TopicModel, topics_for
 from tiered_memory.traces import Trace, dailydialog_trace, locomo_trace
 
 K = 10  # results per search

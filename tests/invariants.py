@@ -13,8 +13,8 @@ from collections import Counter
 import numpy as np
 
 from tiered_memory import TieredMemory
-from tiered_memory.blocks import INDEXED
-from tiered_memory.catalog import COLD, HOT, WARM
+from tiered_memory.namespaces.catalog import COLD, HOT, WARM
+from tiered_memory.tiers.blocks import INDEXED
 
 
 def invariant_violations(mem: TieredMemory) -> list[str]:

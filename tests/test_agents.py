@@ -27,7 +27,7 @@ from tiered_memory import (
     StorageError,
     TieredMemory,
 )
-from tiered_memory.agents_store import HubStore
+from tiered_memory.agents.store import HubStore
 
 from .conftest import ROOT, unit_rows
 

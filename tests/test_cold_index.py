@@ -10,13 +10,13 @@ import pytest
 
 pytest.importorskip("usearch")
 
-from tiered_memory.cold_index import ColdIndex  # noqa: E402
 from tiered_memory.errors import (  # noqa: E402
     DimensionMismatchError,
     InvalidInputError,
     InvalidVectorError,
     StorageError,
 )
+from tiered_memory.tiers.cold_index import ColdIndex  # noqa: E402
 
 N, D, K = 3_000, 64, 10
 
@@ -150,7 +150,7 @@ def test_missing_damaged_or_mismatched_gives_none(tmp_path, data, caplog) -> Non
     assert ColdIndex.open(target) is None
     ColdIndex.build(target, ids[:500], vectors[:500], generation=4, threads=1).close()
     assert ColdIndex.open(target, generation=4, count=500, dimension=D) is not None
-    caplog.set_level(logging.WARNING, logger="tiered_memory.cold_index")
+    caplog.set_level(logging.WARNING, logger="tiered_memory.tiers.cold_index")
     assert ColdIndex.open(target, generation=5) is None
     assert ColdIndex.open(target, count=499) is None
     assert ColdIndex.open(target, dimension=D + 1) is None

@@ -11,14 +11,14 @@ import msgpack
 import numpy as np
 import pytest
 
-from tiered_memory.cold import ColdTier, text_key
-from tiered_memory.cold_ops import memory_row
-from tiered_memory.cold_store import ColdStore
 from tiered_memory.config import MemoryConfig
 from tiered_memory.crypto import OVERHEAD, Sealer
 from tiered_memory.errors import EncryptionRequiredError, StorageError
 from tiered_memory.quantization import make_quantizer
 from tiered_memory.records import TIER_CODES, Memory, Tier
+from tiered_memory.tiers.cold import ColdTier, text_key
+from tiered_memory.tiers.cold_ops import memory_row
+from tiered_memory.tiers.cold_store import ColdStore
 
 from .conftest import DIM, unit_rows
 
@@ -46,7 +46,7 @@ def open_cold(request, tmp_path: Path) -> Iterator[OpenCold]:
     same store, as a new process would."""
     opened: list[ColdStore] = []
     if request.param == "postgres":
-        from tiered_memory.pg_cold import PostgresColdStore
+        from tiered_memory.tiers.pg_cold import PostgresColdStore
 
         dsn, schema = request.getfixturevalue("pg_dsn"), request.getfixturevalue("pg_schema")
 

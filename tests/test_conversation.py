@@ -24,7 +24,7 @@ from tiered_memory import (
     UnknownEncodingError,
     count_tokens,
 )
-from tiered_memory.tokens import get_encoding
+from tiered_memory.conversation.tokens import get_encoding
 
 from .conftest import DIM, ROOT, unit_rows
 
@@ -87,7 +87,7 @@ def test_encoding_loads_without_network_and_leaves_users_cache_alone(tmp_path: P
         socket.create_connection = no_network
         import tiktoken.load
         tiktoken.load.read_file = lambda path: no_network() if "://" in path else open(path, "rb").read()
-        from tiered_memory.tokens import count_tokens, cache_dir
+        from tiered_memory.conversation.tokens import count_tokens, cache_dir
         assert count_tokens("hello world") == 2
         assert os.environ["TIKTOKEN_CACHE_DIR"] == {str(users_cache)!r}
         print(cache_dir())

@@ -24,9 +24,9 @@ import numpy as np
 import pytest
 
 from tiered_memory import MemoryNotFoundError, StorageError, TieredMemory, TieredMemoryError
-from tiered_memory.cold import row_key
 from tiered_memory.errors import SchemaVersionError
 from tiered_memory.records import RECORD_SCHEMA, Memory, Tier, pack_record, unpack_record
+from tiered_memory.tiers.cold import row_key
 
 from .conftest import DIM, unit_rows
 from .invariants import check_invariants
@@ -80,7 +80,7 @@ def test_damaged_sidecar_is_rebuilt_from_cold(saved, open_store, caplog, damage:
 def _rewrite_sidecar(meta_path: Path, change, recompute: bool = True) -> None:
     """Change a sidecar's fields; with `recompute`, fix its checksum as a careful attacker would,
     so that only the field checks can catch the damage."""
-    import tiered_memory.warm as warm_module
+    import tiered_memory.tiers.warm as warm_module
 
     meta = msgpack.unpackb(meta_path.read_bytes(), raw=False, strict_map_key=False)
     change(meta)
@@ -165,8 +165,8 @@ def test_a_changed_field_fails_the_sidecars_own_checksum(saved, open_store, capl
 def test_graph_verify_finds_ids_a_sidecar_swapped(saved, monkeypatch, read: str) -> None:
     """Two ids swapped in a sidecar whose checksum was recomputed pass every field check; the
     graph's vectors tell them apart (the engine, which holds the true vectors, calls verify)."""
-    import tiered_memory.warm as warm_module
-    from tiered_memory.warm import WarmTier
+    import tiered_memory.tiers.warm as warm_module
+    from tiered_memory.tiers.warm import WarmTier
 
     monkeypatch.setattr(warm_module, "_STATE_READ_MIN", 10**9 if read == "get_items" else 0)
     path, _, _ = saved
@@ -585,7 +585,7 @@ def test_a_graph_replaced_between_check_and_load_is_rebuilt(saved, open_store, m
     for name, data in older.items():
         (warm / name).write_bytes(data)
 
-    import tiered_memory.warm as warm_module
+    import tiered_memory.tiers.warm as warm_module
 
     checksum = warm_module._crc32
     replaced = []

@@ -16,9 +16,9 @@ from tiered_memory import (
     InvalidInputError,
     TieredMemory,
 )
-from tiered_memory.cold import row_key
 from tiered_memory.crypto import OVERHEAD, Sealer
 from tiered_memory.records import unpack_record
+from tiered_memory.tiers.cold import row_key
 
 from .conftest import DIM, unit_rows
 

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from tiered_memory.errors import InvalidInputError
-from tiered_memory.fusion import min_max, reciprocal_rank, weighted_sum, with_neighbours, z_score
+from tiered_memory.search.fusion import min_max, reciprocal_rank, weighted_sum, with_neighbours, z_score
 
 DENSE = (["a", "b", "c"], [0.9, 0.5, 0.1])
 LEXICAL = (["c", "d"], [12.0, 4.0])

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from tiered_memory import Tier
-from tiered_memory.blocks import INDEXED
+from tiered_memory.tiers.blocks import INDEXED
 
 from .conftest import DIM, tie_aware_recall, unit_rows
 from .test_congruence import RECALL_BOUND, recall_over

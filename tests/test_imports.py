@@ -29,3 +29,24 @@ def test_lazy_names_resolve_and_unknown_names_raise() -> None:
                   "try:\n    tiered_memory.no_such_name\nexcept AttributeError as err:\n    print(err)\n")
     assert result.returncode == 0, result.stderr
     assert "has no attribute 'no_such_name'" in result.stdout
+
+
+def test_former_module_paths_still_import() -> None:
+    """Modules that moved into layer packages: the paths the README named keep working."""
+    result = _run("import warnings, sys\n"
+                  "with warnings.catch_warnings(record=True) as caught:\n"
+                  "    warnings.simplefilter('always')\n"
+                  "    from tiered_memory.cold_index import ColdIndex\n"
+                  "from tiered_memory.tiers.cold_index import ColdIndex as Moved\n"
+                  "assert ColdIndex is Moved\n"
+                  "assert any(issubclass(w.category, DeprecationWarning) and 'tiers.cold_index' in str(w.message)\n"
+                  "           for w in caught), [str(w.message) for w in caught]\n"
+                  "import tiered_memory.conversation as conversation\n"
+                  "assert 'tiktoken' not in sys.modules  # the package alone loads no tokenizer\n"
+                  "from tiered_memory.conversation import Conversation\n"
+                  "from tiered_memory.conversation.session import Conversation as Session\n"
+                  "assert Conversation is Session\n"
+                  "from tiered_memory.agents import AgentHub, hub_for\n"
+                  "from tiered_memory.agents.hub import AgentHub as Hub\n"
+                  "assert AgentHub is Hub\n")
+    assert result.returncode == 0, result.stderr

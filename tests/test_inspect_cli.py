@@ -25,7 +25,7 @@ import pytest
 
 from tiered_memory import TieredMemory
 from tiered_memory.cli import main
-from tiered_memory.cold import row_key
+from tiered_memory.tiers.cold import row_key
 
 from .conftest import ROOT, FakeClock
 

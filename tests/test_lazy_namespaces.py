@@ -14,7 +14,7 @@ import pytest
 from tiered_memory import MemoryConfig, StorageError, StoreClosedError, TieredMemory
 from tiered_memory.quantization import make_quantizer
 from tiered_memory.records import Memory, Tier, pack_record
-from tiered_memory.warm import Graph
+from tiered_memory.tiers.warm import Graph
 
 from .conftest import DIM, unit_rows
 from .invariants import check_invariants

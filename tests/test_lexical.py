@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from tiered_memory.errors import ConfigError, EmptyTextError, InvalidInputError, InvalidTextError, TieredMemoryError
-from tiered_memory.lexical import LexicalIndex
-from tiered_memory.lexical_tokens import Tokenizer
+from tiered_memory.search.lexical import LexicalIndex
+from tiered_memory.search.lexical_tokens import Tokenizer
 
 from .conftest import SHARED
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tiered_memory import MemoryNotFoundError, Tier
-from tiered_memory.filters import compile_where
+from tiered_memory.search.filters import compile_where
 
 from .conftest import unit_rows
 

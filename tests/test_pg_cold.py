@@ -19,7 +19,8 @@ from .test_quantization import drifted_rows
 
 pytestmark = pytest.mark.postgres
 
-pg_cold = pytest.importorskip("tiered_memory.pg_cold", reason="psycopg 3 is not installed (pip install '.[postgres]')")
+pg_cold = pytest.importorskip("tiered_memory.tiers.pg_cold",
+                              reason="psycopg 3 is not installed (pip install '.[postgres]')")
 KEY = bytes(range(32))
 
 

@@ -14,7 +14,8 @@ from .conftest import DIM, unit_rows
 
 pytestmark = pytest.mark.postgres
 
-pg_cold = pytest.importorskip("tiered_memory.pg_cold", reason="psycopg 3 is not installed (pip install '.[postgres]')")
+pg_cold = pytest.importorskip("tiered_memory.tiers.pg_cold",
+                              reason="psycopg 3 is not installed (pip install '.[postgres]')")
 psycopg = pytest.importorskip("psycopg")
 
 

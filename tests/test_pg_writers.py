@@ -9,15 +9,16 @@ import numpy as np
 import pytest
 
 from tiered_memory import MemoryNotFoundError, StorageError, TieredMemory
-from tiered_memory.cold_ops import memory_row
 from tiered_memory.quantization import make_quantizer
+from tiered_memory.tiers.cold_ops import memory_row
 
 from .conftest import DIM, unit_rows
 from .test_cold_store_contract import memory
 
 pytestmark = pytest.mark.postgres
 
-pg_cold = pytest.importorskip("tiered_memory.pg_cold", reason="psycopg 3 is not installed (pip install '.[postgres]')")
+pg_cold = pytest.importorskip("tiered_memory.tiers.pg_cold",
+                              reason="psycopg 3 is not installed (pip install '.[postgres]')")
 
 
 def engine(dsn: str, schema: str, cache: Path) -> TieredMemory:

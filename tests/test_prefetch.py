@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from tiered_memory import InvalidInputError, PrefetchConfig, Tier
-from tiered_memory.prefetch import ConversationTrack, PrefetchWorker, TopicTracker
+from tiered_memory.conversation.prefetch import ConversationTrack, PrefetchWorker, TopicTracker
 
 from .conftest import DIM, ROOT, SHARED
 

@@ -31,8 +31,8 @@ def test_report_on_one_conversation_holds_together(tmp_path: Path) -> None:
     if not LOCOMO.is_file():
         pytest.skip(f"LoCoMo not found at {LOCOMO} (../shared/datasets is absent)")
     from tiered_memory.corpora import load_locomo
-    from tiered_memory.lexical import LexicalIndex
     from tiered_memory.reports.retrieval import prepare, render, run_methods, summarise
+    from tiered_memory.search.lexical import LexicalIndex
 
     conversation = load_locomo(LOCOMO)[:1]
     namespaces = prepare(conversation, HashEncoder, cache=tmp_path / "cache")

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "tiered_memory"
-FEATURES = ("agents.py", "agents_handle.py", "agents_store.py", "agents_notify.py", "conversation.py",
-            "prefetch.py", "integrations/mem0.py", "aio.py")
+FEATURES = ("agents/hub.py", "agents/agent.py", "agents/store.py", "agents/notify.py", "conversation/session.py",
+            "conversation/prefetch.py", "integrations/mem0.py", "aio.py")
 # Names under which these modules hold the store.
 STORE_NAMES = {"mem", "memory"}
 INTERNALS = {"cold", "catalog", "warm", "hot", "topics"}

@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tiered_memory.cold import ColdTier
 from tiered_memory.config import MemoryConfig
-from tiered_memory.hot import HotTier
 from tiered_memory.records import Memory, Tier
-from tiered_memory.warm import WarmTier
+from tiered_memory.tiers.cold import ColdTier
+from tiered_memory.tiers.hot import HotTier
+from tiered_memory.tiers.warm import WarmTier
 
 from .conftest import DIM, unit_rows
 

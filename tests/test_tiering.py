@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tiered_memory import Tier
-from tiered_memory.decay import decay_score
+from tiered_memory.tiering.decay import decay_score
 
 from .conftest import unit_rows
 

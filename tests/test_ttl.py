@@ -26,7 +26,7 @@ from tiered_memory import (
     TieredMemory,
     make_encoder,
 )
-from tiered_memory.cold import pack_row
+from tiered_memory.tiers.cold import pack_row
 
 from .conftest import DIM, unit_rows
 from .invariants import check_invariants

@@ -2,19 +2,20 @@
 
 from typing import TYPE_CHECKING, Any
 
-from .agents import AgentHub, SharedInfo, Version
-from .agents_handle import Agent, Entry
-from .agents_store import Notification
-from .config import MemoryConfig
-from .encoders import ENCODER_NAMES, Encoder, MiniLMEncoder, make_encoder
-from .engine import (
+from tiered_memory.agents.agent import Agent, Entry
+from tiered_memory.agents.hub import AgentHub, SharedInfo, Version
+from tiered_memory.agents.store import Notification
+from tiered_memory.config import MemoryConfig
+from tiered_memory.conversation.prefetch import PrefetchConfig, PrefetchStats
+from tiered_memory.encoders import ENCODER_NAMES, Encoder, MiniLMEncoder, make_encoder
+from tiered_memory.engine import (
     DEFAULT_ENCODER,
     MaintenanceReport,
     StoreStats,
     TieredMemory,
     TierStats,
 )
-from .errors import (
+from tiered_memory.errors import (
     ConfigError,
     DecryptionError,
     DimensionMismatchError,
@@ -38,9 +39,8 @@ from .errors import (
     TextTooLargeError,
     TieredMemoryError,
 )
-from .onnx_encoder import OnnxMiniLMEncoder
-from .prefetch import PrefetchConfig, PrefetchStats
-from .quantization import (
+from tiered_memory.onnx_encoder import OnnxMiniLMEncoder
+from tiered_memory.quantization import (
     BinaryQuantizer,
     Float16Quantizer,
     Float32Quantizer,
@@ -49,12 +49,12 @@ from .quantization import (
     Quantizer,
     make_quantizer,
 )
-from .records import Hit, Memory, Tier
+from tiered_memory.records import Hit, Memory, Tier
 
 if TYPE_CHECKING:
-    from .aio import AsyncTieredMemory
-    from .conversation import Conversation, ConversationBuffer, Message, MessageTooLargeError
-    from .tokens import TokenizerDataError, UnknownEncodingError, count_tokens
+    from tiered_memory.aio import AsyncTieredMemory
+    from tiered_memory.conversation.session import Conversation, ConversationBuffer, Message, MessageTooLargeError
+    from tiered_memory.conversation.tokens import TokenizerDataError, UnknownEncodingError, count_tokens
 
 # Imported on first use, so `import tiered_memory` does not load tiktoken (conversations and
 # token counting need it; -X importtime: 26 ms of the import) nor asyncio (AsyncTieredMemory).
@@ -62,9 +62,10 @@ if TYPE_CHECKING:
 # both stay out.
 _LAZY = {
     "AsyncTieredMemory": "aio",
-    "Conversation": "conversation", "ConversationBuffer": "conversation", "Message": "conversation",
-    "MessageTooLargeError": "conversation",
-    "TokenizerDataError": "tokens", "UnknownEncodingError": "tokens", "count_tokens": "tokens",
+    "Conversation": "conversation.session", "ConversationBuffer": "conversation.session",
+    "Message": "conversation.session", "MessageTooLargeError": "conversation.session",
+    "TokenizerDataError": "conversation.tokens", "UnknownEncodingError": "conversation.tokens",
+    "count_tokens": "conversation.tokens",
 }
 
 

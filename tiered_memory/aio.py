@@ -25,10 +25,10 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from .engine import DEFAULT_NAMESPACE, MaintenanceReport, StoreStats, TieredMemory
-from .errors import ConfigError, StoreClosedError
-from .expiry import UNCHANGED
-from .records import Hit, Memory, Tier
+from tiered_memory.engine import DEFAULT_NAMESPACE, MaintenanceReport, StoreStats, TieredMemory
+from tiered_memory.errors import ConfigError, StoreClosedError
+from tiered_memory.records import Hit, Memory, Tier
+from tiered_memory.tiering.expiry import UNCHANGED
 
 T = TypeVar("T")
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from tiered_memory.demo import run_demo
 
     run_demo(Path(args.path), fresh=not args.keep)
     return 0
@@ -26,19 +26,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--keep", action="store_true", help="reuse the directory instead of starting fresh")
     demo.set_defaults(run=_demo)
 
-    from .bench.cli import add_bench_parser
+    from tiered_memory.bench.cli import add_bench_parser
 
     add_bench_parser(commands)
 
-    from .reports.cli import add_report_parser
+    from tiered_memory.reports.cli import add_report_parser
 
     add_report_parser(commands)
 
-    from .integrations.mcp_server import add_mcp_parser
+    from tiered_memory.integrations.mcp_server import add_mcp_parser
 
     add_mcp_parser(commands)
 
-    from .inspection.cli import add_inspect_parsers
+    from tiered_memory.inspection.cli import add_inspect_parsers
 
     add_inspect_parsers(commands)
     return parser

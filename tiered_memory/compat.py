@@ -4,7 +4,7 @@ Code written for mem0's ``Memory`` / ``AsyncMemory`` runs on a local tiered_memo
 same calls and result shapes; see :mod:`tiered_memory.integrations.mem0` for what differs.
 """
 
-from .integrations.mem0 import (
+from tiered_memory.integrations.mem0 import (
     AsyncMemory,
     ExtractedFactsError,
     Memory,

@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from .errors import ConfigError
+from tiered_memory.errors import ConfigError
 
 Durability = Literal["sync", "async"]
 Originals = Literal["none", "float16", "float32"]
@@ -65,7 +65,7 @@ class MemoryConfig:
 
     # Huge namespaces: once a loaded namespace holds cold_index_min_rows cold memories that no index
     # covers (and at least 1/8 of what its index holds), the background thread builds an on-disk
-    # index of its cold part (usearch int8 graph, memory-mapped: tiered_memory/cold_parts.py). A
+    # index of its cold part (usearch int8 graph, memory-mapped: tiered_memory/tiers/cold_parts.py). A
     # search asks it for k * cold_index_oversample candidates (breadth cold_index_expansion) and
     # scores them by their int8 codes, as a scan would. At 1M rows the graph answered in 1.0 ms
     # where a 40% partition scan took 109 ms (benchmarks/results/cold-index/); breadth 512, not 128:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import TieredMemoryError
+from tiered_memory.errors import TieredMemoryError
 
 DAILYDIALOG_TOPICS = {
     1: "Ordinary Life", 2: "School Life", 3: "Culture & Education", 4: "Attitude & Emotion", 5: "Relationship",

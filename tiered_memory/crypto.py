@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from .errors import ConfigError, DecryptionError
+from tiered_memory.errors import ConfigError, DecryptionError
 
 NONCE_BYTES = 12
 OVERHEAD = NONCE_BYTES + 16  # nonce + GCM tag

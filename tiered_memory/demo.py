@@ -11,8 +11,8 @@ import statistics
 import time
 from pathlib import Path
 
-from . import TieredMemory
-from .encoders import MiniLMEncoder
+from tiered_memory import TieredMemory
+from tiered_memory.encoders import MiniLMEncoder
 
 PREFERENCES = [
     ("User prefers technical explanations with code examples", {"confidence": 0.9}, 0.8),

@@ -10,7 +10,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from .errors import StoreLockedError
+from tiered_memory.errors import StoreLockedError
 
 
 class DirectoryLock:

@@ -12,7 +12,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from .errors import ConfigError, DimensionMismatchError, EncoderError, InvalidVectorError
+from tiered_memory.errors import ConfigError, DimensionMismatchError, EncoderError, InvalidVectorError
 
 # Encoder identity. A store records its encoder's ``name`` and refuses any other, so the name
 # names a vector space, not a code path: backends whose vectors agree to a cosine of at least
@@ -127,7 +127,7 @@ def make_encoder(name: str) -> Encoder:
         if not onnx_available():
             raise ConfigError(f"encoder={name!r} needs onnxruntime and onnx: pip install onnxruntime onnx "
                               "(or use encoder='minilm-torch')")
-        from .onnx_encoder import OnnxMiniLMEncoder
+        from tiered_memory.onnx_encoder import OnnxMiniLMEncoder
 
         return OnnxMiniLMEncoder("int8" if name.endswith("int8") else "float")
     raise ConfigError(f"unknown encoder {name!r}; use one of {', '.join(ENCODER_NAMES)}, \"default\", "

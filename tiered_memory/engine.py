@@ -30,15 +30,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from cachetools import LRUCache
 
-from .catalog import COLD, WARM, Catalog
-from .cold import STORE_SCHEMA, ColdTier, Op, text_key
-from .cold_parts import ColdParts
-from .cold_store import ColdStore, SharedColdStore
-from .config import MemoryConfig
-from .crypto import Sealer
-from .dirlock import DirectoryLock
-from .encoders import Encoder, as_unit_vectors, check_store_encoder, encode_checked, make_encoder
-from .errors import (
+from tiered_memory.config import MemoryConfig
+from tiered_memory.crypto import Sealer
+from tiered_memory.dirlock import DirectoryLock
+from tiered_memory.encoders import Encoder, as_unit_vectors, check_store_encoder, encode_checked, make_encoder
+from tiered_memory.errors import (
     ConfigError,
     EncoderError,
     EncryptionRequiredError,
@@ -49,15 +45,11 @@ from .errors import (
     StoreClosedError,
     short_repr,
 )
-from .expiry import NEVER, UNCHANGED, ExpiryMixin, changed_expiry, expired_error, new_expiries
-from .extra import ExtraStore
-from .filters import compile_where
-from .hot import HotTier
-from .lexical_tier import Doc, LexicalTier
-from .locks import RWLock
-from .namespaces import NamespaceRegistry
-from .promoter import Promoter
-from .records import (
+from tiered_memory.extra import ExtraStore
+from tiered_memory.locks import RWLock
+from tiered_memory.namespaces.catalog import COLD, WARM, Catalog
+from tiered_memory.namespaces.registry import NamespaceRegistry
+from tiered_memory.records import (
     SCHEMA_VERSION,
     Hit,
     Memory,
@@ -71,14 +63,22 @@ from .records import (
     is_real_number,
     new_id,
 )
-from .searching import Lookup, SearchMixin
-from .tiering import LoadedRead, MaintenanceReport, TierManagerMixin
-from .topics import TopicModel
-from .warm import WarmTier
+from tiered_memory.search.filters import compile_where
+from tiered_memory.search.lexical_tier import Doc, LexicalTier
+from tiered_memory.search.searcher import Lookup, SearchMixin
+from tiered_memory.tiering.expiry import NEVER, UNCHANGED, ExpiryMixin, changed_expiry, expired_error, new_expiries
+from tiered_memory.tiering.manager import LoadedRead, MaintenanceReport, TierManagerMixin
+from tiered_memory.tiering.promoter import Promoter
+from tiered_memory.tiering.topics import TopicModel
+from tiered_memory.tiers.cold import STORE_SCHEMA, ColdTier, Op, text_key
+from tiered_memory.tiers.cold_parts import ColdParts
+from tiered_memory.tiers.cold_store import ColdStore, SharedColdStore
+from tiered_memory.tiers.hot import HotTier
+from tiered_memory.tiers.warm import WarmTier
 
 if TYPE_CHECKING:
-    from .agents import AgentHub
-    from .conversation import Conversation
+    from tiered_memory.agents.hub import AgentHub
+    from tiered_memory.conversation.session import Conversation
 
 log = logging.getLogger(__name__)
 
@@ -750,7 +750,7 @@ class TieredMemory(SearchMixin, TierManagerMixin, ExpiryMixin):
         checked on catalog columns across tiers.
 
         Covers every tier of the namespace(s) given, and nothing else. ``kinds`` keeps only those
-        kinds; ``where`` filters on metadata (see :mod:`tiered_memory.filters`); ``only_ids``
+        kinds; ``where`` filters on metadata (see :mod:`tiered_memory.search.filters`); ``only_ids``
         restricts the results to a set of ids (checked on the catalog, no record read). Returned
         memories are promoted to the hot tier.
         """
@@ -1240,15 +1240,15 @@ class TieredMemory(SearchMixin, TierManagerMixin, ExpiryMixin):
 
     def conversation(self, namespace: str = DEFAULT_NAMESPACE, max_tokens: int = 4000, **options: Any) -> Conversation:
         """Working memory bound to this store: a token-budgeted window whose evicted messages become
-        memories, with topic prefetch. Options: see :class:`tiered_memory.conversation.Conversation`."""
-        from .conversation import Conversation
+        memories, with topic prefetch. Options: see :class:`tiered_memory.conversation.session.Conversation`."""
+        from tiered_memory.conversation.session import Conversation
 
         return Conversation(self, namespace, max_tokens, **options)
 
     def agents(self, user: str = "default", *, seal_shared: bool = False) -> AgentHub:
         """The coordinator of one user's agents over this store: private and shared memories,
-        grants, coordinated updates, notifications. See :mod:`tiered_memory.agents`."""
-        from .agents import hub_for
+        grants, coordinated updates, notifications. See :mod:`tiered_memory.agents.hub`."""
+        from tiered_memory.agents.hub import hub_for
 
         return hub_for(self, user, seal_shared=seal_shared)
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
-from .errors import EncryptionRequiredError, InvalidInputError
+from tiered_memory.errors import EncryptionRequiredError, InvalidInputError
 
 if TYPE_CHECKING:
-    from .cold import ColdTier
-    from .crypto import Sealer
-    from .locks import RWLock
+    from tiered_memory.crypto import Sealer
+    from tiered_memory.locks import RWLock
+    from tiered_memory.tiers.cold import ColdTier
 
 Put = tuple[bytes, bytes | None]  # (key, value); None deletes
 

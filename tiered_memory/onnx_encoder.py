@@ -33,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import EncoderError
-from .fileio import fsync_dir
+from tiered_memory.errors import EncoderError
+from tiered_memory.fileio import fsync_dir
 
 # Bump when the export steps change: the cache key includes it, so old exports are not reused.
 RECIPE_VERSION = 1
@@ -252,7 +252,7 @@ class OnnxMiniLMEncoder:
     def __init__(self, variant: str = "float", model_path: str | os.PathLike[str] | None = None, *,
                  threads: int = DEFAULT_THREADS, batch_size: int = 64, cache_dir: str | os.PathLike[str] | None = None,
                  ) -> None:
-        from .encoders import MiniLMEncoder, identity_for
+        from tiered_memory.encoders import MiniLMEncoder, identity_for
 
         if variant not in VARIANTS:
             raise EncoderError(f"unknown ONNX variant {variant!r}; use one of {', '.join(VARIANTS)}")

@@ -19,7 +19,13 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .errors import ConfigError, DimensionMismatchError, InvalidInputError, InvalidVectorError, StorageError
+from tiered_memory.errors import (
+    ConfigError,
+    DimensionMismatchError,
+    InvalidInputError,
+    InvalidVectorError,
+    StorageError,
+)
 
 # Rows widened to float32 at a time when scoring codes: numpy has no int8 BLAS path, and a
 # 1,024-row chunk (1.5 MB at 384 dims) stays in cache for the product (see blocks.scan).

@@ -15,8 +15,8 @@ from typing import Any, NamedTuple
 import msgpack
 import numpy as np
 
-from .crypto import Sealer
-from .errors import (
+from tiered_memory.crypto import Sealer
+from tiered_memory.errors import (
     EmptyTextError,
     EncryptionRequiredError,
     InvalidInputError,

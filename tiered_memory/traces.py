@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .corpora import Conversation as LocomoConversation
-from .corpora import DailyDialog
-from .errors import InvalidInputError
+from tiered_memory.corpora import Conversation as LocomoConversation
+from tiered_memory.corpora import DailyDialog
+from tiered_memory.errors import InvalidInputError
 
 DAY_S = 86_400.0
 TRACE_START = 1_700_000_000.0  # 2023-11-14 22:13 UTC: any fixed instant will do

@@ -9,7 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .runner import PEERS, SCENARIOS, Options
+from tiered_memory.bench.runner import PEERS, SCENARIOS, Options
 
 QUICK_SIZE = 3_000
 QUICK_QUERIES = 60
@@ -77,7 +77,7 @@ def options_from(args: argparse.Namespace) -> Options:
 
 
 def workload_from(args: argparse.Namespace) -> Any:
-    from .workload import dailydialog_workload, scale_set_workload, vectors_workload
+    from tiered_memory.bench.workload import dailydialog_workload, scale_set_workload, vectors_workload
 
     size = args.size if args.size is not None else (QUICK_SIZE if args.quick else None)
     queries = args.queries if args.queries is not None else (QUICK_QUERIES if args.quick else 500)
@@ -92,8 +92,8 @@ def workload_from(args: argparse.Namespace) -> Any:
 
 
 def run_bench_command(args: argparse.Namespace) -> int:
-    from .report import goals_markdown, scenario_markdown, write_outputs
-    from .runner import run_bench
+    from tiered_memory.bench.report import goals_markdown, scenario_markdown, write_outputs
+    from tiered_memory.bench.runner import run_bench
 
     command = "tiered-memory " + shlex.join(getattr(args, "argv", sys.argv[1:]))
     workload = workload_from(args)

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import TieredMemoryError
+from tiered_memory.errors import TieredMemoryError
 
 EXTRA_HINT = "pip install 'tiered-memory[peers]'"
 

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import TieredMemoryError
-from .machine import rss_parts, warm_occupancy
+from tiered_memory.bench.machine import rss_parts, warm_occupancy
+from tiered_memory.errors import TieredMemoryError
 
 
 def _open_ours(path: str, dimension: int, namespace: str, settings: dict[str, Any]) -> Any:

@@ -8,10 +8,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .stats import ratio, summarize
+from tiered_memory.bench.stats import ratio, summarize
 
 if TYPE_CHECKING:
-    from .runner import Bench
+    from tiered_memory.bench.runner import Bench
 
 COMPARED_ROLES = ("floor", "peer")
 

@@ -20,10 +20,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from ..engine import TieredMemory
-from ..errors import TieredMemoryError
-from .machine import describe_machine, directory_bytes, peak_rss_bytes, rss_bytes, warm_occupancy
-from .peers import (
+from tiered_memory.bench.machine import describe_machine, directory_bytes, peak_rss_bytes, rss_bytes, warm_occupancy
+from tiered_memory.bench.peers import (
     CachetoolsPeer,
     ChromaPeer,
     HnswlibPeer,
@@ -32,7 +30,9 @@ from .peers import (
     PeerUnavailable,
     UsearchPeer,
 )
-from .workload import Workload
+from tiered_memory.bench.workload import Workload
+from tiered_memory.engine import TieredMemory
+from tiered_memory.errors import TieredMemoryError
 
 SCENARIOS = ("add", "search", "get", "text", "mixed", "reopen", "memory")
 PEERS = ("hnswlib", "numpy", "usearch", "chromadb", "lmdb", "cachetools")
@@ -135,7 +135,7 @@ class Bench:
             return self.reopen_engine()
         workload = self.workload
         if self.wants_text():
-            from ..encoders import MiniLMEncoder
+            from tiered_memory.encoders import MiniLMEncoder
 
             self.encoder = MiniLMEncoder()
         path = self.workdir / "tiered_memory"
@@ -231,7 +231,7 @@ class Bench:
 
     def engine_records(self) -> list[tuple[str, bytes]]:
         """(id, the engine's own msgpack record bytes) for every stored memory."""
-        from ..records import pack_record
+        from tiered_memory.records import pack_record
 
         mem = self.engine()
         records = []
@@ -261,8 +261,8 @@ class Bench:
 
 def run_bench(workload: Workload, options: Options, command: str) -> dict[str, Any]:
     """Run the chosen scenarios; return the report (see benchmarks/METHODOLOGY.md for fields)."""
-    from . import scenarios
-    from .report import evaluate_goals, memory_rows, timer_overhead_ns
+    from tiered_memory.bench import scenarios
+    from tiered_memory.bench.report import evaluate_goals, memory_rows, timer_overhead_ns
 
     started = time.perf_counter()
     date = datetime.now(UTC).isoformat(timespec="seconds")

@@ -17,13 +17,13 @@ from typing import Any
 
 import numpy as np
 
-from ..engine import TieredMemory
-from ..records import Tier
-from .peers import EXTRA_HINT
-from .report import row, scenario
-from .runner import NAMESPACE, Bench
-from .stats import recall_at_k
-from .workload import K
+from tiered_memory.bench.peers import EXTRA_HINT
+from tiered_memory.bench.report import row, scenario
+from tiered_memory.bench.runner import NAMESPACE, Bench
+from tiered_memory.bench.stats import recall_at_k
+from tiered_memory.bench.workload import K
+from tiered_memory.engine import TieredMemory
+from tiered_memory.records import Tier
 
 Call = Callable[[Any], Any]
 
@@ -101,7 +101,7 @@ def run_add(bench: Bench) -> dict[str, Any]:
 
 
 def _add_with_encoding(bench: Bench) -> list[dict[str, Any]]:
-    from ..encoders import MiniLMEncoder
+    from tiered_memory.encoders import MiniLMEncoder
 
     workload, count = bench.workload, min(bench.options.encode_adds, bench.workload.size)
     texts = [workload.text(i) for i in range(count)]
@@ -329,7 +329,7 @@ def run_mixed(bench: Bench) -> dict[str, Any]:
 
 def run_reopen(bench: Bench) -> dict[str, Any]:
     """A new process opens each store and answers one search; import time excluded."""
-    from .probes import probe_in_subprocess
+    from tiered_memory.bench.probes import probe_in_subprocess
 
     mem, workload = bench.engine(), bench.workload
     query_file = bench.workdir / "reopen_query.npy"

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ..corpora import tie_aware_recall
+from tiered_memory.corpora import tie_aware_recall
 
 PERCENTILES = (50, 90, 99)
 

@@ -16,8 +16,8 @@ from typing import Any, overload
 
 import numpy as np
 
-from ..corpora import DatasetNotFoundError, exact_neighbors, load_dailydialog, scaled_vectors
-from ..errors import TieredMemoryError
+from tiered_memory.corpora import DatasetNotFoundError, exact_neighbors, load_dailydialog, scaled_vectors
+from tiered_memory.errors import TieredMemoryError
 
 K = 10
 SCALE_SET_FILES = ("vectors.npy", "queries.npy", "truth_ids.npy", "truth_scores.npy", "meta.json")

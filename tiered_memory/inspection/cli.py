@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ..errors import (
+from tiered_memory.errors import (
     DecryptionError,
     EncoderError,
     EncryptionRequiredError,
@@ -43,7 +43,7 @@ from ..errors import (
     StoreLockedError,
     TieredMemoryError,
 )
-from .jsonvalues import to_json
+from tiered_memory.inspection.jsonvalues import to_json
 
 EXIT_OK = 0
 EXIT_DAMAGED = 1
@@ -174,7 +174,7 @@ def _guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse
 
 
 def _classify(err: BaseException) -> tuple[int, str | None]:
-    from .transfer import ExportFileError
+    from tiered_memory.inspection.transfer import ExportFileError
 
     if isinstance(err, StoreLockedError):
         return EXIT_LOCKED, None
@@ -255,7 +255,7 @@ def _key(args: argparse.Namespace) -> bytes | None:
 
 
 def _engine(args: argparse.Namespace, encoder: Any = None) -> Any:
-    from ..engine import TieredMemory
+    from tiered_memory.engine import TieredMemory
 
     return TieredMemory(_store(args), read_only=True, encoder=encoder, encryption_key=_key(args))
 
@@ -366,7 +366,7 @@ def _stats(args: argparse.Namespace) -> int:
 
 
 def _namespaces(args: argparse.Namespace) -> int:
-    from .snapshot import StoreSnapshot
+    from tiered_memory.inspection.snapshot import StoreSnapshot
 
     rows = []
     with StoreSnapshot(_store(args), _key(args)) as snapshot:
@@ -440,9 +440,9 @@ def _ls(args: argparse.Namespace) -> int:
 
 
 def _get(args: argparse.Namespace) -> int:
-    from ..records import check_id
-    from .snapshot import StoreSnapshot
-    from .transfer import memory_line
+    from tiered_memory.inspection.snapshot import StoreSnapshot
+    from tiered_memory.inspection.transfer import memory_line
+    from tiered_memory.records import check_id
 
     memory_id = check_id(args.id)
     with StoreSnapshot(_store(args), _key(args)) as snapshot:
@@ -502,8 +502,8 @@ def _search(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from .snapshot import StoreSnapshot
-    from .transfer import export_store
+    from tiered_memory.inspection.snapshot import StoreSnapshot
+    from tiered_memory.inspection.transfer import export_store
 
     key = _key(args)
     if args.decrypt and key is None:
@@ -532,7 +532,7 @@ def _export(args: argparse.Namespace) -> int:
 
 def _export_to_file(output: Path, snapshot: Any, decrypt: bool, on_progress: Callable[[int], None]) -> Any:
     """Write beside `output`, then move it into place: a failed export leaves no partial file."""
-    from .transfer import export_store
+    from tiered_memory.inspection.transfer import export_store
 
     fd, temporary = tempfile.mkstemp(prefix=f".{output.name}.", dir=output.parent)
     try:
@@ -556,7 +556,7 @@ def _umask() -> int:
 
 
 def _import(args: argparse.Namespace) -> int:
-    from .transfer import import_store
+    from tiered_memory.inspection.transfer import import_store
 
     key = _key(args)
     source = None
@@ -587,8 +587,8 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from .snapshot import StoreSnapshot
-    from .verify import verify_store
+    from tiered_memory.inspection.snapshot import StoreSnapshot
+    from tiered_memory.inspection.verify import verify_store
 
     path = _store(args)
     key = _key(args)

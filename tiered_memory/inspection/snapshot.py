@@ -20,13 +20,13 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from ..cold import STORE_SCHEMA, ColdTier, ns_prefix, row_key, text_key
-from ..config import MemoryConfig
-from ..crypto import OVERHEAD, Sealer
-from ..dirlock import DirectoryLock
-from ..errors import EncryptionRequiredError, SchemaVersionError, StorageError, StoreClosedError
-from ..quantization import Quantizer
-from ..records import SCHEMA_VERSION, TIERS_BY_CODE, unpack_record
+from tiered_memory.config import MemoryConfig
+from tiered_memory.crypto import OVERHEAD, Sealer
+from tiered_memory.dirlock import DirectoryLock
+from tiered_memory.errors import EncryptionRequiredError, SchemaVersionError, StorageError, StoreClosedError
+from tiered_memory.quantization import Quantizer
+from tiered_memory.records import SCHEMA_VERSION, TIERS_BY_CODE, unpack_record
+from tiered_memory.tiers.cold import STORE_SCHEMA, ColdTier, ns_prefix, row_key, text_key
 
 # What a store's originals are kept in, by their plain size per dimension (keep_originals).
 _PRECISIONS = {2: "float16", 4: "float32"}

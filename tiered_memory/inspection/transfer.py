@@ -47,15 +47,15 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from ..cold import ColdTier, Op, pack_row, row_key, text_key
-from ..config import MemoryConfig
-from ..crypto import OVERHEAD, Sealer
-from ..dirlock import DirectoryLock
-from ..errors import EncryptionRequiredError, InvalidInputError, StorageError
-from ..records import TIER_CODES, Memory, Tier, check_id, check_label
-from ..warm import WarmTier
-from .jsonvalues import b64, from_json, to_json, unb64
-from .snapshot import StoredMemory, StoreSnapshot
+from tiered_memory.config import MemoryConfig
+from tiered_memory.crypto import OVERHEAD, Sealer
+from tiered_memory.dirlock import DirectoryLock
+from tiered_memory.errors import EncryptionRequiredError, InvalidInputError, StorageError
+from tiered_memory.inspection.jsonvalues import b64, from_json, to_json, unb64
+from tiered_memory.inspection.snapshot import StoredMemory, StoreSnapshot
+from tiered_memory.records import TIER_CODES, Memory, Tier, check_id, check_label
+from tiered_memory.tiers.cold import ColdTier, Op, pack_row, row_key, text_key
+from tiered_memory.tiers.warm import WarmTier
 
 FORMAT = "tiered-memory-export"
 FORMAT_VERSION = 1
@@ -127,7 +127,7 @@ def export_store(snapshot: StoreSnapshot, out: TextIO, *, decrypt: bool = False,
                  on_progress: Progress | None = None) -> TransferSummary:
     """Write the store to `out` as JSON Lines (see the module doc); sealed memories are opened
     only with ``decrypt=True`` (the snapshot needs the key)."""
-    from .. import __version__
+    from tiered_memory import __version__
 
     if decrypt and not snapshot.has_key:
         raise InvalidInputError("decrypt=True opens sealed memories: give the store's encryption key")
@@ -206,7 +206,7 @@ def import_store(target: str | Path, lines: Iterable[str], *, key: bytes | None 
     building = Path(tempfile.mkdtemp(prefix=f".{target.name}.import-", dir=target.parent))
     try:
         summary = _Importer(building, header, key).run(numbered, on_progress)
-        from .verify import verify_store
+        from tiered_memory.inspection.verify import verify_store
 
         report = verify_store(building, key)
         if report.damage:

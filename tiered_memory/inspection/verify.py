@@ -35,9 +35,8 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from ..cold import ns_prefix, text_key
-from ..crypto import OVERHEAD
-from ..errors import (
+from tiered_memory.crypto import OVERHEAD
+from tiered_memory.errors import (
     DecryptionError,
     EncryptionRequiredError,
     SchemaVersionError,
@@ -45,10 +44,11 @@ from ..errors import (
     StoreLockedError,
     TieredMemoryError,
 )
-from ..records import unpack_record
-from ..topics import TopicModel
-from ..warm import WarmTier, sidecar_problem
-from .snapshot import NamespaceEntry, StoreSnapshot
+from tiered_memory.inspection.snapshot import NamespaceEntry, StoreSnapshot
+from tiered_memory.records import unpack_record
+from tiered_memory.tiering.topics import TopicModel
+from tiered_memory.tiers.cold import ns_prefix, text_key
+from tiered_memory.tiers.warm import WarmTier, sidecar_problem
 
 MAX_REPORTED = 1_000  # damage lines kept; past that they are only counted
 MIN_CODE_COSINE = 0.9  # an int8 code decodes to within a few degrees of its original (MiniLM: > 0.99)

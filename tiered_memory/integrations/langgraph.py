@@ -74,8 +74,8 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
     raise ImportError("tiered_memory.integrations.langgraph needs LangGraph: "
                       "pip install 'tiered-memory[langgraph]'") from err
 
-from ..engine import MAX_K, TieredMemory
-from ..errors import (
+from tiered_memory.engine import MAX_K, TieredMemory
+from tiered_memory.errors import (
     ConfigError,
     InvalidFilterError,
     InvalidInputError,
@@ -83,7 +83,7 @@ from ..errors import (
     StorageError,
     short_repr,
 )
-from ..records import Memory
+from tiered_memory.records import Memory
 
 __all__ = ["ITEM_KIND", "UNINDEXED_KIND", "VECTOR_KIND", "StoreNamespaceError", "TieredStore"]
 

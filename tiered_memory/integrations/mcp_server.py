@@ -6,7 +6,7 @@ server starts and closed when it stops (stdin closed, SIGTERM or SIGINT). The na
 server may touch are fixed by its command line; a client may pick one of them per call when several
 were given, never another. Arguments are checked against each tool's JSON schema and then by the
 engine; a bad call gets an MCP tool error (``isError``) with the reason and changes nothing.
-Returned text is bounded by a token budget (cl100k_base, as :mod:`tiered_memory.tokens` counts).
+Returned text is bounded by a token budget (cl100k_base, as :mod:`tiered_memory.conversation.tokens` counts).
 
 Transports: stdio (the default, what desktop hosts and IDEs spawn) and streamable HTTP, bound to a
 loopback address unless ``--allow-remote`` is given: the server has no authentication of its own.
@@ -34,13 +34,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ConfigError, MemoryNotFoundError, TieredMemoryError
+from tiered_memory.errors import ConfigError, MemoryNotFoundError, TieredMemoryError
 
 if TYPE_CHECKING:
     from mcp.server.lowlevel import Server
 
-    from ..engine import TieredMemory
-    from ..records import Hit, Memory
+    from tiered_memory.engine import TieredMemory
+    from tiered_memory.records import Hit, Memory
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class MemoryTools:
         from jsonschema import Draft202012Validator
 
         self._validators = {name: Draft202012Validator(spec["input_schema"]) for name, spec in self._specs.items()}
-        from ..tokens import get_encoding
+        from tiered_memory.conversation.tokens import get_encoding
 
         self._encoding = get_encoding("cl100k_base")
 
@@ -404,7 +404,7 @@ def build_server(tools: MemoryTools) -> Server:
     import mcp_types as types
     from mcp.server.lowlevel import Server
 
-    from .. import __version__
+    from tiered_memory import __version__
 
     listing = types.ListToolsResult(tools=[
         types.Tool(name=spec["name"], title=spec["title"], description=spec["description"],
@@ -558,7 +558,7 @@ def serve(path: str | Path, namespaces: Sequence[str], *, read_only: bool = Fals
     _require_sdk()
     import anyio
 
-    from ..engine import TieredMemory
+    from tiered_memory.engine import TieredMemory
 
     memory = TieredMemory(path, read_only=read_only, encoder=encoder)
     try:

@@ -43,18 +43,18 @@ from typing import Any, NamedTuple
 
 import msgpack
 
-from ..config import MemoryConfig
-from ..engine import DEFAULT_ENCODER, MAX_K, TieredMemory
-from ..errors import (
+from tiered_memory.config import MemoryConfig
+from tiered_memory.engine import DEFAULT_ENCODER, MAX_K, TieredMemory
+from tiered_memory.errors import (
     ConfigError,
     InvalidInputError,
     MemoryNotFoundError,
     MetadataError,
     short_repr,
 )
-from ..records import Hit, check_id, check_label, check_metadata, check_text, is_real_number
-from ..records import Memory as Record
-from .mem0_filters import SCOPE_KEYS, WILDCARD, translate
+from tiered_memory.integrations.mem0_filters import SCOPE_KEYS, WILDCARD, translate
+from tiered_memory.records import Hit, check_id, check_label, check_metadata, check_text, is_real_number
+from tiered_memory.records import Memory as Record
 
 __all__ = [
     "AsyncMemory",

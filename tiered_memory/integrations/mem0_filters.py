@@ -16,8 +16,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
-from ..errors import InvalidFilterError, short_repr
-from ..filters import MAX_NESTING, compile_where
+from tiered_memory.errors import InvalidFilterError, short_repr
+from tiered_memory.search.filters import MAX_NESTING, compile_where
 
 Predicate = Callable[[Mapping[str, Any]], bool]
 

@@ -1,5 +1,5 @@
 """Reports that people read to choose settings: measured on this machine, with the machine described."""
 
-from .quantization import ReportResult, ReportSettings, run_quantization_report
+from tiered_memory.reports.quantization import ReportResult, ReportSettings, run_quantization_report
 
 __all__ = ["ReportResult", "ReportSettings", "run_quantization_report"]

@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..errors import TieredMemoryError
-from ..quantization import SCHEMES
+from tiered_memory.errors import TieredMemoryError
+from tiered_memory.quantization import SCHEMES
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -74,7 +74,7 @@ def add_report_parser(commands: Any) -> None:
 
 
 def settings_from_args(args: argparse.Namespace) -> Any:
-    from .quantization import ReportSettings
+    from tiered_memory.reports.quantization import ReportSettings
 
     given = {
         "vectors": args.vectors, "queries": args.queries, "query_count": args.query_count, "limit": args.limit,
@@ -94,7 +94,7 @@ def settings_from_args(args: argparse.Namespace) -> Any:
 
 
 def run_quantization_command(args: argparse.Namespace) -> int:
-    from .quantization import run_quantization_report
+    from tiered_memory.reports.quantization import run_quantization_report
 
     command = "tiered-memory " + " ".join(getattr(args, "argv", []) or ["report", "quantization"])
     try:
@@ -109,7 +109,7 @@ def run_quantization_command(args: argparse.Namespace) -> int:
 
 
 def run_retrieval_command(args: argparse.Namespace) -> int:
-    from .retrieval import run_retrieval_report
+    from tiered_memory.reports.retrieval import run_retrieval_report
 
     command = "tiered-memory " + " ".join(getattr(args, "argv", []) or ["report", "retrieval"])
     try:

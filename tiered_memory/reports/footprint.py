@@ -19,9 +19,9 @@ from typing import Any
 import lmdb
 import numpy as np
 
-from ..hot import HotEntry, entry_bytes
-from ..records import Memory, Tier, new_id, pack_record
-from ..warm import Graph
+from tiered_memory.records import Memory, Tier, new_id, pack_record
+from tiered_memory.tiers.hot import HotEntry, entry_bytes
+from tiered_memory.tiers.warm import Graph
 
 ORIGINAL_DTYPES = {"float16": np.float16, "float32": np.float32}
 

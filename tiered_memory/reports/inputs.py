@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from ..corpora import load_dailydialog
-from ..encoders import Encoder, as_unit_vectors
-from ..errors import ConfigError, InvalidInputError
+from tiered_memory.corpora import load_dailydialog
+from tiered_memory.encoders import Encoder, as_unit_vectors
+from tiered_memory.errors import ConfigError, InvalidInputError
 
 MIN_INDEXED = 200  # recall@100 needs a corpus well above 100 rows
 

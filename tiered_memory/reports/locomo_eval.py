@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from ..corpora import Conversation, Question, Turn
-from ..encoders import Encoder
-from ..quantization import make_quantizer
-from .footprint import ORIGINAL_DTYPES
-from .measure import Rescore, top_sorted
+from tiered_memory.corpora import Conversation, Question, Turn
+from tiered_memory.encoders import Encoder
+from tiered_memory.quantization import make_quantizer
+from tiered_memory.reports.footprint import ORIGINAL_DTYPES
+from tiered_memory.reports.measure import Rescore, top_sorted
 
 K = 10
 ANSWERABLE_CATEGORIES = (1, 2, 3, 4)  # 5 (adversarial) has no answer in the conversation
@@ -104,7 +104,7 @@ def scheme_rows(data: Sequence[EncodedConversation], schemes: Sequence[str], cli
 def engine_rows(data: Sequence[EncodedConversation]) -> list[dict[str, Any]]:
     """The shipped engine end to end: one TieredMemory, a namespace per conversation, searched by
     vector, first as configured by default, then reopened with ``rescore=True``."""
-    from ..engine import TieredMemory
+    from tiered_memory.engine import TieredMemory
 
     questions = [q for c in data for q in c.questions]
     rows = []

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from ..bench.machine import describe_machine as _describe
+from tiered_memory.bench.machine import describe_machine as _describe
 
 _SHOWN_LIBRARIES = ("tiered-memory", "numpy", "hnswlib", "lmdb", "sentence-transformers", "torch")
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..quantization import Quantizer
+from tiered_memory.quantization import Quantizer
 
 KS = (1, 10, 100)
 _WARMUP_QUERIES = 10

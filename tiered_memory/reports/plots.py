@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..errors import TieredMemoryError
+from tiered_memory.errors import TieredMemoryError
 
 _COLORS = {"float32": "#1f77b4", "float16": "#2ca02c", "int8": "#d62728", "int4": "#9467bd", "binary": "#ff7f0e"}
 _ENGINE_EF = 64

@@ -18,16 +18,15 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from ..config import MemoryConfig
-from ..corpora import DatasetNotFoundError, exact_neighbors, load_locomo
-from ..encoders import Encoder, MiniLMEncoder
-from ..errors import ConfigError
-from ..quantization import SCHEMES, Quantizer, make_quantizer
-from ..warm import Graph
-from . import footprint, locomo_eval
-from .inputs import Inputs, load_inputs
-from .machine import describe_machine
-from .measure import (
+from tiered_memory.config import MemoryConfig
+from tiered_memory.corpora import DatasetNotFoundError, exact_neighbors, load_locomo
+from tiered_memory.encoders import Encoder, MiniLMEncoder
+from tiered_memory.errors import ConfigError
+from tiered_memory.quantization import SCHEMES, Quantizer, make_quantizer
+from tiered_memory.reports import footprint, locomo_eval
+from tiered_memory.reports.inputs import Inputs, load_inputs
+from tiered_memory.reports.machine import describe_machine
+from tiered_memory.reports.measure import (
     KS,
     MISSING,
     Rescore,
@@ -40,10 +39,11 @@ from .measure import (
     single_graph_search,
     time_queries,
 )
+from tiered_memory.tiers.warm import Graph
 
 # Least to most precise: rescoring only helps with originals more precise than the codes.
 PRECISION = {"binary": 0, "int4": 1, "int8": 2, "float16": 3, "float32": 4}
-_CALIBRATION_SAMPLE_MAX = 50_000  # as the engine (tiering.py) samples before fitting int8 ranges
+_CALIBRATION_SAMPLE_MAX = 50_000  # as the engine (tiering/manager.py) samples before fitting int8 ranges
 _FOOTPRINT_SAMPLE = 20_000
 _DEFAULTS = MemoryConfig()
 
@@ -351,8 +351,8 @@ def run_quantization_report(settings: ReportSettings, out_dir: str | os.PathLike
                             progress: bool = True, encoder: Callable[[], Encoder] = MiniLMEncoder) -> ReportResult:
     """Measure everything `settings` asks for, write the Markdown, JSON and PNG files into
     `out_dir`, and return the numbers with the paths written."""
-    from .plots import pyplot
-    from .render import write_report
+    from tiered_memory.reports.plots import pyplot
+    from tiered_memory.reports.render import write_report
 
     pyplot()  # matplotlib is an optional extra: fail before minutes of measuring, not after
     started = time.perf_counter()

@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from .machine import machine_markdown
-from .plots import plot_recall_vs_bytes, plot_recall_vs_latency
+from tiered_memory.reports.machine import machine_markdown
+from tiered_memory.reports.plots import plot_recall_vs_bytes, plot_recall_vs_latency
 
 STEM = "quantization"
 ENGINE_EF = 64  # MemoryConfig.hnsw_ef_search: the ef the summary quotes

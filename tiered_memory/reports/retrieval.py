@@ -20,12 +20,12 @@ from typing import Any
 
 import numpy as np
 
-from .. import fusion
-from ..corpora import Conversation, load_locomo
-from ..encoders import Encoder, MiniLMEncoder
-from ..lexical import LexicalIndex
-from .locomo_eval import ANSWERABLE_CATEGORIES, memory_text
-from .machine import describe_machine, machine_markdown
+from tiered_memory.corpora import Conversation, load_locomo
+from tiered_memory.encoders import Encoder, MiniLMEncoder
+from tiered_memory.reports.locomo_eval import ANSWERABLE_CATEGORIES, memory_text
+from tiered_memory.reports.machine import describe_machine, machine_markdown
+from tiered_memory.search import fusion
+from tiered_memory.search.lexical import LexicalIndex
 
 KS = (1, 5, 10)
 DEPTH = 100  # candidates each retriever hands to a fusion
@@ -178,7 +178,7 @@ ENGINE_MODES = ("hybrid", "dense", "lexical")
 def run_engine(namespaces: Sequence[Namespace], workdir: Path) -> dict[str, list[dict[str, Any]]]:
     """The same questions through ``TieredMemory.search`` itself: every turn one memory
     (kind "conversation", created_at its session's date), one namespace per conversation."""
-    from ..engine import TieredMemory
+    from tiered_memory.engine import TieredMemory
 
     pairs: dict[str, np.ndarray] = {}
     for ns in namespaces:

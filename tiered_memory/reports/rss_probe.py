@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..warm import Graph
+from tiered_memory.tiers.warm import Graph
 
 # Graph memory does not depend on ef_construction (only on M, dimension and the seeded levels),
 # so a cheap build measures the same allocation as the engine's.

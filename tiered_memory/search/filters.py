@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .errors import InvalidFilterError, short_repr
+from tiered_memory.errors import InvalidFilterError, short_repr
 
 Predicate = Callable[[Mapping[str, Any]], bool]
 

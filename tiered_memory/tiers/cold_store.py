@@ -1,14 +1,14 @@
 """The cold store's contract: what the engine asks of the store that is its source of truth.
 
-Two stores keep it: :class:`~tiered_memory.cold.ColdTier` (LMDB, one directory, one process
-writing) and :class:`~tiered_memory.pg_cold.PostgresColdStore` (PostgreSQL, shared). The engine,
+Two stores keep it: :class:`~tiered_memory.tiers.cold.ColdTier` (LMDB, one directory, one process
+writing) and :class:`~tiered_memory.tiers.pg_cold.PostgresColdStore` (PostgreSQL, shared). The engine,
 its tier manager, search and the features layered on it (agents, conversations, extra stores)
 call exactly the members listed here; ``tests/test_cold_store_contract.py`` runs one test class
 against every store.
 
-Keys and values are the LMDB layout (store schema 3, :mod:`tiered_memory.cold`): writes are lists
+Keys and values are the LMDB layout (store schema 3, :mod:`tiered_memory.tiers.cold`): writes are lists
 of ``(database, key, value)`` op tuples, most built by the store's own builders (shared in
-:class:`~tiered_memory.cold_ops.ColdOps`), a few by the engine (``texts`` dedup keys, ``rows``,
+:class:`~tiered_memory.tiers.cold_ops.ColdOps`), a few by the engine (``texts`` dedup keys, ``rows``,
 ``extra`` records). Databases: ``records``, ``rows``, ``nscodes``, ``originals``, ``texts``,
 ``meta``, ``extra``, and the pseudo-database ``nscount`` of :meth:`ColdStore.count_op`.
 
@@ -33,10 +33,10 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 if TYPE_CHECKING:
     import numpy as np
 
-    from .cold_ops import NamespaceRows, Op
-    from .crypto import Sealer
-    from .quantization import Quantizer
-    from .records import Memory
+    from tiered_memory.crypto import Sealer
+    from tiered_memory.quantization import Quantizer
+    from tiered_memory.records import Memory
+    from tiered_memory.tiers.cold_ops import NamespaceRows, Op
 
 
 @runtime_checkable
@@ -159,7 +159,7 @@ class ColdStore(Protocol):
         """The memory id each dedup key (text_key: ns id + digest) names; None for no key or no match."""
         ...
 
-    # -- expiry (tiered_memory/expiry.py) ------------------------------------------------------
+    # -- expiry (tiered_memory/tiering/expiry.py) ------------------------------------------------------
 
     def expired_rows(self, ns_id: int, now: float) -> tuple[list[str], list[bool], float]:
         """One range read of a namespace's catalog rows (no code read, nothing decrypted): ids and

@@ -1,7 +1,7 @@
 """Notifications of changes to shared memories: a durable, ordered queue per agent, and callbacks.
 
 Each notification is committed in the same transaction as the change it reports (see
-:mod:`tiered_memory.agents_store`), so it exists exactly when the change does; it stays queued
+:mod:`tiered_memory.agents.store`), so it exists exactly when the change does; it stays queued
 until acknowledged, so an agent that restarts is told again (at least once, in order).
 """
 
@@ -12,14 +12,14 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from .agents_store import HubState, HubStore, Notification, Op
-from .errors import InvalidInputError
+from tiered_memory.agents.store import HubState, HubStore, Notification, Op
+from tiered_memory.errors import InvalidInputError
 
 log = logging.getLogger(__name__)
 
 
 class NotifyingMixin:
-    """The notification half of :class:`tiered_memory.agents.AgentHub`."""
+    """The notification half of :class:`tiered_memory.agents.hub.AgentHub`."""
 
     _store: HubStore
     _lock: threading.Lock

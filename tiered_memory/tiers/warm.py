@@ -23,9 +23,9 @@ import hnswlib
 import msgpack
 import numpy as np
 
-from .crypto import OVERHEAD, Sealer
-from .errors import EncryptionRequiredError, TieredMemoryError
-from .records import Memory
+from tiered_memory.crypto import OVERHEAD, Sealer
+from tiered_memory.errors import EncryptionRequiredError, TieredMemoryError
+from tiered_memory.records import Memory
 
 log = logging.getLogger(__name__)
 

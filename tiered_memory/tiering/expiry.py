@@ -27,12 +27,12 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from .cold import Op, row_key, text_key
-from .errors import InvalidExpiryError, InvalidInputError, MemoryExpiredError, short_repr
-from .records import Memory, check_id, check_timestamp, is_real_number
+from tiered_memory.errors import InvalidExpiryError, InvalidInputError, MemoryExpiredError, short_repr
+from tiered_memory.records import Memory, check_id, check_timestamp, is_real_number
+from tiered_memory.tiers.cold import Op, row_key, text_key
 
 if TYPE_CHECKING:
-    from .engine import TieredMemory
+    from tiered_memory.engine import TieredMemory
 
 NEVER = math.inf  # the catalog's expiry of a memory that never expires
 

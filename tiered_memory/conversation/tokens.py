@@ -23,7 +23,7 @@ from pathlib import Path
 
 import tiktoken
 
-from .errors import ConfigError, TieredMemoryError
+from tiered_memory.errors import ConfigError, TieredMemoryError
 
 # SHA-256 of each BPE file, as pinned in tiktoken_ext/openai_public.py.
 ENCODING_SHA256 = {

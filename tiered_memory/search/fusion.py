@@ -11,7 +11,7 @@ import math
 from collections.abc import Hashable, Mapping, Sequence
 from typing import TypeVar
 
-from .errors import InvalidInputError
+from tiered_memory.errors import InvalidInputError
 
 Id = TypeVar("Id", bound=Hashable)
 Ranked = tuple[Sequence[Id], Sequence[float]]

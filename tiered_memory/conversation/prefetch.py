@@ -37,11 +37,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import InvalidInputError, MemoryNotFoundError, StoreClosedError
-from .records import Tier
+from tiered_memory.errors import InvalidInputError, MemoryNotFoundError, StoreClosedError
+from tiered_memory.records import Tier
 
 if TYPE_CHECKING:
-    from .engine import TieredMemory
+    from tiered_memory.engine import TieredMemory
 
 log = logging.getLogger(__name__)
 

@@ -12,21 +12,21 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .blocks import INDEXED, scan
-from .catalog import HOT, Catalog
-from .cold_parts import IndexedPart
-from .encoders import as_unit_vectors
-from .errors import InvalidInputError, TieredMemoryError
-from .filters import Predicate
-from .fusion import NEIGHBOUR_WEIGHTS
-from .lexical_tier import Doc
-from .quantization import Int8Quantizer
-from .records import TIERS_BY_CODE, Hit, Memory, check_text
-from .tiering import LoadedRead
-from .topics import TopicModel
+from tiered_memory.encoders import as_unit_vectors
+from tiered_memory.errors import InvalidInputError, TieredMemoryError
+from tiered_memory.namespaces.catalog import HOT, Catalog
+from tiered_memory.quantization import Int8Quantizer
+from tiered_memory.records import TIERS_BY_CODE, Hit, Memory, check_text
+from tiered_memory.search.filters import Predicate
+from tiered_memory.search.fusion import NEIGHBOUR_WEIGHTS
+from tiered_memory.search.lexical_tier import Doc
+from tiered_memory.tiering.manager import LoadedRead
+from tiered_memory.tiering.topics import TopicModel
+from tiered_memory.tiers.blocks import INDEXED, scan
+from tiered_memory.tiers.cold_parts import IndexedPart
 
 if TYPE_CHECKING:
-    from .engine import TieredMemory
+    from tiered_memory.engine import TieredMemory
 
 
 Period = tuple[float, float]  # created_at bounds, seconds, both inclusive

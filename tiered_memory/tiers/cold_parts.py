@@ -1,9 +1,9 @@
 """The cold part of huge namespaces, found through an on-disk index instead of a scan.
 
 A namespace whose cold rows outnumber ``MemoryConfig.cold_index_min_rows`` gets a
-:class:`~tiered_memory.cold_index.ColdIndex` (a usearch int8 graph, memory-mapped) over them, built
+:class:`~tiered_memory.tiers.cold_index.ColdIndex` (a usearch int8 graph, memory-mapped) over them, built
 on the background thread. Its rows then sit in their own code block (topic
-:data:`~tiered_memory.blocks.INDEXED`): a search asks the index for ``k * oversample`` candidates
+:data:`~tiered_memory.tiers.blocks.INDEXED`): a search asks the index for ``k * oversample`` candidates
 and scores them with their int8 codes exactly as a scan would, so they merge with the warm graph's
 and the scanned rows' on one scale. Rows that turned cold after the build, or whose code changed,
 are not in that block and are scanned as before, until the next build takes them in.
@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .cold_index import ColdIndex
+from tiered_memory.tiers.cold_index import ColdIndex
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The lexical side of loaded namespaces: one BM25 index each, built on first text search.
 
-A namespace's :class:`~tiered_memory.lexical.LexicalIndex` is built from its records the first
+A namespace's :class:`~tiered_memory.search.lexical.LexicalIndex` is built from its records the first
 time a hybrid or lexical search needs it (37 us per memory here, benchmarks/results/lexical/
 rebuild.md: 4 ms for a 100-memory tenant), kept in step with every add, update and delete while
 the namespace is loaded, and dropped when it unloads, so it tiers with the namespace and a store
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .lexical import LexicalIndex
+from tiered_memory.search.lexical import LexicalIndex
 
 CONVERSATION_KIND = "conversation"
 _LEVELS = 2

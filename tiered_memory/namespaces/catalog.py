@@ -1,10 +1,10 @@
 """The catalog: what the engine knows about the memories of loaded namespaces.
 
-Only namespaces in use are here (see :mod:`tiered_memory.namespaces`): a namespace is loaded by
+Only namespaces in use are here (see :mod:`tiered_memory.namespaces.registry`): a namespace is loaded by
 one range read of its rows and codes and unloaded when the warm budget needs room, so RAM
 follows the working set, not the archive. Namespace codes are the namespaces' ids in the cold
 tier. One row ("slot") per memory: namespace, kind, importance, timestamps, use count, tier, topic;
-its int8 code sits in :class:`~tiered_memory.blocks.CodeBlocks`. Scalar columns are
+its int8 code sits in :class:`~tiered_memory.tiers.blocks.CodeBlocks`. Scalar columns are
 ``array.array``s, not numpy arrays: a single-element update costs 0.2 us instead of 0.5 us
 (measured), and one runs on every ``get``; decay scoring copies them into numpy at once.
 """
@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .blocks import INDEXED, CodeBlocks
+from tiered_memory.tiers.blocks import INDEXED, CodeBlocks
 
 if TYPE_CHECKING:
-    from .cold import NamespaceRows
-from .records import TIER_CODES, TIERS_BY_CODE, Memory, Tier
+    from tiered_memory.tiers.cold import NamespaceRows
+from tiered_memory.records import TIER_CODES, TIERS_BY_CODE, Memory, Tier
 
 COLD, WARM, HOT = TIER_CODES[Tier.COLD], TIER_CODES[Tier.WARM], TIER_CODES[Tier.HOT]
 

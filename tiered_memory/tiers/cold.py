@@ -38,7 +38,12 @@ import lmdb
 import msgpack
 import numpy as np
 
-from .cold_ops import (
+from tiered_memory.config import MemoryConfig
+from tiered_memory.crypto import Sealer
+from tiered_memory.errors import EncryptionRequiredError, SchemaVersionError, StorageError
+from tiered_memory.quantization import Quantizer, make_quantizer, quantizer_from_state
+from tiered_memory.records import TIERS_BY_CODE, Memory, unpack_record
+from tiered_memory.tiers.cold_ops import (
     EXPIRY_PREFIX,
     ColdOps,
     NamespaceRows,
@@ -52,17 +57,12 @@ from .cold_ops import (
 
 # The key layout and row packing live in cold_ops (shared by every cold store); the engine and the
 # tier manager import them from here.
-from .cold_ops import NS_ID as _NS_ID
-from .cold_ops import memory_key as _key
-from .cold_ops import normalised_text as normalised_text
-from .cold_ops import pack_row as pack_row
-from .cold_ops import unpack_row as _unpack_row
-from .cold_store import ColdStore
-from .config import MemoryConfig
-from .crypto import Sealer
-from .errors import EncryptionRequiredError, SchemaVersionError, StorageError
-from .quantization import Quantizer, make_quantizer, quantizer_from_state
-from .records import TIERS_BY_CODE, Memory, unpack_record
+from tiered_memory.tiers.cold_ops import NS_ID as _NS_ID
+from tiered_memory.tiers.cold_ops import memory_key as _key
+from tiered_memory.tiers.cold_ops import normalised_text as normalised_text
+from tiered_memory.tiers.cold_ops import pack_row as pack_row
+from tiered_memory.tiers.cold_ops import unpack_row as _unpack_row
+from tiered_memory.tiers.cold_store import ColdStore
 
 log = logging.getLogger(__name__)
 
@@ -316,7 +316,7 @@ class ColdTier(ColdOps, ColdStore):
                     out.append(key[4:].decode("utf-8"))
         return out
 
-    # -- expiry (see tiered_memory/expiry.py) ---------------------------------------------
+    # -- expiry (see tiered_memory/tiering/expiry.py) ---------------------------------------------
 
     def expired_rows(self, ns_id: int, now: float) -> tuple[list[str], list[bool], float]:
         """One range read of a namespace's rows (codes untouched, nothing decrypted): the ids and

@@ -18,17 +18,17 @@ import lmdb
 import msgpack
 import numpy as np
 
-from .blocks import INDEXED
-from .catalog import COLD, HOT, WARM
-from .cold import Op, ns_prefix, pack_row, row_key
-from .cold_parts import match as match_index
-from .decay import decay_scores
-from .errors import EncryptionRequiredError, InvalidInputError, StorageError
-from .hot import HotEntry
-from .quantization import quantizer_from_state
-from .records import TIER_CODES, Memory, Tier, check_label
-from .topics import TopicModel, topics_for
-from .warm import Graph
+from tiered_memory.errors import EncryptionRequiredError, InvalidInputError, StorageError
+from tiered_memory.namespaces.catalog import COLD, HOT, WARM
+from tiered_memory.quantization import quantizer_from_state
+from tiered_memory.records import TIER_CODES, Memory, Tier, check_label
+from tiered_memory.tiering.decay import decay_scores
+from tiered_memory.tiering.topics import TopicModel, topics_for
+from tiered_memory.tiers.blocks import INDEXED
+from tiered_memory.tiers.cold import Op, ns_prefix, pack_row, row_key
+from tiered_memory.tiers.cold_parts import match as match_index
+from tiered_memory.tiers.hot import HotEntry
+from tiered_memory.tiers.warm import Graph
 
 log = logging.getLogger(__name__)
 

@@ -63,9 +63,9 @@ from typing import Any
 
 import tantivy
 
-from .errors import ConfigError, EmptyTextError, InvalidInputError, InvalidTextError, StorageError
-from .fusion import NEIGHBOUR_WEIGHTS
-from .lexical_tokens import Tokenizer
+from tiered_memory.errors import ConfigError, EmptyTextError, InvalidInputError, InvalidTextError, StorageError
+from tiered_memory.search.fusion import NEIGHBOUR_WEIGHTS
+from tiered_memory.search.lexical_tokens import Tokenizer
 
 FORMAT_VERSION = 1
 SIDECAR = "lexical.json"  # tokenizer, weights and term totals of the directory's committed documents

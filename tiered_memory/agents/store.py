@@ -37,11 +37,11 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 
-from .errors import EncryptionRequiredError, InvalidInputError, StorageError, TieredMemoryError
-from .records import Memory
+from tiered_memory.errors import EncryptionRequiredError, InvalidInputError, StorageError, TieredMemoryError
+from tiered_memory.records import Memory
 
 if TYPE_CHECKING:
-    from .engine import TieredMemory
+    from tiered_memory.engine import TieredMemory
 
 log = logging.getLogger(__name__)
 

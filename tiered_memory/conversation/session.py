@@ -5,7 +5,7 @@ tiktoken (offline), pinned system messages, the oldest others evicted first when
 is over budget or too old. :class:`Conversation` binds a buffer to a :class:`TieredMemory`:
 what falls out of the window is stored as episodic memory (``kind="conversation"``, with its
 timestamp), and a background worker embeds each message and prefetches the memories of the
-conversation's current topic into the fast tiers (see :mod:`tiered_memory.prefetch`).
+conversation's current topic into the fast tiers (see :mod:`tiered_memory.conversation.prefetch`).
 """
 
 from __future__ import annotations
@@ -22,13 +22,19 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import EncoderError, InvalidInputError
-from .prefetch import ConversationTrack, PrefetchConfig, PrefetchStats, PrefetchWorker, worker_for
-from .records import Hit, check_label, check_metadata, check_text, check_timestamp, new_id
-from .tokens import get_encoding
+from tiered_memory.conversation.prefetch import (
+    ConversationTrack,
+    PrefetchConfig,
+    PrefetchStats,
+    PrefetchWorker,
+    worker_for,
+)
+from tiered_memory.conversation.tokens import get_encoding
+from tiered_memory.errors import EncoderError, InvalidInputError
+from tiered_memory.records import Hit, check_label, check_metadata, check_text, check_timestamp, new_id
 
 if TYPE_CHECKING:
-    from .engine import TieredMemory
+    from tiered_memory.engine import TieredMemory
 
 _METADATA_MAX_BYTES = 64 * 2**10
 _METADATA_MAX_DEPTH = 16

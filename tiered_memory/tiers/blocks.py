@@ -17,7 +17,7 @@ import numpy as np
 BlockKey = tuple[int, int, bool]  # (namespace code, topic, is cold)
 
 # The topic in the key of a namespace's block of cold rows that its on-disk index holds
-# (tiered_memory/cold_parts.py): searched through that index, never scanned with the other cold rows.
+# (tiered_memory/tiers/cold_parts.py): searched through that index, never scanned with the other cold rows.
 INDEXED = -2
 
 

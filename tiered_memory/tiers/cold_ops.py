@@ -2,7 +2,7 @@
 
 The engine hands a cold store's :meth:`write` lists of ``(database, key, value)`` tuples, some it
 builds itself (dedup texts, catalog rows, extra records), most through the builders here. Keys are
-the LMDB layout (store schema 3, see :mod:`tiered_memory.cold`); every cold store takes the same
+the LMDB layout (store schema 3, see :mod:`tiered_memory.tiers.cold`); every cold store takes the same
 tuples, so the engine never knows which store it writes to. Sealing a sensitive memory's vectors
 happens here too, before a value reaches any store: a store only ever sees sealed bytes.
 """
@@ -18,10 +18,10 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from .crypto import OVERHEAD, Sealer
-from .errors import EncryptionRequiredError, StorageError
-from .quantization import Quantizer
-from .records import TIER_CODES, Memory, pack_record
+from tiered_memory.crypto import OVERHEAD, Sealer
+from tiered_memory.errors import EncryptionRequiredError, StorageError
+from tiered_memory.quantization import Quantizer
+from tiered_memory.records import TIER_CODES, Memory, pack_record
 
 # (database, key, value or None to delete); database "nscount" carries (ns id, count delta).
 Op = tuple[str, bytes, bytes | None]

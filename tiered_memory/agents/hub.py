@@ -2,7 +2,7 @@
 
 Namespace scheme: a hub serves one user (tenant). ``"<user>/<agent>"`` holds an agent's private
 memories and ``"<user>/shared"`` every memory that user's agents share; hub records live under
-``hub/<user>/`` (see :mod:`tiered_memory.agents_store`). User and agent names hold no ``/``, so two
+``hub/<user>/`` (see :mod:`tiered_memory.agents.store`). User and agent names hold no ``/``, so two
 users' namespaces and records can never overlap. An agent's searches cover its own namespace and,
 in the shared one, exactly the memories granted to it (``only_ids``), so a revoked grant stops
 showing at once.
@@ -16,8 +16,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import astuple
 from typing import TYPE_CHECKING, Any
 
-from .agents_notify import NotifyingMixin
-from .agents_store import (
+from tiered_memory.agents.notify import NotifyingMixin
+from tiered_memory.agents.store import (
     AgentRecord,
     HubStore,
     Notification,
@@ -27,8 +27,8 @@ from .agents_store import (
     Version,
     memory_bytes,
 )
-from .encoders import as_unit_vectors
-from .errors import (
+from tiered_memory.encoders import as_unit_vectors
+from tiered_memory.errors import (
     ConfigError,
     EncryptionRequiredError,
     InvalidInputError,
@@ -36,13 +36,13 @@ from .errors import (
     PermissionDenied,
     QuotaExceededError,
 )
-from .records import Memory, check_importance, check_label, check_metadata, check_text, new_id
+from tiered_memory.records import Memory, check_importance, check_label, check_metadata, check_text, new_id
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from .agents_handle import Agent
-    from .engine import TieredMemory
+    from tiered_memory.agents.agent import Agent
+    from tiered_memory.engine import TieredMemory
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 SHARED = "shared"  # the shared namespace's last part; no agent may take this name
@@ -121,7 +121,7 @@ class AgentHub(NotifyingMixin):
         ``shared_access`` caps what it may do with shared memories ("read-write", the default,
         "read-only" or "none"); ``private_quota_bytes`` (default None: no quota) bounds its private
         memory; ``sealed=True`` seals its private memories and key-value entries at rest, for good."""
-        from .agents_handle import Agent
+        from tiered_memory.agents.agent import Agent
 
         name = check_name(name, "agent")
         if name == SHARED:
@@ -153,7 +153,7 @@ class AgentHub(NotifyingMixin):
 
     def agent(self, name: str) -> Agent:
         """The handle of a registered agent."""
-        from .agents_handle import Agent
+        from tiered_memory.agents.agent import Agent
 
         self._agent_name(name)
         return Agent(self, name)

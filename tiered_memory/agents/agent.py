@@ -8,13 +8,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .agents_store import Notification, memory_bytes, pack, unpack
-from .encoders import as_unit_vectors
-from .errors import EncryptionRequiredError, InvalidInputError, MemoryNotFoundError
-from .records import Hit, Memory, check_label, check_metadata, check_text, new_id
+from tiered_memory.agents.store import Notification, memory_bytes, pack, unpack
+from tiered_memory.encoders import as_unit_vectors
+from tiered_memory.errors import EncryptionRequiredError, InvalidInputError, MemoryNotFoundError
+from tiered_memory.records import Hit, Memory, check_label, check_metadata, check_text, new_id
 
 if TYPE_CHECKING:
-    from .agents import AgentHub
+    from tiered_memory.agents.hub import AgentHub
 
 SCOPES = ("all", "private", "shared")
 

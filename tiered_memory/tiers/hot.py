@@ -8,7 +8,7 @@ from typing import NamedTuple
 import numpy as np
 from cachetools import Cache, LRUCache
 
-from .records import Memory
+from tiered_memory.records import Memory
 
 
 class HotEntry(NamedTuple):

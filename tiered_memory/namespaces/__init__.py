@@ -1,0 +1,1 @@
+"""What is loaded: the registry of loaded namespaces (budget, victims) and the catalog of their rows."""

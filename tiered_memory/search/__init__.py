@@ -1,0 +1,1 @@
+"""Ranked candidates: the searcher (dense, lexical, hybrid), metadata filters, fusion, the BM25 tier."""
