@@ -67,7 +67,7 @@ from tiered_memory.search.filters import compile_where
 from tiered_memory.search.lexical_tier import Doc, LexicalTier
 from tiered_memory.search.searcher import Lookup, SearchMixin
 from tiered_memory.tiering.expiry import NEVER, UNCHANGED, ExpiryMixin, changed_expiry, expired_error, new_expiries
-from tiered_memory.tiering.manager import LoadedRead, MaintenanceReport, TierManagerMixin
+from tiered_memory.tiering.manager import MaintenanceReport, TierManagerMixin
 from tiered_memory.tiering.promoter import Promoter
 from tiered_memory.tiering.topics import TopicModel
 from tiered_memory.tiers.cold import STORE_SCHEMA, ColdTier, Op, text_key
@@ -348,6 +348,12 @@ class TieredMemory(SearchMixin, TierManagerMixin, ExpiryMixin):
                 self.cold_parts.close()
                 self.cold.close()
                 self._dirlock.release()
+
+    @property
+    def shared(self) -> bool:
+        """Whether other processes may write this store's cold tier too (a shared server store):
+        then a record read may find a memory another process deleted a moment ago."""
+        return self._shared_cold
 
     @property
     def closed(self) -> bool:
@@ -703,7 +709,7 @@ class TieredMemory(SearchMixin, TierManagerMixin, ExpiryMixin):
                                                                 content.namespace == namespace) else []
         if names:
             self._ensure_loaded(names)
-        with LoadedRead(self, names):
+        with self._loaded_read(names):
             self._check_open()
             slot = self.catalog.slot_of.get(memory_id, -1)
             if slot >= 0:
@@ -787,7 +793,7 @@ class TieredMemory(SearchMixin, TierManagerMixin, ExpiryMixin):
             self._after_ops(1)
             return hits
         fetch = k * self.config.rescore_oversample if self.config.rescore else k
-        with LoadedRead(self, namespaces):
+        with self._loaded_read(namespaces):
             self._check_open()
             lookup = Lookup(self)
             if len(namespaces) == 1:  # one list, already best first: nothing to merge
@@ -1137,7 +1143,7 @@ class TieredMemory(SearchMixin, TierManagerMixin, ExpiryMixin):
             raise InvalidInputError(f"newest_first must be True or False, got {newest_first!r:.40}")
         period = check_period(since, until)
         self._ensure_loaded([namespace])
-        with LoadedRead(self, [namespace]):
+        with self._loaded_read([namespace]):
             self._check_open()
             catalog = self.catalog
             ns = catalog.namespaces.codes.get(namespace)

@@ -20,7 +20,6 @@ from tiered_memory.records import TIERS_BY_CODE, Hit, Memory, check_text
 from tiered_memory.search.filters import Predicate
 from tiered_memory.search.fusion import NEIGHBOUR_WEIGHTS
 from tiered_memory.search.lexical_tier import Doc
-from tiered_memory.tiering.manager import LoadedRead
 from tiered_memory.tiering.topics import TopicModel
 from tiered_memory.tiers.blocks import INDEXED, scan
 from tiered_memory.tiers.cold_parts import IndexedPart
@@ -58,7 +57,7 @@ class Lookup:
         content = entry.memory if entry is not None else self.checked(slot, engine.cold.get(memory_id))
         # -- several writers: another process may delete it between this call's version check and
         # this read (as for a read-only opener, it is left out of the results)
-        if content is None and not engine.read_only and not engine._shared_cold:
+        if content is None and not engine.read_only and not engine.shared:
             raise TieredMemoryError(f"memory {memory_id!r} is in the catalog but not in cold storage")
         self.contents[slot] = content
         return content
@@ -244,7 +243,7 @@ class SearchMixin:
         and for min_score."""
         catalog = self.catalog
         depth = max(4 * k, 50)  # candidates per list: the fusion measured fused the top 100 of each
-        with LoadedRead(self, namespaces):
+        with self._loaded_read(namespaces):
             self._check_open()
             lookup = Lookup(self)
             dense: dict[int, float] = {}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,27 +60,30 @@ class MaintenanceReport:
 class LoadedRead:
     """The shared lock, taken once every namespace of a call is loaded: an unload (which needs
     the exclusive lock) cannot come between the check and the read. Retries a few times when the
-    background thread unloaded one in between (a budget smaller than the call's namespaces)."""
+    background thread unloaded one in between (a budget smaller than the call's namespaces).
+    Made by the tier manager (``_loaded_read``), which hands it the lock and the two checks."""
 
-    __slots__ = ("engine", "names")
+    __slots__ = ("read_lock", "all_loaded", "ensure_loaded", "names")
 
-    def __init__(self, engine: Any, names: Sequence[str]) -> None:
-        self.engine = engine
+    def __init__(self, read_lock: Any, all_loaded: Callable[[Sequence[str]], bool],
+                 ensure_loaded: Callable[[Sequence[str]], None], names: Sequence[str]) -> None:
+        self.read_lock = read_lock
+        self.all_loaded = all_loaded
+        self.ensure_loaded = ensure_loaded
         self.names = names
 
     def __enter__(self) -> None:
-        engine = self.engine
         for _ in range(16):
-            engine._rw.read.__enter__()
-            if engine._all_loaded(self.names):
+            self.read_lock.__enter__()
+            if self.all_loaded(self.names):
                 return
-            engine._rw.read.__exit__(None, None, None)
-            engine._ensure_loaded(self.names)
+            self.read_lock.__exit__(None, None, None)
+            self.ensure_loaded(self.names)
         raise StorageError(f"the namespaces {list(self.names)[:5]!r} were unloaded 16 times before they could be "
                            "read: raise MemoryConfig.warm_budget_bytes above what one call needs")
 
     def __exit__(self, *exc: object) -> None:
-        self.engine._rw.read.__exit__(*exc)
+        self.read_lock.__exit__(*exc)
 
 
 class TierManagerMixin:
@@ -166,6 +169,10 @@ class TierManagerMixin:
         return bool(stale)
 
     # -- end of several writers
+
+    def _loaded_read(self, names: Sequence[str]) -> LoadedRead:
+        """``with self._loaded_read(names):`` the shared lock, with every namespace of `names` loaded."""
+        return LoadedRead(self._rw.read, self._all_loaded, self._ensure_loaded, names)
 
     def _all_loaded(self, names: Sequence[str]) -> bool:
         registry = self.registry

@@ -432,8 +432,7 @@ class ColdTier(ColdOps, ColdStore):
                 if want_originals and memory is not None:
                     raw = txn.get(key, db=kept)
                     if raw is not None:
-                        raw = self._plain_vector_bytes(memory_id, "original", raw, self._original_size)
-                        vector = np.frombuffer(raw, dtype=self.originals_dtype).astype(np.float32)
+                        vector = self._original_vector(memory_id, raw)
                 out.append((memory, vector))
         return out
 
@@ -447,8 +446,7 @@ class ColdTier(ColdOps, ColdStore):
                 data = txn.get(_key(memory_id))
                 if data is None:
                     return None
-                data = self._plain_vector_bytes(memory_id, "original", data, self._original_size)
-                out[i] = np.frombuffer(data, dtype=self.originals_dtype)
+                out[i] = self._original_vector(memory_id, data)
         return out
 
     def __contains__(self, memory_id: object) -> bool:
@@ -575,8 +573,7 @@ class ColdTier(ColdOps, ColdStore):
                 vector = None
                 original = txn.get(_key(memory_id), db=originals_db) if self.originals_dtype is not None else None
                 if original is not None:
-                    raw = self._plain_vector_bytes(memory_id, "original", bytes(original), self._original_size)
-                    vector = np.frombuffer(raw, dtype=self.originals_dtype).astype(np.float32).reshape(1, -1)
+                    vector = self._original_vector(memory_id, bytes(original)).reshape(1, -1)
                 if vector is None:
                     raw = self._plain_vector_bytes(memory_id, "code", stored, self.dimension, key)
                     vector = decode_old(np.frombuffer(raw, dtype=np.int8).reshape(1, -1))

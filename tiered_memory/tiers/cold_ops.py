@@ -208,6 +208,11 @@ class ColdOps:
             raise EncryptionRequiredError(f"memory {memory_id!r} is sealed: open the store with its encryption_key")
         return self.sealer.open(stored, self._context(field, memory_id, bound_to))
 
+    def _original_vector(self, memory_id: str, stored: bytes) -> np.ndarray:
+        """A stored float original (opened if sealed, its size checked) as a float32 row."""
+        plain = self._plain_vector_bytes(memory_id, "original", stored, self._original_size)
+        return np.frombuffer(plain, dtype=self.originals_dtype).astype(np.float32)
+
     def code_ops(self, ns_id: int, memory_ids: list[str], sensitive: list[bool], codes: np.ndarray) -> list[Op]:
         """Puts of new int8 codes only (re-calibration)."""
         ops: list[Op] = []

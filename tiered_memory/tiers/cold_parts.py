@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from tiered_memory.errors import InvalidInputError
 from tiered_memory.tiers.cold_index import ColdIndex
 
 log = logging.getLogger(__name__)
@@ -139,7 +140,7 @@ class ColdParts:
         if index is not None:
             try:
                 index.array("sorted_ids"), index.array("prints")
-            except Exception:  # an index written without the engine's bookkeeping: not ours to use
+            except InvalidInputError:  # an index written without the engine's bookkeeping: not ours to use
                 log.warning("cold index %s has no row fingerprints; its namespace is scanned", path)
                 index.close()
                 return None

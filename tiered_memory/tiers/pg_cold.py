@@ -825,8 +825,7 @@ class PostgresColdStore(ColdOps, ColdStore):
             memory = None if data is None else unpack_record(data, self.sealer)
             vector = None
             if raw is not None:
-                raw = self._plain_vector_bytes(memory_id, "original", raw, self._original_size)
-                vector = np.frombuffer(raw, dtype=self.originals_dtype).astype(np.float32)
+                vector = self._original_vector(memory_id, raw)
             out.append((memory, vector))
         return out
 
@@ -841,8 +840,7 @@ class PostgresColdStore(ColdOps, ColdStore):
             data = found.get(memory_id)
             if data is None:
                 return None
-            out[i] = np.frombuffer(self._plain_vector_bytes(memory_id, "original", data, self._original_size),
-                                   dtype=self.originals_dtype)
+            out[i] = self._original_vector(memory_id, data)
         return out
 
     def vector(self, memory_id: str) -> np.ndarray | None:
@@ -958,8 +956,7 @@ class PostgresColdStore(ColdOps, ColdStore):
             key = row_key(ns_id, memory_id)
             sealed = len(stored) != self.dimension
             if original is not None and self.originals_dtype is not None:
-                raw = self._plain_vector_bytes(memory_id, "original", original, self._original_size)
-                vector = np.frombuffer(raw, dtype=self.originals_dtype).astype(np.float32).reshape(1, -1)
+                vector = self._original_vector(memory_id, original).reshape(1, -1)
             else:
                 raw = self._plain_vector_bytes(memory_id, "code", stored, self.dimension, key)
                 vector = decode_old(np.frombuffer(raw, dtype=np.int8).reshape(1, -1))
