@@ -17,7 +17,7 @@ from tiered_memory.errors import EncryptionRequiredError, StorageError
 from tiered_memory.quantization import make_quantizer
 from tiered_memory.records import TIER_CODES, Memory, Tier
 from tiered_memory.tiers.cold import ColdTier, text_key
-from tiered_memory.tiers.cold_ops import memory_row
+from tiered_memory.tiers.cold_ops import STAMP_BYTES, memory_row, stamp_op
 from tiered_memory.tiers.cold_store import ColdStore
 
 from .conftest import DIM, unit_rows
@@ -344,6 +344,40 @@ class ColdStoreContract:
         cold.write(cold.memory_ops(ns, big, cold.quantizer.encode(vectors), vectors))
         assert cold.nbytes() > empty
         assert msgpack.unpackb(msgpack.packb(len(cold))) == 2_000
+
+    def test_change_stamps_are_numbered_per_namespace_in_commit_order(self, open_cold: OpenCold) -> None:
+        cold = open_cold()
+        add(cold, "ns", [memory("a"), memory("b")])
+        add(cold, "other", [memory("c", "other")])
+        ns, other = cold.namespace_id("ns"), cold.namespace_id("other")
+        s1, s2, s3 = (bytes([i]) * STAMP_BYTES for i in (1, 2, 3))
+        cold.write([stamp_op(ns, "a", s1, origin=b"here"), stamp_op(ns, "b", s1), stamp_op(other, "c", s1)])
+        cold.write([stamp_op(ns, "a", s2)])  # a local change: descends from what is stored
+        assert cold.change_seqs() == {ns: 3, other: 1}
+        changed = cold.changes_after(ns, 0, 10)
+        assert [(v.memory_id, v.stamp.seq, v.stamp.stamp, v.stamp.ancestry) for v in changed] == \
+            [("b", 2, s1, []), ("a", 3, s2, [s1])]
+        assert changed[1].live and changed[1].record == bytes(cold.stored_versions(ns, ["a"])[0].record)
+        assert [v.memory_id for v in cold.changes_after(ns, 2, 10)] == ["a"]
+        assert [v.memory_id for v in cold.changes_after(ns, 0, 1)] == ["b"]
+        assert cold.changes_after(other, 1, 10) == []
+        # A version from elsewhere keeps the ancestry it comes with; a delete leaves a tombstone.
+        cold.write([*cold.delete_ops(ns, ["b"]), stamp_op(ns, "b", s3, deleted=True, ancestry=[s2, s1], origin=b"far")])
+        tomb, missing = cold.stored_versions(ns, ["b", "nobody"])
+        assert (tomb.stamp.deleted, tomb.stamp.ancestry, tomb.stamp.origin) == (True, [s2, s1], b"far")
+        assert not tomb.live
+        assert (tomb.record, tomb.row, missing.stamp) == (None, None, None)
+        cold.write([stamp_op(ns, "b", None)])  # a tombstone every peer has seen
+        assert cold.stored_versions(ns, ["b"])[0].stamp is None
+        assert [v.memory_id for v in cold.changes_after(ns, 0, 10)] == ["a"] and cold.change_seqs()[ns] == 4
+
+    def test_a_stamp_in_a_failing_write_is_not_numbered(self, open_cold: OpenCold) -> None:
+        cold = open_cold()
+        add(cold, "ns", [memory("a")])
+        ns = cold.namespace_id("ns")
+        with pytest.raises(StorageError):
+            cold.write([stamp_op(ns, "a", b"\x01" * STAMP_BYTES), cold.count_op(9_999, 1)])
+        assert cold.change_seqs().get(ns, 0) == 0 and cold.changes_after(ns, 0, 10) == []
 
 
 class TestColdStoreContract(ColdStoreContract):

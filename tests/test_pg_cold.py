@@ -255,7 +255,8 @@ def test_a_store_at_table_version_1_is_migrated_with_its_data(pg_dsn: str, pg_sc
         assert store.namespace_info(1) == ("old", 1, 4) and store.namespace_ids(1) == ["m"]
     finally:
         store.close()
-    assert server_rows(pg_dsn, pg_schema, "SELECT version FROM tm_schema_version ORDER BY version") == [(1,), (2,)]
+    applied = server_rows(pg_dsn, pg_schema, "SELECT version FROM tm_schema_version ORDER BY version")
+    assert applied == [(1,), (2,), (3,)]
     assert server_rows(pg_dsn, pg_schema, "SELECT version FROM tm_rows") == [(1,)]
 
 

@@ -162,6 +162,12 @@ class AsyncTieredMemory:
         """:meth:`TieredMemory.extend_many`."""
         return await self._run(self.memory.extend_many, memory_ids, ttl_s=ttl_s, namespace=namespace)
 
+    async def sync(self, remote: Any, **options: Any) -> Any:
+        """:meth:`TieredMemory.sync` (another AsyncTieredMemory is synced through its store)."""
+        if isinstance(remote, AsyncTieredMemory):
+            remote = remote.memory
+        return await self._run(self.memory.sync, remote, **options)
+
     async def list_memories(self, namespace: str = DEFAULT_NAMESPACE, **options: Any) -> list[Memory]:
         """:meth:`TieredMemory.list_memories`."""
         return await self._run(self.memory.list_memories, namespace, **options)

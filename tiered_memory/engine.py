@@ -66,6 +66,9 @@ from tiered_memory.records import (
 from tiered_memory.search.filters import compile_where
 from tiered_memory.search.lexical_tier import Doc, LexicalTier
 from tiered_memory.search.searcher import Lookup, SearchMixin
+from tiered_memory.sync.changes import ChangeRecorder, store_id_of
+from tiered_memory.sync.clock import HybridClock
+from tiered_memory.sync.endpoint import LostVersion, SyncEndpoint
 from tiered_memory.tiering.expiry import NEVER, UNCHANGED, ExpiryMixin, changed_expiry, expired_error, new_expiries
 from tiered_memory.tiering.manager import MaintenanceReport, TierManagerMixin
 from tiered_memory.tiering.promoter import Promoter
@@ -79,6 +82,7 @@ from tiered_memory.tiers.warm import WarmTier
 if TYPE_CHECKING:
     from tiered_memory.agents.hub import AgentHub
     from tiered_memory.conversation.session import Conversation
+    from tiered_memory.sync.session import SyncReport
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +185,8 @@ class TieredMemory(SearchMixin, TierManagerMixin, ExpiryMixin):
             self.cold.use_dimension(self.dimension)
             self._upgrade()
             self._open()
+            # Change stamps (offline sync): every add/update/delete stamps what it changes.
+            self._changes = ChangeRecorder(HybridClock(self.clock), store_id_of(self.cold, read_only))
             if self._shared_cold:  # several writers: other processes' change notices unload stale namespaces
                 self._notified: set[int] = set()  # early, in the background thread (tiering)
                 if self.config.promote_in_background:
@@ -581,7 +587,7 @@ class TieredMemory(SearchMixin, TierManagerMixin, ExpiryMixin):
                      if key is not None]
         bound_ops, bound = self._lowered_bound_ops(ns, [memory.expires_at for memory in memories])
         self.cold.write([*self.cold.memory_ops(ns, memories, codes, vectors), *dedup_ops, *sealing, *bound_ops,
-                         *self._expiry_ops(raised)])
+                         *self._expiry_ops(raised), *self._changes.ops(ns, [memory.id for memory in memories])])
         if sealing:
             self._key_checked = self._has_sealed = True
         if bound_ops:
@@ -893,7 +899,7 @@ class TieredMemory(SearchMixin, TierManagerMixin, ExpiryMixin):
                 changed = changed._replace(tier=catalog.tier_of(slot))
             ops += self.cold.row_ops(ns, [memory_id], [self._row_bytes(slot, changed)])
             bound_ops, bound = self._lowered_bound_ops(ns, [changed.expires_at])
-            self.cold.write(ops + bound_ops)
+            self.cold.write(ops + bound_ops + self._changes.ops(ns, [memory_id]))
             if bound_ops:
                 self._expiry_bounds[ns] = bound
             with self._mutex:
@@ -936,7 +942,7 @@ class TieredMemory(SearchMixin, TierManagerMixin, ExpiryMixin):
                 key = text_key(ns, record.text)
                 if self.cold.find_texts([key])[0] == memory_id:
                     ops.append(("texts", key, None))
-            self.cold.write(ops)
+            self.cold.write(ops + self._changes.ops(ns, [memory_id], deleted=True))
             with self._mutex:
                 self.hot.discard(memory_id)
                 self.catalog.remove(memory_id)
@@ -1257,6 +1263,59 @@ class TieredMemory(SearchMixin, TierManagerMixin, ExpiryMixin):
         from tiered_memory.agents.hub import hub_for
 
         return hub_for(self, user, seal_shared=seal_shared)
+
+    # -- offline sync (tiered_memory/sync) ---------------------------------------------------
+
+    def sync(self, remote: TieredMemory | str | os.PathLike[str], *, namespaces: Sequence[str] | None = None,
+             batch_size: int = 1_000, encryption_key: bytes | None = None) -> SyncReport:
+        """Push this store's changes since the last sync with `remote` and pull the remote's, for
+        every namespace or only `namespaces`; returns what moved (:class:`~tiered_memory.sync.SyncReport`).
+
+        `remote`: another open store, a store directory, or a PostgreSQL DSN
+        (``postgresql://...``; opened with a temporary cache directory). ``encryption_key`` opens a
+        remote given by path or DSN (sealed memories need it on both sides; they travel sealed).
+        Conflicts (both sides changed a memory) end the same on both sides: the newest change
+        wins, the other version is kept in :meth:`sync_history`. See :mod:`tiered_memory.sync`."""
+        from tiered_memory.sync.session import sync_with
+
+        return sync_with(self, remote, namespaces=namespaces, batch_size=batch_size, encryption_key=encryption_key)
+
+    @property
+    def sync_endpoint(self) -> SyncEndpoint:
+        """This store's side of a sync: its changes as batches, and applying another store's."""
+        self._check_open()
+        return self.attachment("sync", self._make_sync_endpoint)
+
+    def _make_sync_endpoint(self) -> SyncEndpoint:
+        def forget(namespace: str) -> None:  # under the write lock: flush, then drop the RAM copy
+            self._unload(namespace)
+
+        def bound_ops(ns: int, expiries: list[float | None]) -> tuple[list[Op], Callable[[], None]]:
+            ops, bound = self._lowered_bound_ops(ns, expiries)
+
+            def commit() -> None:
+                if ops:
+                    self._expiry_bounds[ns] = bound
+            return ops, commit
+
+        def calibrate(vectors: np.ndarray) -> None:
+            self._calibrate_if_due(vectors)
+
+        return SyncEndpoint(self.cold, store_id=self._changes.store_id, clock=self._changes.clock,
+                            wall_clock=self.clock, dimension=self.dimension,
+                            encoder_name=lambda: self.cold.meta_get("encoder"), sealer=self._sealer,
+                            read_lock=self._rw.read, write_lock=self._rw.write, check_writable=self._check_writable,
+                            forget_namespace=forget, calibrate=calibrate, expiry_bound_ops=bound_ops)
+
+    def sync_history(self, memory_id: str, *, namespace: str | None = None) -> list[LostVersion]:
+        """The versions of a memory that lost a conflict in a sync on this store, oldest first.
+        ``namespace`` is needed only for a memory that is gone (deleted by the winning version)."""
+        check_id(memory_id)
+        if namespace is None:
+            namespace = self.namespace_of(memory_id)
+            if namespace is None:
+                raise MemoryNotFoundError(f"no memory with id {memory_id!r}: pass namespace= for a deleted one")
+        return self.sync_endpoint.history(check_label(namespace, "namespace"), memory_id)
 
 
 

@@ -111,3 +111,12 @@ def short_repr(value: object) -> str:
         return _SHORT.repr(value)
     except Exception:  # a __repr__ that raises: say what type it was
         return f"<{type(value).__name__}>"
+
+
+class SyncError(TieredMemoryError):
+    """A sync between two stores could not go on; nothing of the batch that failed was applied on
+    either side, and the next sync resumes where the last applied batch ended."""
+
+
+class IncompatibleStoresError(SyncError):
+    """Two stores whose memories cannot be exchanged (another encoder, dimension or layout)."""

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from tiered_memory.agents.agent import Agent
+    from tiered_memory.sync.endpoint import Conflict
     from tiered_memory.engine import TieredMemory
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
@@ -103,6 +104,7 @@ class AgentHub(NotifyingMixin):
         if seal_shared:
             self.seal_shared()
         _hubs_of(mem)[user] = self
+        mem.sync_endpoint.add_conflict_listener(self._synced_conflicts)
 
     def namespace(self, agent: str) -> str:
         return f"{self.user}/{agent}"
@@ -406,6 +408,28 @@ class AgentHub(NotifyingMixin):
             self._store.coordinated(memory_id, 0, ops,
                                     lambda: self.mem.delete(memory_id, namespace=self.shared_namespace))
         self.deliver(others)
+
+    def _synced_conflicts(self, conflicts: list[Conflict]) -> None:
+        """A sync resolved conflicts (tiered_memory.sync): the agents with access to a conflicted
+        shared memory are notified ("conflict": the version they knew may have been replaced by
+        another store's). Committed after the sync's batch, in a transaction of its own."""
+        if self.mem.read_only:
+            return
+        told: list[str] = []
+        for conflict in conflicts:
+            if conflict.namespace != self.shared_namespace:
+                continue
+            with self._lock:
+                agents = [name for name in self.state.grants.get(conflict.memory_id, {})
+                          if name in self.state.agents and self.access(name, conflict.memory_id)]
+                if not agents:
+                    continue
+                self._store.commit(self._notify_ops(agents, conflict.memory_id, "conflict",
+                                                    self._store.engine_version(conflict.memory_id), None,
+                                                    self.mem.clock()))
+            told += agents
+        if told:
+            self.deliver(list(dict.fromkeys(told)))
 
     def _history_op(self, memory_id: str, version: int, text: str, metadata: dict[str, Any], kind: str,
                     importance: float, by: str | None, at: float, sensitive: bool) -> Op:

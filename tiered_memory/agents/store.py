@@ -64,7 +64,8 @@ def memory_bytes(text: str, metadata: Mapping[str, Any] | None) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Notification:
-    """A change to a shared memory an agent can see: event is shared, updated, revoked or deleted."""
+    """A change to a shared memory an agent can see: event is shared, updated, revoked, deleted, or
+    conflict (a sync replaced the version this store had with another store's, or kept it)."""
 
     seq: int
     memory_id: str

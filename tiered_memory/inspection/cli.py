@@ -23,6 +23,7 @@ import base64
 import json
 import math
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
@@ -151,6 +152,17 @@ def add_inspect_parsers(commands: Any) -> None:
               "Build the store an export describes in STORE, a new or empty directory; it is built beside it, "
               "verified, and moved into place only once complete.")
     imp.add_argument("file", metavar="FILE", help="the export to read (- for standard input)")
+
+    sync = add("sync", _sync, "exchange changes with another store (a directory or a PostgreSQL DSN)",
+               "Push STORE's changes since the last sync with REMOTE and pull REMOTE's (TieredMemory.sync): "
+               "per namespace, in batches that each commit with the receiver's cursor, so an interrupted sync "
+               "resumes. Conflicts (both changed a memory) end the same on both sides, the newest change "
+               "winning; the other version is kept in the memory's sync history. Sealed memories need the key "
+               "(--key-file/--key-env; it opens both stores) and travel sealed.")
+    sync.add_argument("remote", metavar="REMOTE", help="another store directory (created if new) or postgresql://...")
+    sync.add_argument("-n", "--namespace", action="append",
+                      help="sync only this namespace (repeat the flag; default: every namespace)")
+    sync.add_argument("--batch-size", type=_at_least(1), default=1_000, help="memories per batch (default 1000)")
 
     add("verify", _verify, "check a store's invariants and report damage (changes nothing)",
         "Check every catalog row against its record, code and original, namespace counts, the dedup index, "
@@ -584,6 +596,33 @@ def _import(args: argparse.Namespace) -> int:
               f"{f' ({summary.sealed:,} kept sealed)' if summary.sealed else ''}, {summary.extra:,} hub records and "
               f"{summary.files:,} graph files into {args.store} (verified)")
     return EXIT_OK
+
+
+def _sync(args: argparse.Namespace) -> int:
+    from tiered_memory.engine import TieredMemory
+
+    path = _store(args)
+    key = _key(args)
+    with TieredMemory(path, encoder=None, encryption_key=key) as mem:
+        report = mem.sync(args.remote, namespaces=args.namespace, batch_size=args.batch_size, encryption_key=key)
+    if args.json:
+        _print_json({"store": args.store, "remote": _shown_remote(args.remote), **report.as_dict()})
+    elif not args.quiet:
+        print(f"synced {args.store} with {_shown_remote(args.remote)} in {report.seconds:.2f} s: pushed "
+              f"{report.pushed:,}, pulled {report.pulled:,}, {len(report.conflicts):,} conflicts, "
+              f"{report.bytes_sent + report.bytes_received:,} bytes, namespaces: "
+              f"{', '.join(report.namespaces) or 'none'}")
+        for conflict in report.conflicts:
+            print(f"  conflict: {conflict.namespace}/{conflict.memory_id}: the {conflict.winner} version won"
+                  f"{' (a delete)' if conflict.winner_deleted else ''}")
+        for memory_id in report.refused:
+            print(f"  refused: {memory_id} (the receiving store holds that id in another namespace)")
+    return EXIT_OK
+
+
+def _shown_remote(remote: str) -> str:
+    """A DSN without its password, for output."""
+    return re.sub(r"(://[^:/@]*):[^@]*@", r"\1:***@", remote)
 
 
 def _verify(args: argparse.Namespace) -> int:

@@ -63,6 +63,10 @@ FORMAT_VERSION = 1
 HEADER_ENTRIES = ("store_schema", "schema_version", "dimension", "encoder", "quantizer", "created_at")
 # The store's count of committed writes: the copy counts its own.
 NOT_COPIED = ("generation",)
+# Sync state (tiered_memory.sync): the store's id, change numbers, cursors and conflict history. The
+# copy is a new replica: its first sync stamps its memories anew (change stamps are not exported).
+SYNC_META = ("store_id", "sync_backfilled")
+SYNC_PREFIX = "sync/"
 BATCH = 1_000  # memories (or hub records) per import transaction
 FILE_CHUNK = 4 << 20  # bytes of a graph file per line
 _GRAPH_FILE = re.compile(r"warm/[0-9a-f]{20}\.(hnsw|meta)")
@@ -132,7 +136,7 @@ def export_store(snapshot: StoreSnapshot, out: TextIO, *, decrypt: bool = False,
     if decrypt and not snapshot.has_key:
         raise InvalidInputError("decrypt=True opens sealed memories: give the store's encryption key")
     meta = snapshot.meta()
-    for name in NOT_COPIED:
+    for name in [*NOT_COPIED, *SYNC_META, *(name for name in meta if name.startswith(SYNC_PREFIX))]:
         meta.pop(name, None)
     namespaces = snapshot.namespaces()
     header: dict[str, Any] = {
@@ -161,6 +165,8 @@ def export_store(snapshot: StoreSnapshot, out: TextIO, *, decrypt: bool = False,
                                "the store is damaged; run `tiered-memory verify` on it")
         summary.memories += held
     for key, value in snapshot.extra_items():
+        if key.startswith(SYNC_PREFIX.encode()):
+            continue
         out.write(_dump({"type": "extra", "key": _key_json(key), "value": b64(value)}))
         summary.extra += 1
     for namespace in namespaces:

@@ -220,7 +220,7 @@ class ExpiryMixin:
 
     def _stored_expiry(self: TieredMemory, record: Memory) -> float:
         """The expiry of a memory read from cold (NEVER if none): the catalog's when it is
-        loaded, else its row's, read only when the namespace's bound says it may have passed."""
+        loaded, else its row's, read only in a namespace that has held a memory that expires."""
         catalog = self.catalog
         slot = catalog.slot_of.get(record.id)
         if slot is not None and catalog.namespaces.codes.get(record.namespace) == catalog.ns[slot]:
@@ -228,7 +228,7 @@ class ExpiryMixin:
         if not self._bounds():  # no memory of the store expires
             return NEVER
         ns = self.cold.namespace_id(record.namespace)
-        if ns is None or self._bounds().get(ns, NEVER) > self.clock():
+        if ns is None or ns not in self._bounds():
             return NEVER
         return self.cold.row_expires_at(ns, record.id)
 

@@ -808,6 +808,10 @@ class TierManagerMixin:
                 return
         elif total < self.config.calibration_size:
             return
+        # The sample is what is loaded plus the batch (namespaces load lazily): too few to fit on
+        # (a batch synced into an unloaded namespace) waits for a later write.
+        if len(self.catalog.slots()) + len(incoming) < max(2, self.config.calibration_size // 2):
+            return
         self._recalibrate(incoming)
 
     def _recalibrate_if_drifted(self) -> bool:

@@ -19,6 +19,9 @@ read per database, never a scan of the archive.
 - ``meta``: store-level state (dimension, quantizer, key check, per-namespace topic models keyed
   by ns id, ``expiry/<ns id>``: a lower bound on the namespace's expiries); ``extra``: features'
   records (agent hubs).
+- ``stamps``: ns id + memory id -> the memory's change stamp (tombstones too, see
+  :mod:`tiered_memory.sync`); ``changes``: ns id + change number -> memory id, each namespace's
+  change log in commit order (its last number in ``meta`` under ``sync/seq/`` + ns id).
 
 Stores of schema 2 (codes keyed by memory id, no rows) are migrated once, in one transaction,
 by the first read-write open.
@@ -45,13 +48,18 @@ from tiered_memory.quantization import Quantizer, make_quantizer, quantizer_from
 from tiered_memory.records import TIERS_BY_CODE, Memory, unpack_record
 from tiered_memory.tiers.cold_ops import (
     EXPIRY_PREFIX,
+    SEQ,
+    STAMPS,
     ColdOps,
     NamespaceRows,
     Op,
+    StoredStamp,
+    StoredVersion,
     expiry_bound_of,
     memory_row,
     ns_prefix,
     row_key,
+    stamped,
     text_key,
 )
 
@@ -68,6 +76,21 @@ log = logging.getLogger(__name__)
 
 STORE_SCHEMA = 3
 _DATABASES = ("records", "codes", "originals", "meta", "extra", "rows", "nscodes", "namespaces", "texts")
+# Change stamps (offline sync): ``stamps`` ns id + memory id -> StoredStamp; ``changes`` ns id +
+# 8-byte sequence number -> memory id, the per-namespace log in commit order. Added after the
+# databases above: a store written before them gets them at its next read-write open, and a
+# read-only opener of such a store reads them as empty.
+_SYNC_DATABASES = ("stamps", "changes")
+_SEQ_PREFIX = b"sync/seq/"  # + ns id (4 bytes): meta keys of each namespace's last change number
+
+
+def _ceiling(config: MemoryConfig, deleting: bool) -> int:
+    """The most the map may grow to. A write that deletes memories may go a reserve past
+    max_map_size_bytes: a delete writes a tombstone (sync) and copies the pages it changes before
+    the old ones are free, so a store filled to its ceiling could otherwise never be emptied.
+    Readers map the ceiling with the reserve (a map larger than theirs fails their reads)."""
+    maximum = config.max_map_size_bytes
+    return maximum + max(1 << 20, maximum // 64) if deleting else maximum
 
 
 class ColdTier(ColdOps, ColdStore):
@@ -91,9 +114,9 @@ class ColdTier(ColdOps, ColdStore):
                 str(path),
                 # A reader maps the most the writer may ever grow to (address space, not memory):
                 # once the writer's map outgrows a reader's, every read fails with MDB_MAP_RESIZED.
-                map_size=config.max_map_size_bytes if read_only else config.map_size_bytes,
+                map_size=_ceiling(config, deleting=True) if read_only else config.map_size_bytes,
                 subdir=True,
-                max_dbs=len(_DATABASES),
+                max_dbs=len(_DATABASES) + len(_SYNC_DATABASES),
                 max_readers=config.max_readers,
                 sync=durable,
                 metasync=durable,
@@ -119,6 +142,11 @@ class ColdTier(ColdOps, ColdStore):
         except lmdb.Error as err:
             raise StorageError(f"the cold tier at {path} lacks its databases ({err}); was it created by "
                                "tiered_memory?") from err
+        for name in _SYNC_DATABASES:
+            try:
+                self.dbs[name] = self.env.open_db(name.encode(), create=not read_only)
+            except lmdb.NotFoundError:  # read-only, and no change was ever stamped: read as empty
+                self.dbs[name] = None
         self.originals_dtype = {"none": None, "float16": np.float16, "float32": np.float32}[config.keep_originals]
         self.quantizer: Quantizer = make_quantizer("int8", 1)
         self.sealer: Sealer | None = None  # set by the engine when the store has an encryption key
@@ -180,6 +208,8 @@ class ColdTier(ColdOps, ColdStore):
                     for db, key, value in ops:
                         if db == "nscount":
                             self._count_in(txn, key, int.from_bytes(value or b"", "big", signed=True))
+                        elif db == STAMPS:
+                            self._stamp_in(txn, key, value)
                         elif value is None:
                             txn.delete(key, db=self.dbs[db])
                         else:
@@ -191,7 +221,7 @@ class ColdTier(ColdOps, ColdStore):
             except lmdb.MapFullError:
                 if not grow:
                     raise
-                self._grow()
+                self._grow(deleting=any(db == "records" and value is None for db, _, value in ops))
             except lmdb.Error as err:
                 raise StorageError(
                     f"writing to the cold tier at {self.path} failed ({err}); nothing of this call was "
@@ -206,6 +236,79 @@ class ColdTier(ColdOps, ColdStore):
             raise StorageError(f"namespace id {ns_key.hex()} is not in the store: the store is damaged")
         name, count, generation = msgpack.unpackb(data, raw=False)
         txn.put(b"i" + ns_key, msgpack.packb([name, count + delta, generation + 1], use_bin_type=True), db=db)
+
+    def _stamp_in(self, txn: lmdb.Transaction, key: bytes, value: bytes | None) -> None:
+        """Inside a write: a memory's new stamp row under the namespace's next change number (the
+        old row's log entry removed), or the row dropped (value None)."""
+        stamps, changes, meta = self.dbs["stamps"], self.dbs["changes"], self.dbs["meta"]
+        ns_key = key[:4]
+        old = txn.get(key, db=stamps)
+        previous = None if old is None else StoredStamp.unpack(old, key[4:].decode("utf-8", "replace"))
+        if previous is not None:
+            txn.delete(ns_key + SEQ.pack(previous.seq), db=changes)
+        if value is None:
+            txn.delete(key, db=stamps)
+            return
+        last = txn.get(_SEQ_PREFIX + ns_key, db=meta)
+        seq = (0 if last is None else msgpack.unpackb(last)) + 1
+        txn.put(_SEQ_PREFIX + ns_key, msgpack.packb(seq), db=meta)
+        txn.put(key, stamped(previous, value, seq).pack(), db=stamps)
+        txn.put(ns_key + SEQ.pack(seq), key[4:], db=changes)
+
+    # -- change stamps (offline sync) ----------------------------------------------------------
+
+    def change_seqs(self) -> dict[int, int]:
+        """ns id -> the number of its latest change, for every namespace that has one."""
+        out: dict[int, int] = {}
+        with self._begin(db=self.dbs["meta"]) as txn:
+            cursor = txn.cursor()
+            if cursor.set_range(_SEQ_PREFIX):
+                for key, data in cursor:
+                    key = bytes(key)
+                    if not key.startswith(_SEQ_PREFIX):
+                        break
+                    out[_NS_ID.unpack(key[len(_SEQ_PREFIX):])[0]] = msgpack.unpackb(bytes(data))
+        return out
+
+    def changes_after(self, ns_id: int, after: int, limit: int) -> list[StoredVersion]:
+        """The namespace's memories changed after change number `after` (the latest change of
+        each, in change order, at most `limit`), with their stored bytes, from one snapshot."""
+        if self.dbs["changes"] is None:
+            return []
+        prefix = ns_prefix(ns_id)
+        with self._begin(buffers=True) as txn:
+            cursor = txn.cursor(db=self.dbs["changes"])
+            ids: list[str] = []
+            if cursor.set_range(prefix + SEQ.pack(after + 1)):
+                for key, value in cursor:
+                    if not bytes(key[:4]) == prefix or len(ids) >= limit:
+                        break
+                    ids.append(bytes(value).decode("utf-8"))
+            return self._versions_in(txn, ns_id, ids)
+
+    def stored_versions(self, ns_id: int, memory_ids: list[str]) -> list[StoredVersion]:
+        """These memories' stamp rows and stored bytes, from one snapshot."""
+        with self._begin(buffers=True) as txn:
+            return self._versions_in(txn, ns_id, memory_ids)
+
+    def _versions_in(self, txn: lmdb.Transaction, ns_id: int, memory_ids: list[str]) -> list[StoredVersion]:
+        out = []
+        dbs = self.dbs
+        for memory_id in memory_ids:
+            key, rkey = _key(memory_id), row_key(ns_id, memory_id)
+            stamp = None if dbs["stamps"] is None else txn.get(rkey, db=dbs["stamps"])
+
+            def value(db: str, key: bytes) -> bytes | None:
+                found = txn.get(key, db=dbs[db])
+                return None if found is None else bytes(found)
+
+            row = value("rows", rkey)
+            out.append(StoredVersion(
+                memory_id, None if stamp is None else StoredStamp.unpack(bytes(stamp), memory_id),
+                value("records", key) if row is not None else None, row,
+                value("nscodes", rkey) if row is not None else None,
+                value("originals", key) if row is not None else None))
+        return out
 
     # -- namespaces --------------------------------------------------------------------------
 
@@ -363,9 +466,9 @@ class ColdTier(ColdOps, ColdStore):
                     out[ns_id] = bound
         return out
 
-    def _grow(self) -> None:
+    def _grow(self, deleting: bool = False) -> None:
         # Called with the engine's write lock held, so no transaction of this process is open.
-        new_size = min(self.map_size * 2, self.config.max_map_size_bytes)
+        new_size = min(self.map_size * 2, _ceiling(self.config, deleting))
         if new_size <= self.map_size:
             raise StorageError(
                 f"the cold tier is full at max_map_size_bytes={self.config.max_map_size_bytes:,}; "

@@ -208,6 +208,12 @@ class ColdOps:
             raise EncryptionRequiredError(f"memory {memory_id!r} is sealed: open the store with its encryption_key")
         return self.sealer.open(stored, self._context(field, memory_id, bound_to))
 
+    def opened_vector(self, memory_id: str, field: str, stored: bytes, plain_size: int,
+                      bound_to: bytes | None = None) -> bytes:
+        """The plain bytes of a stored code (field "code", bound to its row key) or original
+        ("original"), opened with this store's key if sealed: what another store's sync reads."""
+        return self._plain_vector_bytes(memory_id, field, stored, plain_size, bound_to)
+
     def _original_vector(self, memory_id: str, stored: bytes) -> np.ndarray:
         """A stored float original (opened if sealed, its size checked) as a float32 row."""
         plain = self._plain_vector_bytes(memory_id, "original", stored, self._original_size)
@@ -248,3 +254,86 @@ class ColdOps:
         if self.sealer is not None:
             state = {"sealed": self.sealer.seal(msgpack.packb(state, use_bin_type=True), b"quantizer")}
         return self.meta_op("quantizer", state)
+
+
+# -- change stamps (offline sync, tiered_memory/sync) ------------------------------------------
+#
+# Every add, update and delete writes, in its own transaction, a stamp op for each memory it
+# changes: ("stamps", ns id + memory id, packed StampOp). The store keeps one stamp row per memory
+# (tombstones too: a delete leaves its stamp) and gives it the namespace's next change sequence
+# number inside the transaction, under the namespace's write serialisation (LMDB: one writer;
+# PostgreSQL: the namespace row lock), so a namespace's sequence numbers are in commit order and
+# "every change after n" is one indexed range read. A value of None drops the stamp row
+# (tombstones that every peer has seen).
+
+STAMPS = "stamps"
+STAMP_BYTES = 16  # hybrid logical clock: 6 bytes of milliseconds, 2 of counter, 8 of writer id
+ANCESTRY_MAX = 32  # stamps of earlier versions kept per memory: enough to tell descent from conflict
+SEQ = struct.Struct(">Q")
+
+
+class StoredStamp:
+    """A memory's stamp row: its change sequence number in this store, the hybrid-logical-clock
+    stamp of its current version, whether that version is a delete, the stamps of the versions it
+    descends from (newest first), and the store where the version was made (8 bytes)."""
+
+    __slots__ = ("seq", "stamp", "deleted", "ancestry", "origin")
+
+    def __init__(self, seq: int, stamp: bytes, deleted: bool, ancestry: list[bytes], origin: bytes) -> None:
+        self.seq, self.stamp, self.deleted, self.ancestry, self.origin = seq, stamp, deleted, ancestry, origin
+
+    def pack(self) -> bytes:
+        return msgpack.packb([self.seq, self.stamp, self.deleted, self.ancestry, self.origin], use_bin_type=True)
+
+    @classmethod
+    def unpack(cls, data: bytes, memory_id: str = "?") -> StoredStamp:
+        try:
+            seq, stamp, deleted, ancestry, origin = msgpack.unpackb(data, raw=False)
+            ok = (type(seq) is int and seq >= 0 and isinstance(stamp, bytes) and len(stamp) == STAMP_BYTES
+                  and isinstance(deleted, bool) and isinstance(ancestry, list)
+                  and all(isinstance(a, bytes) and len(a) == STAMP_BYTES for a in ancestry)
+                  and isinstance(origin, bytes))
+        except (ValueError, TypeError, msgpack.UnpackException):
+            ok = False
+        if not ok:
+            raise StorageError(f"the change stamp of memory {memory_id!r} is damaged; restore the store from a backup")
+        return cls(seq, stamp, deleted, ancestry, origin)
+
+    def __repr__(self) -> str:
+        return f"StoredStamp(seq={self.seq}, stamp={self.stamp.hex()}, deleted={self.deleted})"
+
+
+def stamp_op(ns_id: int, memory_id: str, stamp: bytes | None, deleted: bool = False,
+             ancestry: list[bytes] | None = None, origin: bytes = b"") -> Op:
+    """A stamp op. ancestry None: a local change, descending from whatever version the store holds
+    (the store derives the ancestry in the transaction); a list: a version received from another
+    store, with its own ancestry. stamp None: drop the memory's stamp row."""
+    key = row_key(ns_id, memory_id)
+    if stamp is None:
+        return (STAMPS, key, None)
+    return (STAMPS, key, msgpack.packb([stamp, deleted, ancestry, origin], use_bin_type=True))
+
+
+def stamped(previous: StoredStamp | None, value: bytes, seq: int) -> StoredStamp:
+    """The stamp row a stamp op leaves, given the row before it and its new sequence number."""
+    stamp, deleted, ancestry, origin = msgpack.unpackb(value, raw=False)
+    if ancestry is None:
+        ancestry = [] if previous is None else ([previous.stamp] + previous.ancestry)[:ANCESTRY_MAX]
+    return StoredStamp(seq, stamp, deleted, ancestry, origin)
+
+
+class StoredVersion:
+    """A memory as one store holds it, for sending to another: its stamp row and the stored bytes
+    of its record, catalog row, code and original (None where absent: a tombstone has only the
+    stamp, an expired-and-swept memory only an old stamp). Sealed values stay sealed."""
+
+    __slots__ = ("memory_id", "stamp", "record", "row", "code", "original")
+
+    def __init__(self, memory_id: str, stamp: StoredStamp | None, record: bytes | None, row: bytes | None,
+                 code: bytes | None, original: bytes | None) -> None:
+        self.memory_id, self.stamp, self.record = memory_id, stamp, record
+        self.row, self.code, self.original = row, code, original
+
+    @property
+    def live(self) -> bool:
+        return self.record is not None and self.row is not None and self.code is not None

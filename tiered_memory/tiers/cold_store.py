@@ -10,7 +10,9 @@ Keys and values are the LMDB layout (store schema 3, :mod:`tiered_memory.tiers.c
 of ``(database, key, value)`` op tuples, most built by the store's own builders (shared in
 :class:`~tiered_memory.tiers.cold_ops.ColdOps`), a few by the engine (``texts`` dedup keys, ``rows``,
 ``extra`` records). Databases: ``records``, ``rows``, ``nscodes``, ``originals``, ``texts``,
-``meta``, ``extra``, and the pseudo-database ``nscount`` of :meth:`ColdStore.count_op`.
+``meta``, ``extra``, and the pseudo-databases ``nscount`` of :meth:`ColdStore.count_op` and
+``stamps`` of :func:`~tiered_memory.tiers.cold_ops.stamp_op` (change stamps for offline sync: the
+store numbers each stamp with its namespace's next change number inside the write).
 
 Common rules:
 
@@ -36,7 +38,7 @@ if TYPE_CHECKING:
     from tiered_memory.crypto import Sealer
     from tiered_memory.quantization import Quantizer
     from tiered_memory.records import Memory
-    from tiered_memory.tiers.cold_ops import NamespaceRows, Op
+    from tiered_memory.tiers.cold_ops import NamespaceRows, Op, StoredVersion
 
 
 @runtime_checkable
@@ -157,6 +159,23 @@ class ColdStore(Protocol):
 
     def find_texts(self, keys: list[bytes | None]) -> list[str | None]:
         """The memory id each dedup key (text_key: ns id + digest) names; None for no key or no match."""
+        ...
+
+    # -- change stamps (offline sync, tiered_memory/sync) -------------------------------------
+
+    def change_seqs(self) -> dict[int, int]:
+        """ns id -> the number of its latest change (stamp op), for every namespace that has one.
+        Numbers are per namespace, in commit order (writers of a namespace serialise), from 1."""
+        ...
+
+    def changes_after(self, ns_id: int, after: int, limit: int) -> list[StoredVersion]:
+        """The memories of a namespace whose latest change is numbered after `after`, in change
+        order, at most `limit`: stamp rows and stored bytes (sealed stay sealed), one snapshot."""
+        ...
+
+    def stored_versions(self, ns_id: int, memory_ids: list[str]) -> list[StoredVersion]:
+        """Stamp rows and stored bytes of these memories (in order; stamp None: never stamped),
+        from one snapshot."""
         ...
 
     # -- expiry (tiered_memory/tiering/expiry.py) ------------------------------------------------------

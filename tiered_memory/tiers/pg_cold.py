@@ -21,6 +21,9 @@ the schema given by ``schema=`` or the connection's ``search_path``:
 - ``tm_namespaces``: ``ns_id -> name, count, generation, version`` (generation: the LMDB meaning,
   what saved warm graphs are stamped with; version: moved by every write that touches the namespace).
 - ``tm_meta``, ``tm_extra``: store-level ``key -> value`` (dimension, quantizer, key check; agent hubs).
+- ``tm_stamps``: ``(ns_id, memory_id) -> seq, value``, each memory's change stamp for offline sync
+  (tombstones too), numbered by ``tm_namespaces.change_seq`` under the namespace's row lock, so a
+  namespace's change numbers are in commit order (index ``(ns_id, seq)``).
 
 ``ns_id`` is the tenant key: it is the first column of every per-namespace table's primary key and
 the Citus distribution column (``tm_namespaces``, ``tm_meta`` and ``tm_extra`` would be reference
@@ -90,11 +93,15 @@ from tiered_memory.tiers.cold import STORE_SCHEMA
 from tiered_memory.tiers.cold_ops import (
     EXPIRY_PREFIX,
     NS_ID,
+    STAMPS,
     ColdOps,
     NamespaceRows,
     Op,
+    StoredStamp,
+    StoredVersion,
     expiry_bound_of,
     row_key,
+    stamped,
     unpack_row,
 )
 from tiered_memory.tiers.cold_store import ColdStore
@@ -143,13 +150,26 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         "ALTER TABLE tm_namespaces ADD COLUMN version bigint NOT NULL DEFAULT 0",
         "ALTER TABLE tm_rows ADD COLUMN version integer NOT NULL DEFAULT 1",
     ]),
+    # Change stamps (offline sync): one row per memory (tombstones too), numbered per namespace in
+    # commit order by change_seq, moved under the namespace's row lock.
+    (3, [
+        "ALTER TABLE tm_namespaces ADD COLUMN change_seq bigint NOT NULL DEFAULT 0",
+        """CREATE TABLE tm_stamps (
+               ns_id integer NOT NULL,
+               memory_id text COLLATE "C" NOT NULL,
+               seq bigint NOT NULL,
+               value bytea NOT NULL,
+               PRIMARY KEY (ns_id, memory_id))""",
+        "CREATE INDEX tm_stamps_by_seq ON tm_stamps (ns_id, seq)",
+    ]),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 # LMDB database of an op -> table; the tables keyed by (ns_id, memory_id).
 _BY_MEMORY = {"records": "tm_records", "rows": "tm_rows", "nscodes": "tm_codes", "originals": "tm_originals"}
 _BY_KEY = {"meta": "tm_meta", "extra": "tm_extra"}
-_TABLES = ("tm_records", "tm_rows", "tm_codes", "tm_originals", "tm_texts", "tm_namespaces", "tm_meta", "tm_extra",
+_TABLES = ("tm_records", "tm_rows", "tm_codes", "tm_originals", "tm_texts", "tm_stamps", "tm_namespaces", "tm_meta",
+           "tm_extra",
            "tm_schema_version")
 _RETRIED = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected, psycopg.OperationalError, PoolTimeout)
 _QUANTIZER_KEY = b"quantizer"
@@ -408,10 +428,11 @@ class PostgresColdStore(ColdOps, ColdStore):
         by_table: dict[str, list[tuple[bool, list[Op]]]] = {}
         counts: dict[int, int] = {}  # count ops per namespace, and whether any adds memories
         adding: set[int] = set()
+        stamps: list[Op] = []
         touched = set(namespace_of.values())
         for op in ops:
             db, key, value = op
-            if db not in _BY_MEMORY and db not in _BY_KEY and db not in ("texts", "nscount"):
+            if db not in _BY_MEMORY and db not in _BY_KEY and db not in ("texts", "nscount", STAMPS):
                 raise StorageError(f"an op for database {db!r}, which a PostgreSQL cold store does not have: "
                                    "nothing of this call was stored")
             if db == "nscount":
@@ -420,8 +441,11 @@ class PostgresColdStore(ColdOps, ColdStore):
                 if int.from_bytes(value or b"", "big", signed=True) > 0:
                     adding.add(ns)
                 continue
-            if db == "texts":
+            if db in ("texts", STAMPS):
                 touched.add(NS_ID.unpack(key[:4])[0])
+            if db == STAMPS:
+                stamps.append(op)
+                continue
             runs = by_table.setdefault(db, [])
             if runs and runs[-1][0] == (value is None):
                 runs[-1][1].append(op)
@@ -437,6 +461,8 @@ class PostgresColdStore(ColdOps, ColdStore):
                     self._apply_texts_run(conn, deleting, run)
                 else:
                     self._apply_key_run(conn, _BY_KEY[db], deleting, run)
+        if stamps:
+            self._apply_stamps(conn, stamps)
         changed = [(ns, delta) for ns, delta in counted.items() if delta]
         if changed:
             conn.execute("UPDATE tm_namespaces AS n SET count = n.count + d.delta "
@@ -549,6 +575,45 @@ class PostgresColdStore(ColdOps, ColdStore):
                 "FROM unnest(%s::integer[], %s::text[], %s::bytea[], %s::integer[]) AS n(ns_id, memory_id, value, "
                 "version) WHERE r.ns_id = n.ns_id AND r.memory_id = n.memory_id AND r.version <= n.version",
                 columns(updates))
+
+    @staticmethod
+    def _apply_stamps(conn: psycopg.Connection, ops: list[Op]) -> None:
+        """Stamp ops (cold_ops.stamp_op), in order: each put numbered with its namespace's next
+        change_seq (the namespace row is locked by this transaction), its ancestry derived from the
+        row it replaces; a None value drops the row."""
+        by_ns: dict[int, list[tuple[str, bytes | None]]] = {}
+        for _, key, value in ops:
+            by_ns.setdefault(NS_ID.unpack(key[:4])[0], []).append((key[4:].decode("utf-8"), value))
+        for ns, items in sorted(by_ns.items()):
+            puts = sum(value is not None for _, value in items)
+            seq = 0
+            if puts:
+                found = conn.execute("UPDATE tm_namespaces SET change_seq = change_seq + %s WHERE ns_id = %s "
+                                     "RETURNING change_seq", (puts, ns)).fetchone()
+                if found is None:
+                    raise StorageError(f"namespace id {ns} is not in the store: nothing of this call was stored")
+                seq = found[0] - puts
+            ids = sorted({memory_id for memory_id, _ in items})
+            current: dict[str, StoredStamp | None] = {
+                memory_id: StoredStamp.unpack(bytes(value), memory_id) for memory_id, value in conn.execute(
+                    "SELECT memory_id, value FROM tm_stamps WHERE ns_id = %s AND memory_id = ANY(%s::text[])",
+                    (ns, ids)).fetchall()}
+            changed: dict[str, StoredStamp | None] = {}
+            for memory_id, value in items:
+                if value is None:
+                    current[memory_id] = changed[memory_id] = None
+                else:
+                    seq += 1
+                    current[memory_id] = changed[memory_id] = stamped(current.get(memory_id), value, seq)
+            dropped = [memory_id for memory_id, stamp in changed.items() if stamp is None]
+            kept = [(memory_id, stamp) for memory_id, stamp in changed.items() if stamp is not None]
+            if dropped:
+                conn.execute("DELETE FROM tm_stamps WHERE ns_id = %s AND memory_id = ANY(%s::text[])", (ns, dropped))
+            if kept:
+                conn.execute("INSERT INTO tm_stamps (ns_id, memory_id, seq, value) "
+                             "SELECT %s, * FROM unnest(%s::text[], %s::bigint[], %s::bytea[]) "
+                             "ON CONFLICT (ns_id, memory_id) DO UPDATE SET seq = EXCLUDED.seq, value = EXCLUDED.value",
+                             (ns, [m for m, _ in kept], [st.seq for _, st in kept], [st.pack() for _, st in kept]))
 
     @staticmethod
     def _apply_texts_run(conn: psycopg.Connection, deleting: bool, run: list[Op]) -> None:
@@ -706,6 +771,42 @@ class PostgresColdStore(ColdOps, ColdStore):
         with self._connection() as conn:
             return [(name, count) for name, count in
                     conn.execute("SELECT name, count FROM tm_namespaces ORDER BY ns_id").fetchall()]
+
+    # -- change stamps (offline sync) ----------------------------------------------------------
+
+    _VERSIONS = ("SELECT {id}, s.value, rec.value, r.value, c.value, o.value FROM {source} "
+                 "LEFT JOIN tm_rows r ON r.ns_id = {ns} AND r.memory_id = {id} "
+                 "LEFT JOIN tm_records rec ON rec.ns_id = r.ns_id AND rec.memory_id = r.memory_id "
+                 "LEFT JOIN tm_codes c ON c.ns_id = r.ns_id AND c.memory_id = r.memory_id "
+                 "LEFT JOIN tm_originals o ON o.ns_id = r.ns_id AND o.memory_id = r.memory_id ")
+
+    def change_seqs(self) -> dict[int, int]:
+        with self._connection() as conn:
+            return dict(conn.execute("SELECT ns_id, change_seq FROM tm_namespaces WHERE change_seq > 0").fetchall())
+
+    def changes_after(self, ns_id: int, after: int, limit: int) -> list[StoredVersion]:
+        # One statement, one snapshot: the stamps and the bytes they describe agree.
+        query = self._VERSIONS.format(id="s.memory_id", ns="s.ns_id", source="tm_stamps s") + \
+            "WHERE s.ns_id = %s AND s.seq > %s ORDER BY s.seq LIMIT %s"
+        with self._connection() as conn:
+            return self._versions(conn.execute(query, (ns_id, after, limit)).fetchall())
+
+    def stored_versions(self, ns_id: int, memory_ids: list[str]) -> list[StoredVersion]:
+        query = self._VERSIONS.format(
+            id="q.memory_id", ns="%(ns)s",
+            source="unnest(%(ids)s::text[]) WITH ORDINALITY AS q(memory_id, i) "
+                   "LEFT JOIN tm_stamps s ON s.ns_id = %(ns)s AND s.memory_id = q.memory_id") + "ORDER BY q.i"
+        with self._connection() as conn:
+            return self._versions(conn.execute(query, {"ns": ns_id, "ids": list(memory_ids)}).fetchall())
+
+    @staticmethod
+    def _versions(found: list[tuple[Any, ...]]) -> list[StoredVersion]:
+        def raw(value: Any) -> bytes | None:
+            return None if value is None else bytes(value)
+
+        return [StoredVersion(memory_id, None if stamp is None else StoredStamp.unpack(bytes(stamp), memory_id),
+                              raw(record), raw(row), raw(code), raw(original))
+                for memory_id, stamp, record, row, code, original in found]
 
     def namespace_ids(self, ns_id: int) -> list[str]:
         with self._connection() as conn:
