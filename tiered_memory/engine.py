@@ -49,6 +49,7 @@ from tiered_memory.extra import ExtraStore
 from tiered_memory.locks import RWLock
 from tiered_memory.namespaces.catalog import COLD, WARM, Catalog
 from tiered_memory.namespaces.registry import NamespaceRegistry
+from tiered_memory.parts import StoreParts, Traffic
 from tiered_memory.records import (
     SCHEMA_VERSION,
     Hit,
@@ -66,7 +67,17 @@ from tiered_memory.records import (
 from tiered_memory.search.filters import compile_where
 from tiered_memory.search.lexical_tier import Doc, LexicalTier
 from tiered_memory.search.searcher import Lookup, SearchMixin
-from tiered_memory.tiering.expiry import NEVER, UNCHANGED, ExpiryMixin, changed_expiry, expired_error, new_expiries
+from tiered_memory.tiering.expiry import (
+    NEVER,
+    UNCHANGED,
+    Expiry,
+    changed_expiry,
+    check_ttl,
+    expired_error,
+    new_expiries,
+    per_memory,
+    row_bytes,
+)
 from tiered_memory.tiering.manager import MaintenanceReport, TierManagerMixin
 from tiered_memory.tiering.promoter import Promoter
 from tiered_memory.tiering.topics import TopicModel
@@ -128,7 +139,7 @@ class StoreStats:
         return asdict(self)
 
 
-class TieredMemory(SearchMixin, TierManagerMixin, ExpiryMixin):
+class TieredMemory(SearchMixin, TierManagerMixin):
     """An agent's memory: hot LRU, warm hnswlib over int8 codes, cold LMDB; one directory.
 
     >>> with TieredMemory("./agent_memory") as mem:            # doctest: +SKIP
@@ -276,7 +287,8 @@ class TieredMemory(SearchMixin, TierManagerMixin, ExpiryMixin):
                     self.path, STORE_SCHEMA, moved, time.perf_counter() - started)
 
     def _open(self) -> None:
-        """Set up empty RAM state: nothing per memory is read here (namespaces load on use)."""
+        """Set up empty RAM state and the parts that share it: nothing per memory is read here
+        (namespaces load on use)."""
         config = self.config
         self.catalog = Catalog(self.dimension)
         self.registry = NamespaceRegistry(config.warm_budget_bytes, config.half_life_s, self.clock)
@@ -301,10 +313,9 @@ class TieredMemory(SearchMixin, TierManagerMixin, ExpiryMixin):
         self.lexical = LexicalTier(self._lexical_docs)
         self.cold_parts = ColdParts(self.path / "coldindex")
         self._cold_build_lock = threading.Lock()  # one on-disk index build at a time
-        self._hits = {"hot": 0, "warm": 0, "cold": 0}
-        self._misses = {"hot": 0, "warm": 0, "cold": 0}
-        self._promotions = {"cold->warm": 0, "warm->hot": 0}
-        self._demotions = {"hot->warm": 0, "warm->cold": 0}
+        self._traffic = Traffic()
+        self._hits, self._misses = self._traffic.hits, self._traffic.misses
+        self._promotions, self._demotions = self._traffic.promotions, self._traffic.demotions
         self._ops = 0
         self._last_maintain = self.clock()
         self._maintenance_due = False
@@ -314,7 +325,13 @@ class TieredMemory(SearchMixin, TierManagerMixin, ExpiryMixin):
         self._has_sealed = bool(self.cold.meta_get("has_sealed", False))
         self._topics_dirty: set[str] = set()  # namespaces whose topic model changed since it was written
         self._attachments: dict[str, Any] = {}  # features' per-store objects: see attachment()
-        self._load_expiry_bounds()
+        self._parts = StoreParts(
+            path=self.path, config=config, clock=self.clock, read_only=self.read_only, dimension=self.dimension,
+            cold=self.cold, shared_cold=self._shared_cold, sealer=self._sealer,
+            sealed_namespaces=self._sealed_namespaces, catalog=self.catalog, registry=self.registry, hot=self.hot,
+            warm=self.warm, lexical=self.lexical, cold_parts=self.cold_parts, rw=self._rw, mutex=self._mutex,
+            traffic=self._traffic, topics=self.topics, topics_dirty=self._topics_dirty)
+        self._expiry = Expiry(self._parts)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -519,7 +536,7 @@ class TieredMemory(SearchMixin, TierManagerMixin, ExpiryMixin):
                         "before writing to it (or add its memories with sensitive=True)")
             sealed = sorted(self._sealed_namespaces | {namespace})
             self.cold.write([self.cold.meta_op("sealed_namespaces", sealed)])
-            self._sealed_namespaces = set(sealed)
+            self._sealed_namespaces.add(namespace)  # in place: the parts share this set
 
     def encode_query(self, text: str) -> np.ndarray:
         """The query embedding of a text, from the query cache or freshly encoded (and cached).
@@ -559,8 +576,8 @@ class TieredMemory(SearchMixin, TierManagerMixin, ExpiryMixin):
             memories, vectors, text_keys = self._without_duplicates(ns, memories, vectors, answer, raised)
             if not memories:
                 if raised:
-                    self.cold.write(self._expiry_ops(raised))
-                    self._set_expiries(raised)
+                    self.cold.write(self._expiry.expiry_ops(raised))
+                    self._expiry.set_expiries(raised)
                 return answer
         else:
             # Still indexed (the latest memory of a text wins), so a later deduplicating add finds
@@ -579,14 +596,14 @@ class TieredMemory(SearchMixin, TierManagerMixin, ExpiryMixin):
             not self._has_sealed else []
         dedup_ops = [("texts", key, memory.id.encode("utf-8")) for key, memory in zip(text_keys, memories)
                      if key is not None]
-        bound_ops, bound = self._lowered_bound_ops(ns, [memory.expires_at for memory in memories])
+        bound_ops, bound = self._expiry.lowered_bound_ops(ns, [memory.expires_at for memory in memories])
         self.cold.write([*self.cold.memory_ops(ns, memories, codes, vectors), *dedup_ops, *sealing, *bound_ops,
-                         *self._expiry_ops(raised)])
+                         *self._expiry.expiry_ops(raised)])
         if sealing:
             self._key_checked = self._has_sealed = True
         if bound_ops:
-            self._expiry_bounds[ns] = bound
-        self._set_expiries(raised)
+            self._expiry.set_bound(ns, bound)
+        self._expiry.set_expiries(raised)
         # Durable from here on; what follows only updates in-RAM structures.
         self._clipped += quantizer.clip_rate(vectors) * vectors.size
         self._coded += vectors.size
@@ -723,7 +740,7 @@ class TieredMemory(SearchMixin, TierManagerMixin, ExpiryMixin):
                         self._misses[tier] += 1
                 where = "" if namespace is None else f" in namespace {namespace!r}"
                 raise MemoryNotFoundError(f"no memory with id {memory_id!r}{where}")
-            self._check_unexpired(slot)
+            self._expiry.check_unexpired(slot)
             with self._mutex:
                 self._serve(slot)
                 memory = self.catalog.memory(slot, content)
@@ -857,7 +874,7 @@ class TieredMemory(SearchMixin, TierManagerMixin, ExpiryMixin):
         with self._rw.write:
             self._check_writable()
             slot = self._slot(memory_id, namespace)
-            self._check_unexpired(slot)
+            self._expiry.check_unexpired(slot)
             catalog = self.catalog
             ns = catalog.ns[slot]
             entry = self.hot.peek(memory_id)
@@ -891,11 +908,11 @@ class TieredMemory(SearchMixin, TierManagerMixin, ExpiryMixin):
                 ops.append(self.cold.count_op(ns, 0))  # the namespace's vectors changed: saved graphs are stale
             with self._mutex:
                 changed = changed._replace(tier=catalog.tier_of(slot))
-            ops += self.cold.row_ops(ns, [memory_id], [self._row_bytes(slot, changed)])
-            bound_ops, bound = self._lowered_bound_ops(ns, [changed.expires_at])
+            ops += self.cold.row_ops(ns, [memory_id], [row_bytes(catalog, slot, changed)])
+            bound_ops, bound = self._expiry.lowered_bound_ops(ns, [changed.expires_at])
             self.cold.write(ops + bound_ops)
             if bound_ops:
-                self._expiry_bounds[ns] = bound
+                self._expiry.set_bound(ns, bound)
             with self._mutex:
                 if new_expiry is not UNCHANGED:
                     catalog.set_expiry(slot, NEVER if new_expiry is None else new_expiry)
@@ -937,13 +954,47 @@ class TieredMemory(SearchMixin, TierManagerMixin, ExpiryMixin):
                 if self.cold.find_texts([key])[0] == memory_id:
                     ops.append(("texts", key, None))
             self.cold.write(ops)
-            with self._mutex:
-                self.hot.discard(memory_id)
-                self.catalog.remove(memory_id)
-            self.warm.discard(memory_id, ns_name)
-            self.lexical.removed(ns_name, [memory_id])
-            self._namespace_grew(ns_name)
+            self._drop_deleted(ns_name, [memory_id])
         self._after_ops(1)
+
+    def extend(self, memory_id: str, *, ttl_s: float, namespace: str | None = None) -> float | None:
+        """Push a memory's expiry to ``ttl_s`` seconds from now, durably; returns its expires_at.
+
+        Never shortens: an expiry already later stays, and a memory that never expires keeps
+        never expiring (``update(expires_at=)`` sets any expiry). Not an access and not a new
+        version. Raises MemoryExpiredError if it has already expired."""
+        return self.extend_many([memory_id], ttl_s=ttl_s, namespace=namespace)[0]
+
+    def extend_many(self, memory_ids: Sequence[str], *, ttl_s: float | Sequence[float],
+                    namespace: str | None = None) -> list[float | None]:
+        """:meth:`extend` for several memories in one durable transaction (all or none); ``ttl_s``
+        one value or one per id. For a read that refreshes what it returns (``refresh_on_read``)."""
+        self._check_writable()
+        if isinstance(memory_ids, str) or not isinstance(memory_ids, Sequence):
+            raise InvalidInputError("extend_many() takes a list of ids; use extend() for one")
+        ids = [check_id(memory_id) for memory_id in memory_ids]
+        ttls = [check_ttl(value) for value in per_memory(ttl_s, len(ids), "ttl_s")]
+        if not ids:
+            return []
+        with self._rw.write:
+            self._check_writable()
+            now = self.clock()
+            catalog = self.catalog
+            targets: dict[int, float] = {}
+            for memory_id, ttl in zip(ids, ttls):
+                slot = self._slot(memory_id, namespace)
+                current = catalog.expires[slot]
+                if current <= now:
+                    raise expired_error(memory_id, current)
+                wanted = max(targets.get(slot, current), current, now + ttl)
+                if current != NEVER and wanted > current:
+                    targets[slot] = wanted
+            if targets:
+                self.cold.write(self._expiry.expiry_ops(targets))
+                self._expiry.set_expiries(targets)
+            result = [catalog.expires[catalog.slot_of[memory_id]] for memory_id in ids]
+        self._after_ops(len(ids))
+        return [None if expires == NEVER else expires for expires in result]
 
     def _slot(self, memory_id: str, namespace: str | None) -> int:
         """The slot of a memory to change, loading its namespace. Caller holds the write lock."""
@@ -1017,9 +1068,9 @@ class TieredMemory(SearchMixin, TierManagerMixin, ExpiryMixin):
         namespaces (count, bytes, loads, unloads, load latency). Counts are of what is stored:
         ``expired`` says how many of ``memories`` have expired and wait for the sweep."""
         self._check_open()
-        if self._bounds():  # expired memories may read rows: not under the mutex hot gets take
+        if self._expiry.bounds():  # expired memories may read rows: not under the mutex hot gets take
             with self._rw.read:
-                expired = self._expired_count()
+                expired = self._expiry.expired_count()
         else:
             expired = 0
         with self._rw.read, self._mutex:
@@ -1053,10 +1104,10 @@ class TieredMemory(SearchMixin, TierManagerMixin, ExpiryMixin):
     def __len__(self) -> int:
         """Memories stored and not expired."""
         self._check_open()
-        if not self._bounds():  # no memory of the store expires: the archive's count
+        if not self._expiry.bounds():  # no memory of the store expires: the archive's count
             return len(self.cold)
         with self._rw.read:  # the catalog's expiring sets change under the write lock
-            return len(self.cold) - self._expired_count()
+            return len(self.cold) - self._expiry.expired_count()
 
     def __contains__(self, memory_id: object) -> bool:
         if not isinstance(memory_id, str) or self._closed:
@@ -1064,7 +1115,7 @@ class TieredMemory(SearchMixin, TierManagerMixin, ExpiryMixin):
         slot = self.catalog.slot_of.get(memory_id)
         if slot is not None:
             return self.catalog.expires[slot] > self.clock()
-        return self._live(self.cold.get_many([memory_id])[0]) is not None
+        return self._expiry.live(self.cold.get_many([memory_id])[0]) is not None
 
     def count(self, namespace: str | None = None) -> int:
         """Memories in one namespace, or in all, expired ones left out (read from the cold tier's
@@ -1076,25 +1127,25 @@ class TieredMemory(SearchMixin, TierManagerMixin, ExpiryMixin):
         ns = self.cold.namespace_id(check_label(namespace, "namespace"))
         if ns is None:
             return 0
-        if ns not in self._bounds():
+        if ns not in self._expiry.bounds():
             return self.cold.namespace_info(ns)[1]
         with self._rw.read:
             stored = self.cold.namespace_info(ns)[1]
-            return stored - self._expired_count(ns) if stored else 0
+            return stored - self._expiry.expired_count(ns) if stored else 0
 
     def namespaces(self) -> list[str]:
         """Namespaces that hold at least one memory that has not expired."""
         self._check_open()
-        if not self._bounds():  # no memory of the store expires
+        if not self._expiry.bounds():  # no memory of the store expires
             return [name for name, count in self.cold.namespace_counts() if count]
         with self._rw.read:
             now = self.clock()
-            due = set(self._due_namespaces(now))
+            due = set(self._expiry.due_namespaces(now))
             found = []
             for name, count in self.cold.namespace_counts():
                 ns = self.cold.namespace_id(name) if count and due else None
                 if ns in due:
-                    count -= len(self._expired_ids(ns, now))  # type: ignore[arg-type]
+                    count -= len(self._expiry.expired_ids(ns, now))  # type: ignore[arg-type]
                 if count:
                     found.append(name)
             return found
@@ -1106,13 +1157,13 @@ class TieredMemory(SearchMixin, TierManagerMixin, ExpiryMixin):
         with self._rw.read:
             now = self.clock()
             if namespace is None:
-                due = self._due_namespaces(now)
-                gone = set().union(*(self._expired_ids(ns, now) for ns in due)) if due else set()
+                due = self._expiry.due_namespaces(now)
+                gone = set().union(*(self._expiry.expired_ids(ns, now) for ns in due)) if due else set()
                 return [i for i in self.cold.ids() if i not in gone] if gone else list(self.cold.ids())
             ns = self.cold.namespace_id(check_label(namespace, "namespace"))
             if ns is None:
                 return []
-            gone = self._expired_ids(ns, now)
+            gone = self._expiry.expired_ids(ns, now)
             return [i for i in self.cold.namespace_ids(ns) if i not in gone] if gone else self.cold.namespace_ids(ns)
 
     def tier_of(self, memory_id: str) -> Tier:
@@ -1125,7 +1176,7 @@ class TieredMemory(SearchMixin, TierManagerMixin, ExpiryMixin):
                 if self.catalog.expires[slot] <= self.clock():
                     raise expired_error(memory_id, self.catalog.expires[slot])
                 return self.catalog.tier_of(slot)
-        if self._live(self.cold.get_many([memory_id])[0]) is None:
+        if self._expiry.live(self.cold.get_many([memory_id])[0]) is None:
             raise MemoryNotFoundError(f"no memory with id {memory_id!r}")
         return Tier.COLD
 
@@ -1207,7 +1258,7 @@ class TieredMemory(SearchMixin, TierManagerMixin, ExpiryMixin):
         check_id(memory_id)
         with self._rw.read:
             self._check_open()
-            return self._live(self.cold.get(memory_id))
+            return self._expiry.live(self.cold.get(memory_id))
 
     def version_of(self, memory_id: str) -> int:
         """The version the store holds for a memory, 0 if it holds none."""
@@ -1227,7 +1278,7 @@ class TieredMemory(SearchMixin, TierManagerMixin, ExpiryMixin):
         check_id(memory_id)
         with self._rw.read:
             self._check_open()
-            if self._bounds() and self._live(self.cold.get(memory_id)) is None:
+            if self._expiry.bounds() and self._expiry.live(self.cold.get(memory_id)) is None:
                 return None
             return self.cold.vector(memory_id)
 

@@ -25,7 +25,8 @@ from tiered_memory.records import TIER_CODES, Memory, Tier, check_label
 from tiered_memory.tiering.decay import decay_scores
 from tiered_memory.tiering.topics import TopicModel, topics_for
 from tiered_memory.tiers.blocks import INDEXED
-from tiered_memory.tiers.cold import Op, ns_prefix, pack_row, row_key
+from tiered_memory.tiering.expiry import row_bytes
+from tiered_memory.tiers.cold import Op, ns_prefix, row_key
 from tiered_memory.tiers.cold_parts import match as match_index
 from tiered_memory.tiers.hot import HotEntry
 from tiered_memory.tiers.warm import Graph
@@ -248,6 +249,17 @@ class TierManagerMixin:
         if entry is not None:
             self.registry.resize(namespace, self._namespace_bytes(namespace, entry.ns_id))
 
+    def _drop_deleted(self, namespace: str, memory_ids: list[str]) -> None:
+        """Drop memories whose deletion is durable from the RAM tiers and indexes."""
+        with self._mutex:
+            for memory_id in memory_ids:
+                self.hot.discard(memory_id)
+                self.catalog.remove(memory_id)
+        for memory_id in memory_ids:
+            self.warm.discard(memory_id, namespace)
+        self.lexical.removed(namespace, memory_ids)
+        self._namespace_grew(namespace)
+
     def _unload_over_budget(self) -> int:
         """Unload namespaces, least recently and least used first, until the rest fit in
         warm_budget_bytes. Caller holds the write lock."""
@@ -397,24 +409,6 @@ class TierManagerMixin:
                 for slot in slots:
                     self.warm.discard(self.catalog.ids[slot], namespace)
                     self.catalog.set_tier(slot, COLD)
-
-    def _row_bytes(self, slot: int, memory: Memory | None = None, expires: float | None = None) -> bytes:
-        """A slot's catalog row as stored in cold. Sealed rows keep no topic: it is derived from
-        the (sealed) vector and recomputed at load (issue 11.1). The expiry is `memory`'s, else
-        `expires` (math.inf: never), else the catalog's."""
-        catalog = self.catalog
-        sensitive = bool(catalog.sensitive[slot])
-        kind = memory.kind if memory is not None else catalog.kinds.names[catalog.kind[slot]]
-        importance = memory.importance if memory is not None else catalog.importance[slot]
-        updated = memory.updated_at if memory is not None else catalog.updated[slot]
-        version = memory.version if memory is not None else catalog.version[slot]
-        if memory is not None:
-            expires = memory.expires_at
-        elif expires is None:
-            expires = catalog.expires[slot]
-        return pack_row(kind, importance, catalog.created[slot], updated, catalog.accessed[slot],
-                        catalog.uses[slot], -1 if sensitive else catalog.topic[slot], catalog.tier[slot], version,
-                        sensitive, expires)
 
     def _rebuild_graph(self, namespace: str, slots: list[int]) -> None:
         ids = [self.catalog.ids[slot] for slot in slots]
@@ -567,7 +561,9 @@ class TierManagerMixin:
         started = time.perf_counter()
         report = MaintenanceReport()
         report.unloaded = self._unload_over_budget()
-        report.expired = self._sweep_expired()
+        report.expired, deleted = self._expiry.sweep()
+        for namespace, ids in deleted:
+            self._drop_deleted(namespace, ids)
         config = self.config
         catalog = self.catalog
         slots, scores = self.decay_scores(catalog.slots(tiers=(WARM, HOT)))
@@ -871,7 +867,7 @@ class TierManagerMixin:
         with self._mutex:
             dirty = [slot for slot in catalog.dirty if catalog.ids[slot] is not None and catalog.ns[slot] in wanted]
             catalog.dirty.difference_update(dirty)
-            rows = [(catalog.ns[slot], catalog.ids[slot], self._row_bytes(slot)) for slot in dirty]
+            rows = [(catalog.ns[slot], catalog.ids[slot], row_bytes(catalog, slot)) for slot in dirty]
         ops: list[Op] = [("rows", row_key(ns, memory_id), row) for ns, memory_id, row in rows]
         changed_models = [name for name in namespaces if name in self._topics_dirty]
         for namespace in changed_models:
