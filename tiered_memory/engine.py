@@ -23,12 +23,12 @@ import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from cachetools import LRUCache
 
 from tiered_memory.config import MemoryConfig
 from tiered_memory.crypto import Sealer
@@ -66,7 +66,7 @@ from tiered_memory.records import (
 )
 from tiered_memory.search.filters import compile_where
 from tiered_memory.search.lexical_tier import Doc, LexicalTier
-from tiered_memory.search.searcher import Lookup, SearchMixin
+from tiered_memory.search.searcher import Lookup, Searcher, lexical_docs
 from tiered_memory.tiering.expiry import (
     NEVER,
     UNCHANGED,
@@ -139,7 +139,7 @@ class StoreStats:
         return asdict(self)
 
 
-class TieredMemory(SearchMixin, TierManagerMixin):
+class TieredMemory(TierManagerMixin):
     """An agent's memory: hot LRU, warm hnswlib over int8 codes, cold LMDB; one directory.
 
     >>> with TieredMemory("./agent_memory") as mem:            # doctest: +SKIP
@@ -308,9 +308,7 @@ class TieredMemory(SearchMixin, TierManagerMixin):
         self._closers.append(self._promoter.stop)
         self._rw = RWLock()
         self._mutex = threading.Lock()
-        self._query_cache: LRUCache = LRUCache(max(config.query_cache_size, 1))
-        self._query_lock = threading.Lock()
-        self.lexical = LexicalTier(self._lexical_docs)
+        self.lexical = LexicalTier(partial(lexical_docs, self.catalog, self.cold))
         self.cold_parts = ColdParts(self.path / "coldindex")
         self._cold_build_lock = threading.Lock()  # one on-disk index build at a time
         self._traffic = Traffic()
@@ -332,6 +330,7 @@ class TieredMemory(SearchMixin, TierManagerMixin):
             warm=self.warm, lexical=self.lexical, cold_parts=self.cold_parts, rw=self._rw, mutex=self._mutex,
             traffic=self._traffic, topics=self.topics, topics_dirty=self._topics_dirty)
         self._expiry = Expiry(self._parts)
+        self._searcher = Searcher(self._parts, self._encode)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -544,7 +543,7 @@ class TieredMemory(SearchMixin, TierManagerMixin):
         Thread-safe; call it from a background thread to have a later ``search(text)`` find the
         vector ready."""
         self._check_open()
-        return self._query_vector(text, None)
+        return self._searcher.query_vector(text, None)
 
     def _encode(self, texts: list[str]) -> np.ndarray:
         if self.encoder is None:
@@ -801,36 +800,24 @@ class TieredMemory(SearchMixin, TierManagerMixin):
                 raise InvalidFilterError("only_ids takes a collection of str memory ids (a set is fastest)")
         mode = _check_mode(mode, query, vector)
         period = check_period(since, until)
-        q = self._query_vector(query, vector)
+        q = self._searcher.query_vector(query, vector)
         self._ensure_loaded(namespaces)
-        if mode != "dense":
-            hits = self._search_text(query, q, namespaces, k, kind_names, predicate, min_score, only_ids, mode,
-                                     period)
-            self._after_promotion_requests()
-            self._after_ops(1)
-            return hits
-        fetch = k * self.config.rescore_oversample if self.config.rescore else k
+        explained = None
         with self._loaded_read(namespaces):
             self._check_open()
-            lookup = Lookup(self)
-            if len(namespaces) == 1:  # one list, already best first: nothing to merge
-                ranked = self._search_namespace(namespaces[0], q, fetch, kind_names, predicate, only_ids, lookup,
-                                                period)
+            lookup = Lookup(self._parts)
+            if mode == "dense":
+                ranked = self._searcher.dense(q, namespaces, k, kind_names, predicate, only_ids, min_score, lookup,
+                                              period)
             else:
-                found: dict[int, float] = {}
-                for ns in namespaces:
-                    for slot, score in self._search_namespace(ns, q, fetch, kind_names, predicate, only_ids,
-                                                              lookup, period):
-                        if score > found.get(slot, -math.inf):
-                            found[slot] = score
-                ranked = sorted(found.items(), key=lambda item: -item[1])[:fetch]
-            if self.config.rescore:
-                ranked = self._rescore(q, ranked)[:k]
-            if min_score is not None:
-                ranked = [(slot, score) for slot, score in ranked if score >= min_score]
+                ranked, explained = self._searcher.fused(query, q, namespaces, k, kind_names, predicate, min_score,
+                                                         only_ids, mode, lookup, period)
             hits = self._serve_hits(ranked, lookup)
         self._after_promotion_requests()
         self._after_ops(1)
+        if explained is not None:
+            hits = [hit._replace(dense_score=explained[hit.memory.id][0], lexical_score=explained[hit.memory.id][1])
+                    for hit in hits]
         return hits
 
     # -- changing and deleting -------------------------------------------------------------

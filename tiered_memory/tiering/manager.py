@@ -12,7 +12,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lmdb
 import msgpack
@@ -21,7 +21,7 @@ import numpy as np
 from tiered_memory.errors import EncryptionRequiredError, InvalidInputError, StorageError
 from tiered_memory.namespaces.catalog import COLD, HOT, WARM
 from tiered_memory.quantization import quantizer_from_state
-from tiered_memory.records import TIER_CODES, Memory, Tier, check_label
+from tiered_memory.records import TIER_CODES, TIERS_BY_CODE, Hit, Tier, check_label
 from tiered_memory.tiering.decay import decay_scores
 from tiered_memory.tiering.topics import TopicModel, topics_for
 from tiered_memory.tiers.blocks import INDEXED
@@ -30,6 +30,9 @@ from tiered_memory.tiers.cold import Op, ns_prefix, row_key
 from tiered_memory.tiers.cold_parts import match as match_index
 from tiered_memory.tiers.hot import HotEntry
 from tiered_memory.tiers.warm import Graph
+
+if TYPE_CHECKING:
+    from tiered_memory.search.searcher import Lookup
 
 log = logging.getLogger(__name__)
 
@@ -465,6 +468,39 @@ class TierManagerMixin:
             self._hits["cold"] += 1
         self._pending[slot] = self.catalog.ids[slot]
         return tier
+
+    def _serve_hits(self, ranked: list[tuple[int, float]], lookup: Lookup) -> list[Hit]:
+        """Build the hits and count the accesses; warm and cold hits are queued for promotion."""
+        catalog = self.catalog
+        ids, tiers = catalog.ids, catalog.tier
+        # Records of warm and cold hits come from cold: read them in one transaction.
+        needing = [slot for slot, _ in ranked if tiers[slot] != HOT and slot not in lookup.contents]
+        if needing:
+            for slot, content in zip(needing, self.cold.get_many([ids[slot] for slot in needing])):
+                content = lookup.checked(slot, content)
+                if content is not None or self.read_only:
+                    lookup.contents[slot] = content
+        hits = []
+        now = self.clock()
+        hot_get, uses, accessed, dirty = self._hot_cache.__getitem__, catalog.uses, catalog.accessed, catalog.dirty
+        memory_of, hot_served = catalog.memory, 0
+        with self._mutex:
+            for slot, score in ranked:
+                if tiers[slot] == HOT:  # the common case, kept lean: one LRU lookup, no disk
+                    content = hot_get(ids[slot]).memory
+                    uses[slot] += 1  # catalog.touch(), inlined: this loop is on every search
+                    accessed[slot] = now
+                    dirty.add(slot)
+                    hot_served += 1
+                    tier = HOT
+                else:
+                    content = lookup.content(slot)
+                    if content is None:
+                        continue
+                    tier = self._serve(slot)
+                hits.append(Hit(memory_of(slot, content), float(score), TIERS_BY_CODE[tier]))
+            self._hits["hot"] += hot_served
+        return hits
 
     def _after_promotion_requests(self) -> None:
         """Run what _serve() asked for: in the background thread, or now (promote_in_background=False)."""
