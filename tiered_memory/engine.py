@@ -1,4 +1,9 @@
-"""TieredMemory: the public store, and the tier manager that moves memories between tiers.
+"""TieredMemory: the public store, a facade over parts it builds and hands their collaborators.
+
+Parts: a Searcher (ranked candidates, no side effects), a TierManager (loads and unloads
+namespaces, serves lookups, promotes, demotes, maintains, runs the background thread) and an
+Expiry (expiry bounds, the sweep); what they share is declared in :class:`StoreParts`. The store
+checks arguments, writes memories, and calls the parts.
 
 Tiers are inclusive: every memory is in cold (LMDB); warm (hnswlib) holds a bounded subset;
 hot (LRU) a smaller subset of warm. A memory's tier changes its latency, never whether search
@@ -8,7 +13,7 @@ Namespaces load on demand: opening reads store-level keys only; the first search
 preload of a namespace reads its rows and codes in one range read (and its graph file), and the
 namespaces used least recently are unloaded in the background when the warm budget needs room.
 
-Locking: ``_rw`` (readers-writer) guards the indexes and the LMDB map: searches and cold reads
+Locking (``StoreParts.rw`` and ``.mutex``): ``_rw`` (readers-writer) guards the indexes and the LMDB map: searches and cold reads
 share it, anything that changes an index, a code block or the map takes it alone. ``_mutex``
 guards the hot LRU and the catalog's counters, which readers update too. A hot ``get`` takes
 only ``_mutex``. Order: ``_rw`` before ``_mutex``.
@@ -78,8 +83,7 @@ from tiered_memory.tiering.expiry import (
     per_memory,
     row_bytes,
 )
-from tiered_memory.tiering.manager import MaintenanceReport, TierManagerMixin
-from tiered_memory.tiering.promoter import Promoter
+from tiered_memory.tiering.manager import MaintenanceReport, TierManager, hot_eviction
 from tiered_memory.tiering.topics import TopicModel
 from tiered_memory.tiers.cold import STORE_SCHEMA, ColdTier, Op, text_key
 from tiered_memory.tiers.cold_parts import ColdParts
@@ -139,7 +143,7 @@ class StoreStats:
         return asdict(self)
 
 
-class TieredMemory(TierManagerMixin):
+class TieredMemory:
     """An agent's memory: hot LRU, warm hnswlib over int8 codes, cold LMDB; one directory.
 
     >>> with TieredMemory("./agent_memory") as mem:            # doctest: +SKIP
@@ -165,8 +169,6 @@ class TieredMemory(TierManagerMixin):
         self.path = Path(path)
         self.clock = clock
         self.read_only = read_only
-        self._closed = True
-        self._closing = False
         self._key_checked = False
         self.encoder = self._resolve_encoder(encoder)
         self._sealer = Sealer(encryption_key) if encryption_key is not None else None
@@ -192,16 +194,16 @@ class TieredMemory(TierManagerMixin):
             self.cold.use_dimension(self.dimension)
             self._upgrade()
             self._open()
-            if self._shared_cold:  # several writers: other processes' change notices unload stale namespaces
-                self._notified: set[int] = set()  # early, in the background thread (tiering)
-                if self.config.promote_in_background:
-                    self.cold.listen(self._changed_by_notice)
+            # Several writers: other processes' change notices unload stale namespaces early, in
+            # the background thread (tiering).
+            if self._shared_cold and self.config.promote_in_background:
+                self.cold.listen(self._tiers.changed_by_notice)
         except BaseException:
             if hasattr(self, "cold"):
                 self.cold.close()
             self._dirlock.release()
             raise
-        self._closed = False
+        self._parts.closed = False
 
     # -- opening ---------------------------------------------------------------------------
 
@@ -291,8 +293,11 @@ class TieredMemory(TierManagerMixin):
         (namespaces load on use)."""
         config = self.config
         self.catalog = Catalog(self.dimension)
+        self._traffic = Traffic()
+        self._hits, self._misses = self._traffic.hits, self._traffic.misses
         self.registry = NamespaceRegistry(config.warm_budget_bytes, config.half_life_s, self.clock)
-        self.hot = HotTier(config.hot_capacity, on_evict=self._hot_evicted, budget_bytes=config.hot_budget_bytes)
+        self.hot = HotTier(config.hot_capacity, on_evict=hot_eviction(self.catalog, self._traffic),
+                           budget_bytes=config.hot_budget_bytes)
         self._hot_cache = self.hot.cache
         self._maintain_every_ops = config.maintain_every_ops
         self.warm = WarmTier(self.dimension, config.warm_capacity, config.hnsw_m, config.hnsw_ef_construction,
@@ -300,28 +305,12 @@ class TieredMemory(TierManagerMixin):
         self.warm.sealer = self._sealer
         self._sealed_namespaces: set[str] = set(self.cold.meta_get("sealed_namespaces", []))
         self.topics: dict[str, TopicModel] = {}
-        # Called (last registered first) by close(), before it takes the write lock for the final
-        # persist: features with background work (e.g. prefetch workers) stop and join here.
-        self._closers: list[Callable[[], None]] = []
-        self._pending: dict[int, str] = {}  # slot -> id of memories served from warm/cold, to promote
-        self._promoter = Promoter(self._background_work, self._has_background_work)
-        self._closers.append(self._promoter.stop)
+        self._topics_dirty: set[str] = set()  # namespaces whose topic model changed since it was written
         self._rw = RWLock()
         self._mutex = threading.Lock()
         self.lexical = LexicalTier(partial(lexical_docs, self.catalog, self.cold))
         self.cold_parts = ColdParts(self.path / "coldindex")
-        self._cold_build_lock = threading.Lock()  # one on-disk index build at a time
-        self._traffic = Traffic()
-        self._hits, self._misses = self._traffic.hits, self._traffic.misses
-        self._promotions, self._demotions = self._traffic.promotions, self._traffic.demotions
-        self._ops = 0
-        self._last_maintain = self.clock()
-        self._maintenance_due = False
-        self._clipped = 0.0  # clipped values among codes written since the last calibration
-        self._coded = 0
-        self._calibrated_on = self.cold.meta_get("calibrated_on", 0)
         self._has_sealed = bool(self.cold.meta_get("has_sealed", False))
-        self._topics_dirty: set[str] = set()  # namespaces whose topic model changed since it was written
         self._attachments: dict[str, Any] = {}  # features' per-store objects: see attachment()
         self._parts = StoreParts(
             path=self.path, config=config, clock=self.clock, read_only=self.read_only, dimension=self.dimension,
@@ -331,6 +320,10 @@ class TieredMemory(TierManagerMixin):
             traffic=self._traffic, topics=self.topics, topics_dirty=self._topics_dirty)
         self._expiry = Expiry(self._parts)
         self._searcher = Searcher(self._parts, self._encode)
+        self._tiers = TierManager(self._parts, self._expiry)
+        # Called (last registered first) by close(), before it takes the write lock for the final
+        # persist: features with background work (e.g. prefetch workers) stop and join here.
+        self._closers: list[Callable[[], None]] = [self._tiers.stop]
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -342,7 +335,7 @@ class TieredMemory(TierManagerMixin):
 
     def close(self) -> None:
         """Persist statistics and the warm index, then release the directory. Safe to call twice."""
-        if self._closed:
+        if self._parts.closed:
             return
         # Stop background work first, without holding the lock: a worker may be waiting for it
         # (and conversations archive their windows here).
@@ -350,15 +343,15 @@ class TieredMemory(TierManagerMixin):
             self._closers.pop()()
         # New writes are refused from here on; the lock is fair, so the writers already queued
         # finish first and close() waits for no one else (issue 11.6).
-        self._closing = True
+        self._parts.closing = True
         with self._rw.write:
-            if self._closed:
+            if self._parts.closed:
                 return
             try:
                 if not self.read_only:
-                    self._persist(MaintenanceReport())
+                    self._tiers.persist(MaintenanceReport())
             finally:
-                self._closed = True
+                self._parts.closed = True
                 with self._mutex:
                     self.hot.clear()
                 self.cold_parts.close()
@@ -373,18 +366,13 @@ class TieredMemory(TierManagerMixin):
 
     @property
     def closed(self) -> bool:
-        return self._closed
+        return self._parts.closed
 
     def _check_open(self) -> None:
-        if self._closed:
-            raise StoreClosedError(f"the store at {self.path} is closed; open a new TieredMemory to continue")
+        self._parts.check_open()
 
     def _check_writable(self) -> None:
-        self._check_open()
-        if self._closing:
-            raise StoreClosedError(f"the store at {self.path} is closing; open a new TieredMemory to write")
-        if self.read_only:
-            raise InvalidInputError(f"{self.path} is open read-only; open it without read_only=True to write")
+        self._parts.check_writable()
 
     # -- adding ---------------------------------------------------------------------------
 
@@ -464,7 +452,7 @@ class TieredMemory(TierManagerMixin):
             self._check_writable()
             use_dedup = (self.config.dedup if dedup is None else dedup) and ids is None
             added = self._insert(memories, matrix, check_ids=ids is not None, dedup=use_dedup)
-        self._after_ops(n)
+        self._tiers.after_ops(n)
         return added
 
     def _new_memories(self, texts: Sequence[str], namespace: str, kind: Any, metadata: Any, importance: Any,
@@ -525,7 +513,7 @@ class TieredMemory(TierManagerMixin):
         with self._rw.write:
             self._check_writable()
             catalog = self.catalog
-            ns = self._load(namespace)
+            ns = self._tiers.load(namespace)
             if ns is not None:
                 slots = catalog.slots(namespace=ns)
                 plain = int(len(slots) - np.asarray(catalog.sensitive)[slots].sum()) if len(slots) else 0
@@ -567,7 +555,7 @@ class TieredMemory(TierManagerMixin):
                 raise InvalidInputError(f"the id {taken[0]!r} is taken; choose another id, or use update() to "
                                         "change your own memory")
         namespace = memories[0].namespace
-        ns = self._load(namespace, create=True)
+        ns = self._tiers.load(namespace, create=True)
         answer = AddedIds(memory.id for memory in memories)
         text_keys: list[bytes | None] = [None] * len(memories)
         raised: dict[int, float] = {}  # slot -> the later expiry a duplicate asked for
@@ -582,7 +570,7 @@ class TieredMemory(TierManagerMixin):
             # Still indexed (the latest memory of a text wins), so a later deduplicating add finds
             # it: no lookup on this path, which archives and benchmark builds take.
             text_keys = [None if memory.sensitive else text_key(ns, memory.text) for memory in memories]
-        self._calibrate_if_due(vectors)
+        self._tiers.calibrate_if_due(vectors)
         quantizer = self.cold.quantizer
         model = self.topics.get(namespace)
         if model is not None:
@@ -604,8 +592,7 @@ class TieredMemory(TierManagerMixin):
             self._expiry.set_bound(ns, bound)
         self._expiry.set_expiries(raised)
         # Durable from here on; what follows only updates in-RAM structures.
-        self._clipped += quantizer.clip_rate(vectors) * vectors.size
-        self._coded += vectors.size
+        self._tiers.count_coded(vectors)
         with self._mutex:
             slots = [self.catalog.insert(memory, code) for memory, code in zip(memories, codes)]
         if model is not None:
@@ -613,11 +600,11 @@ class TieredMemory(TierManagerMixin):
             self._topics_dirty.add(namespace)
         self.lexical.added(namespace, [Doc(m.id, m.text, m.kind, m.created_at, m.sensitive) for m in memories])
         chosen = [slots[i] for i in np.flatnonzero(to_warm)]
-        self._warm_put_or_cold(namespace, chosen)
-        self._namespace_grew(namespace)
-        self._enforce_warm_capacity(protect=set(chosen))
+        self._tiers.warm_put_or_cold(namespace, chosen)
+        self._tiers.namespace_grew(namespace)
+        self._tiers.enforce_warm_capacity(protect=set(chosen))
         if not to_warm.all():  # memories went straight to cold: maybe enough for an on-disk index
-            self._wake_for_cold_index([ns])
+            self._tiers.wake_for_cold_index([ns])
         if answer.repeats:  # a repeat within the batch counts as a use of the memory it repeats
             now = self.clock()
             with self._mutex:
@@ -705,13 +692,14 @@ class TieredMemory(TierManagerMixin):
                 catalog.accessed[slot] = now
                 catalog.dirty.add(slot)
                 self._hits["hot"] += 1
-                self._ops += 1
+                parts = self._parts
+                parts.ops += 1
                 memory = catalog.memory(slot, entry.memory)
-                if self._ops < self._maintain_every_ops:
+                if parts.ops < self._maintain_every_ops:
                     return memory
         if memory is None:
             return self._get_from_disk(memory_id, namespace)
-        self._maintain_if_due()
+        self._tiers.maintain_if_due()
         return memory
 
     def _get_from_disk(self, memory_id: str, namespace: str | None) -> Memory:
@@ -724,8 +712,8 @@ class TieredMemory(TierManagerMixin):
         names = [content.namespace] if content is not None and (namespace is None or
                                                                 content.namespace == namespace) else []
         if names:
-            self._ensure_loaded(names)
-        with self._loaded_read(names):
+            self._tiers.ensure_loaded(names)
+        with self._tiers.loaded_read(names):
             self._check_open()
             slot = self.catalog.slot_of.get(memory_id, -1)
             if slot >= 0:
@@ -741,10 +729,10 @@ class TieredMemory(TierManagerMixin):
                 raise MemoryNotFoundError(f"no memory with id {memory_id!r}{where}")
             self._expiry.check_unexpired(slot)
             with self._mutex:
-                self._serve(slot)
+                self._tiers.serve(slot)
                 memory = self.catalog.memory(slot, content)
-        self._after_promotion_requests()
-        self._after_ops(1)
+        self._tiers.after_promotion_requests()
+        self._tiers.after_ops(1)
         return memory
 
     def search(
@@ -801,9 +789,9 @@ class TieredMemory(TierManagerMixin):
         mode = _check_mode(mode, query, vector)
         period = check_period(since, until)
         q = self._searcher.query_vector(query, vector)
-        self._ensure_loaded(namespaces)
+        self._tiers.ensure_loaded(namespaces)
         explained = None
-        with self._loaded_read(namespaces):
+        with self._tiers.loaded_read(namespaces):
             self._check_open()
             lookup = Lookup(self._parts)
             if mode == "dense":
@@ -812,9 +800,9 @@ class TieredMemory(TierManagerMixin):
             else:
                 ranked, explained = self._searcher.fused(query, q, namespaces, k, kind_names, predicate, min_score,
                                                          only_ids, mode, lookup, period)
-            hits = self._serve_hits(ranked, lookup)
-        self._after_promotion_requests()
-        self._after_ops(1)
+            hits = self._tiers.serve_hits(ranked, lookup)
+        self._tiers.after_promotion_requests()
+        self._tiers.after_ops(1)
         if explained is not None:
             hits = [hit._replace(dense_score=explained[hit.memory.id][0], lexical_score=explained[hit.memory.id][1])
                     for hit in hits]
@@ -860,7 +848,7 @@ class TieredMemory(TierManagerMixin):
             new_vector = self._encode([text])
         with self._rw.write:
             self._check_writable()
-            slot = self._slot(memory_id, namespace)
+            slot = self._tiers.slot_for_change(memory_id, namespace)
             self._expiry.check_unexpired(slot)
             catalog = self.catalog
             ns = catalog.ns[slot]
@@ -913,15 +901,15 @@ class TieredMemory(TierManagerMixin):
                     catalog.set_topic(slot, changed.topic)
                 if entry is not None:
                     if not self.hot.put(changed, entry.vector if new_vector is None else
-                                        self._as_stored(slot, new_vector[0])):
+                                        self._tiers.as_stored(slot, new_vector[0])):
                         catalog.set_tier(slot, WARM)
             if new_vector is not None and catalog.tier[slot] != COLD:
-                self._warm_put_or_cold(old.namespace, [slot])
+                self._tiers.warm_put_or_cold(old.namespace, [slot])
             if text is not None or kind is not None:
                 self.lexical.added(old.namespace, [Doc(memory_id, changed.text, changed.kind, changed.created_at,
                                                        changed.sensitive)])
             result = catalog.memory(slot, changed)
-        self._after_ops(1)
+        self._tiers.after_ops(1)
         return result
 
     def delete(self, memory_id: str, *, namespace: str | None = None) -> None:
@@ -931,7 +919,7 @@ class TieredMemory(TierManagerMixin):
         check_id(memory_id)
         with self._rw.write:
             self._check_writable()
-            slot = self._slot(memory_id, namespace)
+            slot = self._tiers.slot_for_change(memory_id, namespace)
             ns = self.catalog.ns[slot]
             ns_name = self.catalog.namespaces.names[ns]
             ops = self.cold.delete_ops(ns, [memory_id])
@@ -941,8 +929,8 @@ class TieredMemory(TierManagerMixin):
                 if self.cold.find_texts([key])[0] == memory_id:
                     ops.append(("texts", key, None))
             self.cold.write(ops)
-            self._drop_deleted(ns_name, [memory_id])
-        self._after_ops(1)
+            self._tiers.drop_deleted(ns_name, [memory_id])
+        self._tiers.after_ops(1)
 
     def extend(self, memory_id: str, *, ttl_s: float, namespace: str | None = None) -> float | None:
         """Push a memory's expiry to ``ttl_s`` seconds from now, durably; returns its expires_at.
@@ -969,7 +957,7 @@ class TieredMemory(TierManagerMixin):
             catalog = self.catalog
             targets: dict[int, float] = {}
             for memory_id, ttl in zip(ids, ttls):
-                slot = self._slot(memory_id, namespace)
+                slot = self._tiers.slot_for_change(memory_id, namespace)
                 current = catalog.expires[slot]
                 if current <= now:
                     raise expired_error(memory_id, current)
@@ -980,25 +968,8 @@ class TieredMemory(TierManagerMixin):
                 self.cold.write(self._expiry.expiry_ops(targets))
                 self._expiry.set_expiries(targets)
             result = [catalog.expires[catalog.slot_of[memory_id]] for memory_id in ids]
-        self._after_ops(len(ids))
+        self._tiers.after_ops(len(ids))
         return [None if expires == NEVER else expires for expires in result]
-
-    def _slot(self, memory_id: str, namespace: str | None) -> int:
-        """The slot of a memory to change, loading its namespace. Caller holds the write lock."""
-        if namespace is not None:
-            check_label(namespace, "namespace")
-        if self._shared_cold:  # several writers: the memory's namespace as the store has it now
-            self._reload_for(memory_id)
-        if memory_id not in self.catalog.slot_of:
-            record = self.cold.get(memory_id)
-            if record is not None and (namespace is None or record.namespace == namespace):
-                self._load(record.namespace)
-        slot = self.catalog.slot_of.get(memory_id)
-        if slot is None or (namespace is not None and
-                            self.catalog.namespaces.names[self.catalog.ns[slot]] != namespace):
-            where = "" if namespace is None else f" in namespace {namespace!r}"
-            raise MemoryNotFoundError(f"no memory with id {memory_id!r}{where}")
-        return slot
 
     # -- maintenance -----------------------------------------------------------------------
 
@@ -1010,43 +981,46 @@ class TieredMemory(TierManagerMixin):
         self._check_writable()
         with self._rw.write:
             self._check_writable()
-            return self._maintain()
+            return self._tiers.maintain()
 
-    def _maintenance_is_due(self) -> bool:
-        return (self._ops >= self.config.maintain_every_ops
-                or self.clock() - self._last_maintain >= self.config.maintain_every_s
-                or self.registry.over_budget())
+    # -- tiering (the tier manager does it) --------------------------------------------------
 
-    def _maintain_if_due(self) -> None:
-        """Housekeeping runs on the background thread, never inside the caller's operation
-        (without one, promote_in_background=False, it runs here, after the caller's work)."""
-        if self._closed or self.read_only and not self.registry.over_budget():
-            return
-        if not self._maintenance_is_due():
-            return
-        if self.config.promote_in_background:
-            self._maintenance_due = True
-            self._promoter.wake()
-            return
-        with self._rw.write:
-            if not self._closed:
-                self._run_due_maintenance()
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until background promotions asked for so far are done; False if the timeout ends."""
+        return self._tiers.wait_idle(timeout)
 
-    def _run_due_maintenance(self) -> bool:
-        """Unload namespaces over the budget; maintain when the op or time bound is crossed.
-        Caller holds the write lock; returns whether anything was done."""
-        self._maintenance_due = False
-        did = bool(self._unload_over_budget())
-        if not self.read_only and (self._ops >= self.config.maintain_every_ops or
-                                   self.clock() - self._last_maintain >= self.config.maintain_every_s):
-            self._maintain()
-            did = True
-        return did
+    def decay_scores(self, slots: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(slots, decayed importance) of the given or all live memories, at the clock's now."""
+        return self._tiers.decay_scores(slots)
 
-    def _after_ops(self, n: int) -> None:
-        with self._mutex:
-            self._ops += n
-        self._maintain_if_due()
+    def index_cold(self, namespace: str) -> int:
+        """Build (or rebuild) the on-disk index of a loaded namespace's cold part now, in the
+        caller's thread, without holding the store's lock while it builds; returns the rows it
+        covers (0: nothing to index, a sealed namespace, or usearch missing). The background
+        thread does this by itself once ``cold_index_min_rows`` cold rows are unindexed."""
+        return self._tiers.index_cold(namespace)
+
+    def promote(self, memory_ids: Iterable[str], tier: Tier = Tier.HOT) -> int:
+        """Move memories up to `tier` ahead of use (prefetch); not counted as accesses.
+
+        Use counts and hit statistics do not change, but each moved memory's idle clock restarts
+        (``last_accessed`` reads the move's time). Unknown ids are skipped. Returns how many
+        moves were made (cold -> warm -> hot counts two)."""
+        return self._tiers.promote(memory_ids, tier)
+
+    def nearest_topics(self, namespace: str, vector: np.ndarray, n: int = 1) -> list[int]:
+        """The namespace's n topics nearest a unit vector (empty before it has a topic model)."""
+        return self._tiers.nearest_topics(namespace, vector, n)
+
+    def top_by_decay(self, namespace: str, topics: Iterable[int] | None = None, limit: int = 100,
+                     exclude_tiers: tuple[Tier, ...] = (), near: np.ndarray | None = None,
+                     near_weight: float = 1.0) -> list[str]:
+        """Ids of the namespace's memories (optionally of some topics) with the highest decayed
+        importance, best first: what prefetch should warm up. With `near` (a unit vector) each
+        score gains ``near_weight`` x the memory's cosine to it (from its int8 code), so memories
+        close to a conversation come first (compare modes `prefetch` and `prefetch-decay` in
+        benchmarks/results/prefetch/)."""
+        return self._tiers.top_by_decay(namespace, topics, limit, exclude_tiers, near, near_weight)
 
     # -- introspection ---------------------------------------------------------------------
 
@@ -1079,10 +1053,10 @@ class TieredMemory(TierManagerMixin):
                                self._misses["warm"], self.config.warm_capacity, warm_files),
                 cold=TierStats(total, codes[True], self._hits["cold"],
                                self._misses["cold"], None, self.cold.nbytes()),
-                promotions=dict(self._promotions),
-                demotions=dict(self._demotions),
+                promotions=dict(self._traffic.promotions),
+                demotions=dict(self._traffic.demotions),
                 quantizer={"scheme": self.cold.quantizer.name, "calibrated": self.cold.quantizer.calibrated,
-                           "calibrated_on": self._calibrated_on},
+                           "calibrated_on": self._tiers.calibrated_on},
                 loaded=self.registry.stats(),
                 cold_index=self.cold_parts.stats(),
                 expired=expired,
@@ -1097,7 +1071,7 @@ class TieredMemory(TierManagerMixin):
             return len(self.cold) - self._expiry.expired_count()
 
     def __contains__(self, memory_id: object) -> bool:
-        if not isinstance(memory_id, str) or self._closed:
+        if not isinstance(memory_id, str) or self._parts.closed:
             return False
         slot = self.catalog.slot_of.get(memory_id)
         if slot is not None:
@@ -1180,8 +1154,8 @@ class TieredMemory(TierManagerMixin):
         if not isinstance(newest_first, bool):
             raise InvalidInputError(f"newest_first must be True or False, got {newest_first!r:.40}")
         period = check_period(since, until)
-        self._ensure_loaded([namespace])
-        with self._loaded_read([namespace]):
+        self._tiers.ensure_loaded([namespace])
+        with self._tiers.loaded_read([namespace]):
             self._check_open()
             catalog = self.catalog
             ns = catalog.namespaces.codes.get(namespace)
@@ -1205,7 +1179,7 @@ class TieredMemory(TierManagerMixin):
         starts), so that their first search does not pay the range read."""
         self._check_open()
         names = [namespace] if isinstance(namespace, str) else list(namespace)
-        self._ensure_loaded([check_label(name, "namespace") for name in names])
+        self._tiers.ensure_loaded([check_label(name, "namespace") for name in names])
 
     # -- the surface features build on (agents, conversations, prefetch) -------------------
 

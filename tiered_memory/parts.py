@@ -17,6 +17,7 @@ import numpy as np
 
 from tiered_memory.config import MemoryConfig
 from tiered_memory.crypto import Sealer
+from tiered_memory.errors import InvalidInputError, StoreClosedError
 from tiered_memory.locks import RWLock
 from tiered_memory.namespaces.catalog import Catalog
 from tiered_memory.namespaces.registry import NamespaceRegistry
@@ -68,6 +69,20 @@ class StoreParts:
     traffic: Traffic
     topics: dict[str, TopicModel] = field(default_factory=dict)
     topics_dirty: set[str] = field(default_factory=set)  # topic models changed since they were written
+    ops: int = 0  # operations since the last maintenance (under `mutex`)
+    closed: bool = True  # until the store is open
+    closing: bool = False  # close() has begun: writes are refused
+
+    def check_open(self) -> None:
+        if self.closed:
+            raise StoreClosedError(f"the store at {self.path} is closed; open a new TieredMemory to continue")
+
+    def check_writable(self) -> None:
+        self.check_open()
+        if self.closing:
+            raise StoreClosedError(f"the store at {self.path} is closing; open a new TieredMemory to write")
+        if self.read_only:
+            raise InvalidInputError(f"{self.path} is open read-only; open it without read_only=True to write")
 
     def decoded(self, slots: Sequence[int]) -> np.ndarray:
         """The float vectors of these slots, decoded from their int8 codes."""
