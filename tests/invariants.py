@@ -225,8 +225,8 @@ def _expiry(mem: TieredMemory, problems: list[str]) -> None:
             if bounds.get(ns, math.inf) > record.expires_at:
                 problems.append(f"{record.id} expires at {record.expires_at}, before its namespace's bound "
                                 f"{bounds.get(ns, math.inf)}")
-    if not mem.read_only and mem._expiry_bounds != bounds:
-        problems.append(f"expiry bounds in RAM {mem._expiry_bounds} differ from those in cold {bounds}")
+    if not mem.read_only and mem._expiry.bounds() != bounds:
+        problems.append(f"expiry bounds in RAM {mem._expiry.bounds()} differ from those in cold {bounds}")
     for ns, slots in catalog.expiring.items():
         stale = [slot for slot in slots if catalog.ids[slot] is None or catalog.ns[slot] != ns
                  or catalog.expires[slot] == math.inf]

@@ -79,7 +79,7 @@ def test_unload_and_reload_keep_statistics_graph_and_hot_records(open_store) -> 
         mem.get(ids[1])
     assert mem.tier_of(ids[1]) is Tier.HOT
     with mem._rw.write:
-        mem._unload("user0")
+        mem._tiers.unload("user0")
     assert "user0" not in mem.registry and ids[1] not in set(mem.hot.ids()) and "user0" not in mem.warm.graphs
     mem.preload("user0")
     assert mem.tier_of(ids[1]) is Tier.HOT and ids[1] in set(mem.hot.ids())

@@ -46,10 +46,10 @@ def test_semantic_search_finds_the_preference(mem) -> None:
 
 def test_query_embeddings_are_cached(mem) -> None:
     mem.search("where does the user live?", namespace="user_123")
-    assert len(mem._query_cache) == 1
-    assert "where does the user live?" not in mem._query_cache  # keyed by a digest, not by the text
-    (cached,) = mem._query_cache.values()
-    assert mem._query_vector("where does the user live?", None) is cached
+    assert len(mem._searcher.query_cache) == 1
+    assert "where does the user live?" not in mem._searcher.query_cache  # keyed by a digest, not by the text
+    (cached,) = mem._searcher.query_cache.values()
+    assert mem._searcher.query_vector("where does the user live?", None) is cached
 
 
 def test_updating_text_re_encodes(mem) -> None:

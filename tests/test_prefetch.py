@@ -277,7 +277,7 @@ def test_a_message_reloads_an_unloaded_namespace_without_waiting_for_the_yield(o
     conv = mem.conversation("user", embed=lambda text: rows[3], prefetch=True)
     assert conv.worker.wait_idle(10) and "user" in mem.registry
     with mem._rw.write:  # idle long enough to be unloaded
-        mem._unload("user")
+        mem._tiers.unload("user")
     assert "user" not in mem.registry
     loaded = threading.Event()
     spy = mem.preload

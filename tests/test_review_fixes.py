@@ -101,7 +101,7 @@ def test_the_query_cache_holds_digests_not_texts(tmp_path: Path) -> None:
         mem.add("one", namespace="u")
         long_query = "word " * 100_000
         mem.search(long_query, namespace="u", mode="dense")
-        keys = list(mem._query_cache.keys())
+        keys = list(mem._searcher.query_cache.keys())
         assert len(keys) == 1 and isinstance(keys[0], bytes) and len(keys[0]) == 16
 
 

@@ -1,4 +1,9 @@
-"""TieredMemory: the public store, and the tier manager that moves memories between tiers.
+"""TieredMemory: the public store, a facade over parts it builds and hands their collaborators.
+
+Parts: a Searcher (ranked candidates, no side effects), a TierManager (loads and unloads
+namespaces, serves lookups, promotes, demotes, maintains, runs the background thread) and an
+Expiry (expiry bounds, the sweep); what they share is declared in :class:`StoreParts`. The store
+checks arguments, writes memories, and calls the parts.
 
 Tiers are inclusive: every memory is in cold (LMDB); warm (hnswlib) holds a bounded subset;
 hot (LRU) a smaller subset of warm. A memory's tier changes its latency, never whether search
@@ -8,9 +13,10 @@ Namespaces load on demand: opening reads store-level keys only; the first search
 preload of a namespace reads its rows and codes in one range read (and its graph file), and the
 namespaces used least recently are unloaded in the background when the warm budget needs room.
 
-Locking: ``_rw`` (readers-writer) guards the indexes and the LMDB map: searches and cold reads
-share it, anything that changes an index, a code block or the map takes it alone. ``_mutex``
-guards the hot LRU and the catalog's counters, which readers update too. A hot ``get`` takes
+Locking (``StoreParts.rw`` and ``.mutex``): ``_rw`` (readers-writer) guards the indexes and the
+LMDB map: searches and cold reads share it, anything that changes an index, a code block or the
+map takes it alone. ``_mutex`` guards the hot LRU and the catalog's counters, which readers update
+too. A hot ``get`` takes
 only ``_mutex``. Order: ``_rw`` before ``_mutex``.
 """
 
@@ -24,11 +30,11 @@ import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from cachetools import LRUCache
 
 from tiered_memory.config import MemoryConfig
 from tiered_memory.crypto import Sealer
@@ -49,6 +55,7 @@ from tiered_memory.extra import ExtraStore
 from tiered_memory.locks import RWLock
 from tiered_memory.namespaces.catalog import COLD, WARM, Catalog
 from tiered_memory.namespaces.registry import NamespaceRegistry
+from tiered_memory.parts import StoreParts, Traffic
 from tiered_memory.records import (
     SCHEMA_VERSION,
     Hit,
@@ -65,13 +72,22 @@ from tiered_memory.records import (
 )
 from tiered_memory.search.filters import compile_where
 from tiered_memory.search.lexical_tier import Doc, LexicalTier
-from tiered_memory.search.searcher import Lookup, SearchMixin
+from tiered_memory.search.searcher import Lookup, Searcher, lexical_docs
 from tiered_memory.sync.changes import ChangeRecorder, store_id_of
 from tiered_memory.sync.clock import HybridClock
 from tiered_memory.sync.endpoint import LostVersion, SyncEndpoint
-from tiered_memory.tiering.expiry import NEVER, UNCHANGED, ExpiryMixin, changed_expiry, expired_error, new_expiries
-from tiered_memory.tiering.manager import MaintenanceReport, TierManagerMixin
-from tiered_memory.tiering.promoter import Promoter
+from tiered_memory.tiering.expiry import (
+    NEVER,
+    UNCHANGED,
+    Expiry,
+    changed_expiry,
+    check_ttl,
+    expired_error,
+    new_expiries,
+    per_memory,
+    row_bytes,
+)
+from tiered_memory.tiering.manager import MaintenanceReport, TierManager, hot_eviction
 from tiered_memory.tiering.topics import TopicModel
 from tiered_memory.tiers.cold import STORE_SCHEMA, ColdTier, Op, text_key
 from tiered_memory.tiers.cold_parts import ColdParts
@@ -132,7 +148,7 @@ class StoreStats:
         return asdict(self)
 
 
-class TieredMemory(SearchMixin, TierManagerMixin, ExpiryMixin):
+class TieredMemory:
     """An agent's memory: hot LRU, warm hnswlib over int8 codes, cold LMDB; one directory.
 
     >>> with TieredMemory("./agent_memory") as mem:            # doctest: +SKIP
@@ -158,8 +174,6 @@ class TieredMemory(SearchMixin, TierManagerMixin, ExpiryMixin):
         self.path = Path(path)
         self.clock = clock
         self.read_only = read_only
-        self._closed = True
-        self._closing = False
         self._key_checked = False
         self.encoder = self._resolve_encoder(encoder)
         self._sealer = Sealer(encryption_key) if encryption_key is not None else None
@@ -187,16 +201,16 @@ class TieredMemory(SearchMixin, TierManagerMixin, ExpiryMixin):
             self._open()
             # Change stamps (offline sync): every add/update/delete stamps what it changes.
             self._changes = ChangeRecorder(HybridClock(self.clock), store_id_of(self.cold, read_only))
-            if self._shared_cold:  # several writers: other processes' change notices unload stale namespaces
-                self._notified: set[int] = set()  # early, in the background thread (tiering)
-                if self.config.promote_in_background:
-                    self.cold.listen(self._changed_by_notice)
+            # Several writers: other processes' change notices unload stale namespaces early, in
+            # the background thread (tiering).
+            if self._shared_cold and self.config.promote_in_background:
+                self.cold.listen(self._tiers.changed_by_notice)
         except BaseException:
             if hasattr(self, "cold"):
                 self.cold.close()
             self._dirlock.release()
             raise
-        self._closed = False
+        self._parts.closed = False
 
     # -- opening ---------------------------------------------------------------------------
 
@@ -282,11 +296,15 @@ class TieredMemory(SearchMixin, TierManagerMixin, ExpiryMixin):
                     self.path, STORE_SCHEMA, moved, time.perf_counter() - started)
 
     def _open(self) -> None:
-        """Set up empty RAM state: nothing per memory is read here (namespaces load on use)."""
+        """Set up empty RAM state and the parts that share it: nothing per memory is read here
+        (namespaces load on use)."""
         config = self.config
         self.catalog = Catalog(self.dimension)
+        self._traffic = Traffic()
+        self._hits, self._misses = self._traffic.hits, self._traffic.misses
         self.registry = NamespaceRegistry(config.warm_budget_bytes, config.half_life_s, self.clock)
-        self.hot = HotTier(config.hot_capacity, on_evict=self._hot_evicted, budget_bytes=config.hot_budget_bytes)
+        self.hot = HotTier(config.hot_capacity, on_evict=hot_eviction(self.catalog, self._traffic),
+                           budget_bytes=config.hot_budget_bytes)
         self._hot_cache = self.hot.cache
         self._maintain_every_ops = config.maintain_every_ops
         self.warm = WarmTier(self.dimension, config.warm_capacity, config.hnsw_m, config.hnsw_ef_construction,
@@ -294,33 +312,25 @@ class TieredMemory(SearchMixin, TierManagerMixin, ExpiryMixin):
         self.warm.sealer = self._sealer
         self._sealed_namespaces: set[str] = set(self.cold.meta_get("sealed_namespaces", []))
         self.topics: dict[str, TopicModel] = {}
-        # Called (last registered first) by close(), before it takes the write lock for the final
-        # persist: features with background work (e.g. prefetch workers) stop and join here.
-        self._closers: list[Callable[[], None]] = []
-        self._pending: dict[int, str] = {}  # slot -> id of memories served from warm/cold, to promote
-        self._promoter = Promoter(self._background_work, self._has_background_work)
-        self._closers.append(self._promoter.stop)
+        self._topics_dirty: set[str] = set()  # namespaces whose topic model changed since it was written
         self._rw = RWLock()
         self._mutex = threading.Lock()
-        self._query_cache: LRUCache = LRUCache(max(config.query_cache_size, 1))
-        self._query_lock = threading.Lock()
-        self.lexical = LexicalTier(self._lexical_docs)
+        self.lexical = LexicalTier(partial(lexical_docs, self.catalog, self.cold))
         self.cold_parts = ColdParts(self.path / "coldindex")
-        self._cold_build_lock = threading.Lock()  # one on-disk index build at a time
-        self._hits = {"hot": 0, "warm": 0, "cold": 0}
-        self._misses = {"hot": 0, "warm": 0, "cold": 0}
-        self._promotions = {"cold->warm": 0, "warm->hot": 0}
-        self._demotions = {"hot->warm": 0, "warm->cold": 0}
-        self._ops = 0
-        self._last_maintain = self.clock()
-        self._maintenance_due = False
-        self._clipped = 0.0  # clipped values among codes written since the last calibration
-        self._coded = 0
-        self._calibrated_on = self.cold.meta_get("calibrated_on", 0)
         self._has_sealed = bool(self.cold.meta_get("has_sealed", False))
-        self._topics_dirty: set[str] = set()  # namespaces whose topic model changed since it was written
         self._attachments: dict[str, Any] = {}  # features' per-store objects: see attachment()
-        self._load_expiry_bounds()
+        self._parts = StoreParts(
+            path=self.path, config=config, clock=self.clock, read_only=self.read_only, dimension=self.dimension,
+            cold=self.cold, shared_cold=self._shared_cold, sealer=self._sealer,
+            sealed_namespaces=self._sealed_namespaces, catalog=self.catalog, registry=self.registry, hot=self.hot,
+            warm=self.warm, lexical=self.lexical, cold_parts=self.cold_parts, rw=self._rw, mutex=self._mutex,
+            traffic=self._traffic, topics=self.topics, topics_dirty=self._topics_dirty)
+        self._expiry = Expiry(self._parts)
+        self._searcher = Searcher(self._parts, self._encode)
+        self._tiers = TierManager(self._parts, self._expiry)
+        # Called (last registered first) by close(), before it takes the write lock for the final
+        # persist: features with background work (e.g. prefetch workers) stop and join here.
+        self._closers: list[Callable[[], None]] = [self._tiers.stop]
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -332,7 +342,7 @@ class TieredMemory(SearchMixin, TierManagerMixin, ExpiryMixin):
 
     def close(self) -> None:
         """Persist statistics and the warm index, then release the directory. Safe to call twice."""
-        if self._closed:
+        if self._parts.closed:
             return
         # Stop background work first, without holding the lock: a worker may be waiting for it
         # (and conversations archive their windows here).
@@ -340,15 +350,15 @@ class TieredMemory(SearchMixin, TierManagerMixin, ExpiryMixin):
             self._closers.pop()()
         # New writes are refused from here on; the lock is fair, so the writers already queued
         # finish first and close() waits for no one else (issue 11.6).
-        self._closing = True
+        self._parts.closing = True
         with self._rw.write:
-            if self._closed:
+            if self._parts.closed:
                 return
             try:
                 if not self.read_only:
-                    self._persist(MaintenanceReport())
+                    self._tiers.persist(MaintenanceReport())
             finally:
-                self._closed = True
+                self._parts.closed = True
                 with self._mutex:
                     self.hot.clear()
                 self.cold_parts.close()
@@ -363,18 +373,13 @@ class TieredMemory(SearchMixin, TierManagerMixin, ExpiryMixin):
 
     @property
     def closed(self) -> bool:
-        return self._closed
+        return self._parts.closed
 
     def _check_open(self) -> None:
-        if self._closed:
-            raise StoreClosedError(f"the store at {self.path} is closed; open a new TieredMemory to continue")
+        self._parts.check_open()
 
     def _check_writable(self) -> None:
-        self._check_open()
-        if self._closing:
-            raise StoreClosedError(f"the store at {self.path} is closing; open a new TieredMemory to write")
-        if self.read_only:
-            raise InvalidInputError(f"{self.path} is open read-only; open it without read_only=True to write")
+        self._parts.check_writable()
 
     # -- adding ---------------------------------------------------------------------------
 
@@ -454,7 +459,7 @@ class TieredMemory(SearchMixin, TierManagerMixin, ExpiryMixin):
             self._check_writable()
             use_dedup = (self.config.dedup if dedup is None else dedup) and ids is None
             added = self._insert(memories, matrix, check_ids=ids is not None, dedup=use_dedup)
-        self._after_ops(n)
+        self._tiers.after_ops(n)
         return added
 
     def _new_memories(self, texts: Sequence[str], namespace: str, kind: Any, metadata: Any, importance: Any,
@@ -515,7 +520,7 @@ class TieredMemory(SearchMixin, TierManagerMixin, ExpiryMixin):
         with self._rw.write:
             self._check_writable()
             catalog = self.catalog
-            ns = self._load(namespace)
+            ns = self._tiers.load(namespace)
             if ns is not None:
                 slots = catalog.slots(namespace=ns)
                 plain = int(len(slots) - np.asarray(catalog.sensitive)[slots].sum()) if len(slots) else 0
@@ -525,7 +530,7 @@ class TieredMemory(SearchMixin, TierManagerMixin, ExpiryMixin):
                         "before writing to it (or add its memories with sensitive=True)")
             sealed = sorted(self._sealed_namespaces | {namespace})
             self.cold.write([self.cold.meta_op("sealed_namespaces", sealed)])
-            self._sealed_namespaces = set(sealed)
+            self._sealed_namespaces.add(namespace)  # in place: the parts share this set
 
     def encode_query(self, text: str) -> np.ndarray:
         """The query embedding of a text, from the query cache or freshly encoded (and cached).
@@ -533,7 +538,7 @@ class TieredMemory(SearchMixin, TierManagerMixin, ExpiryMixin):
         Thread-safe; call it from a background thread to have a later ``search(text)`` find the
         vector ready."""
         self._check_open()
-        return self._query_vector(text, None)
+        return self._searcher.query_vector(text, None)
 
     def _encode(self, texts: list[str]) -> np.ndarray:
         if self.encoder is None:
@@ -557,7 +562,7 @@ class TieredMemory(SearchMixin, TierManagerMixin, ExpiryMixin):
                 raise InvalidInputError(f"the id {taken[0]!r} is taken; choose another id, or use update() to "
                                         "change your own memory")
         namespace = memories[0].namespace
-        ns = self._load(namespace, create=True)
+        ns = self._tiers.load(namespace, create=True)
         answer = AddedIds(memory.id for memory in memories)
         text_keys: list[bytes | None] = [None] * len(memories)
         raised: dict[int, float] = {}  # slot -> the later expiry a duplicate asked for
@@ -565,14 +570,14 @@ class TieredMemory(SearchMixin, TierManagerMixin, ExpiryMixin):
             memories, vectors, text_keys = self._without_duplicates(ns, memories, vectors, answer, raised)
             if not memories:
                 if raised:
-                    self.cold.write(self._expiry_ops(raised))
-                    self._set_expiries(raised)
+                    self.cold.write(self._expiry.expiry_ops(raised))
+                    self._expiry.set_expiries(raised)
                 return answer
         else:
             # Still indexed (the latest memory of a text wins), so a later deduplicating add finds
             # it: no lookup on this path, which archives and benchmark builds take.
             text_keys = [None if memory.sensitive else text_key(ns, memory.text) for memory in memories]
-        self._calibrate_if_due(vectors)
+        self._tiers.calibrate_if_due(vectors)
         quantizer = self.cold.quantizer
         model = self.topics.get(namespace)
         if model is not None:
@@ -585,17 +590,17 @@ class TieredMemory(SearchMixin, TierManagerMixin, ExpiryMixin):
             not self._has_sealed else []
         dedup_ops = [("texts", key, memory.id.encode("utf-8")) for key, memory in zip(text_keys, memories)
                      if key is not None]
-        bound_ops, bound = self._lowered_bound_ops(ns, [memory.expires_at for memory in memories])
+        bound_ops, bound = self._expiry.lowered_bound_ops(ns, [memory.expires_at for memory in memories])
         self.cold.write([*self.cold.memory_ops(ns, memories, codes, vectors), *dedup_ops, *sealing, *bound_ops,
-                         *self._expiry_ops(raised), *self._changes.ops(ns, [memory.id for memory in memories])])
+                         *self._expiry.expiry_ops(raised),
+                         *self._changes.ops(ns, [memory.id for memory in memories])])
         if sealing:
             self._key_checked = self._has_sealed = True
         if bound_ops:
-            self._expiry_bounds[ns] = bound
-        self._set_expiries(raised)
+            self._expiry.set_bound(ns, bound)
+        self._expiry.set_expiries(raised)
         # Durable from here on; what follows only updates in-RAM structures.
-        self._clipped += quantizer.clip_rate(vectors) * vectors.size
-        self._coded += vectors.size
+        self._tiers.count_coded(vectors)
         with self._mutex:
             slots = [self.catalog.insert(memory, code) for memory, code in zip(memories, codes)]
         if model is not None:
@@ -603,11 +608,11 @@ class TieredMemory(SearchMixin, TierManagerMixin, ExpiryMixin):
             self._topics_dirty.add(namespace)
         self.lexical.added(namespace, [Doc(m.id, m.text, m.kind, m.created_at, m.sensitive) for m in memories])
         chosen = [slots[i] for i in np.flatnonzero(to_warm)]
-        self._warm_put_or_cold(namespace, chosen)
-        self._namespace_grew(namespace)
-        self._enforce_warm_capacity(protect=set(chosen))
+        self._tiers.warm_put_or_cold(namespace, chosen)
+        self._tiers.namespace_grew(namespace)
+        self._tiers.enforce_warm_capacity(protect=set(chosen))
         if not to_warm.all():  # memories went straight to cold: maybe enough for an on-disk index
-            self._wake_for_cold_index([ns])
+            self._tiers.wake_for_cold_index([ns])
         if answer.repeats:  # a repeat within the batch counts as a use of the memory it repeats
             now = self.clock()
             with self._mutex:
@@ -695,13 +700,14 @@ class TieredMemory(SearchMixin, TierManagerMixin, ExpiryMixin):
                 catalog.accessed[slot] = now
                 catalog.dirty.add(slot)
                 self._hits["hot"] += 1
-                self._ops += 1
+                parts = self._parts
+                parts.ops += 1
                 memory = catalog.memory(slot, entry.memory)
-                if self._ops < self._maintain_every_ops:
+                if parts.ops < self._maintain_every_ops:
                     return memory
         if memory is None:
             return self._get_from_disk(memory_id, namespace)
-        self._maintain_if_due()
+        self._tiers.maintain_if_due()
         return memory
 
     def _get_from_disk(self, memory_id: str, namespace: str | None) -> Memory:
@@ -714,8 +720,8 @@ class TieredMemory(SearchMixin, TierManagerMixin, ExpiryMixin):
         names = [content.namespace] if content is not None and (namespace is None or
                                                                 content.namespace == namespace) else []
         if names:
-            self._ensure_loaded(names)
-        with self._loaded_read(names):
+            self._tiers.ensure_loaded(names)
+        with self._tiers.loaded_read(names):
             self._check_open()
             slot = self.catalog.slot_of.get(memory_id, -1)
             if slot >= 0:
@@ -729,12 +735,12 @@ class TieredMemory(SearchMixin, TierManagerMixin, ExpiryMixin):
                         self._misses[tier] += 1
                 where = "" if namespace is None else f" in namespace {namespace!r}"
                 raise MemoryNotFoundError(f"no memory with id {memory_id!r}{where}")
-            self._check_unexpired(slot)
+            self._expiry.check_unexpired(slot)
             with self._mutex:
-                self._serve(slot)
+                self._tiers.serve(slot)
                 memory = self.catalog.memory(slot, content)
-        self._after_promotion_requests()
-        self._after_ops(1)
+        self._tiers.after_promotion_requests()
+        self._tiers.after_ops(1)
         return memory
 
     def search(
@@ -790,36 +796,24 @@ class TieredMemory(SearchMixin, TierManagerMixin, ExpiryMixin):
                 raise InvalidFilterError("only_ids takes a collection of str memory ids (a set is fastest)")
         mode = _check_mode(mode, query, vector)
         period = check_period(since, until)
-        q = self._query_vector(query, vector)
-        self._ensure_loaded(namespaces)
-        if mode != "dense":
-            hits = self._search_text(query, q, namespaces, k, kind_names, predicate, min_score, only_ids, mode,
-                                     period)
-            self._after_promotion_requests()
-            self._after_ops(1)
-            return hits
-        fetch = k * self.config.rescore_oversample if self.config.rescore else k
-        with self._loaded_read(namespaces):
+        q = self._searcher.query_vector(query, vector)
+        self._tiers.ensure_loaded(namespaces)
+        explained = None
+        with self._tiers.loaded_read(namespaces):
             self._check_open()
-            lookup = Lookup(self)
-            if len(namespaces) == 1:  # one list, already best first: nothing to merge
-                ranked = self._search_namespace(namespaces[0], q, fetch, kind_names, predicate, only_ids, lookup,
-                                                period)
+            lookup = Lookup(self._parts)
+            if mode == "dense":
+                ranked = self._searcher.dense(q, namespaces, k, kind_names, predicate, only_ids, min_score, lookup,
+                                              period)
             else:
-                found: dict[int, float] = {}
-                for ns in namespaces:
-                    for slot, score in self._search_namespace(ns, q, fetch, kind_names, predicate, only_ids,
-                                                              lookup, period):
-                        if score > found.get(slot, -math.inf):
-                            found[slot] = score
-                ranked = sorted(found.items(), key=lambda item: -item[1])[:fetch]
-            if self.config.rescore:
-                ranked = self._rescore(q, ranked)[:k]
-            if min_score is not None:
-                ranked = [(slot, score) for slot, score in ranked if score >= min_score]
-            hits = self._serve_hits(ranked, lookup)
-        self._after_promotion_requests()
-        self._after_ops(1)
+                ranked, explained = self._searcher.fused(query, q, namespaces, k, kind_names, predicate, min_score,
+                                                         only_ids, mode, lookup, period)
+            hits = self._tiers.serve_hits(ranked, lookup)
+        self._tiers.after_promotion_requests()
+        self._tiers.after_ops(1)
+        if explained is not None:
+            hits = [hit._replace(dense_score=explained[hit.memory.id][0], lexical_score=explained[hit.memory.id][1])
+                    for hit in hits]
         return hits
 
     # -- changing and deleting -------------------------------------------------------------
@@ -862,8 +856,8 @@ class TieredMemory(SearchMixin, TierManagerMixin, ExpiryMixin):
             new_vector = self._encode([text])
         with self._rw.write:
             self._check_writable()
-            slot = self._slot(memory_id, namespace)
-            self._check_unexpired(slot)
+            slot = self._tiers.slot_for_change(memory_id, namespace)
+            self._expiry.check_unexpired(slot)
             catalog = self.catalog
             ns = catalog.ns[slot]
             entry = self.hot.peek(memory_id)
@@ -897,11 +891,11 @@ class TieredMemory(SearchMixin, TierManagerMixin, ExpiryMixin):
                 ops.append(self.cold.count_op(ns, 0))  # the namespace's vectors changed: saved graphs are stale
             with self._mutex:
                 changed = changed._replace(tier=catalog.tier_of(slot))
-            ops += self.cold.row_ops(ns, [memory_id], [self._row_bytes(slot, changed)])
-            bound_ops, bound = self._lowered_bound_ops(ns, [changed.expires_at])
+            ops += self.cold.row_ops(ns, [memory_id], [row_bytes(catalog, slot, changed)])
+            bound_ops, bound = self._expiry.lowered_bound_ops(ns, [changed.expires_at])
             self.cold.write(ops + bound_ops + self._changes.ops(ns, [memory_id]))
             if bound_ops:
-                self._expiry_bounds[ns] = bound
+                self._expiry.set_bound(ns, bound)
             with self._mutex:
                 if new_expiry is not UNCHANGED:
                     catalog.set_expiry(slot, NEVER if new_expiry is None else new_expiry)
@@ -915,15 +909,15 @@ class TieredMemory(SearchMixin, TierManagerMixin, ExpiryMixin):
                     catalog.set_topic(slot, changed.topic)
                 if entry is not None:
                     if not self.hot.put(changed, entry.vector if new_vector is None else
-                                        self._as_stored(slot, new_vector[0])):
+                                        self._tiers.as_stored(slot, new_vector[0])):
                         catalog.set_tier(slot, WARM)
             if new_vector is not None and catalog.tier[slot] != COLD:
-                self._warm_put_or_cold(old.namespace, [slot])
+                self._tiers.warm_put_or_cold(old.namespace, [slot])
             if text is not None or kind is not None:
                 self.lexical.added(old.namespace, [Doc(memory_id, changed.text, changed.kind, changed.created_at,
                                                        changed.sensitive)])
             result = catalog.memory(slot, changed)
-        self._after_ops(1)
+        self._tiers.after_ops(1)
         return result
 
     def delete(self, memory_id: str, *, namespace: str | None = None) -> None:
@@ -933,7 +927,7 @@ class TieredMemory(SearchMixin, TierManagerMixin, ExpiryMixin):
         check_id(memory_id)
         with self._rw.write:
             self._check_writable()
-            slot = self._slot(memory_id, namespace)
+            slot = self._tiers.slot_for_change(memory_id, namespace)
             ns = self.catalog.ns[slot]
             ns_name = self.catalog.namespaces.names[ns]
             ops = self.cold.delete_ops(ns, [memory_id])
@@ -943,30 +937,47 @@ class TieredMemory(SearchMixin, TierManagerMixin, ExpiryMixin):
                 if self.cold.find_texts([key])[0] == memory_id:
                     ops.append(("texts", key, None))
             self.cold.write(ops + self._changes.ops(ns, [memory_id], deleted=True))
-            with self._mutex:
-                self.hot.discard(memory_id)
-                self.catalog.remove(memory_id)
-            self.warm.discard(memory_id, ns_name)
-            self.lexical.removed(ns_name, [memory_id])
-            self._namespace_grew(ns_name)
-        self._after_ops(1)
+            self._tiers.drop_deleted(ns_name, [memory_id])
+        self._tiers.after_ops(1)
 
-    def _slot(self, memory_id: str, namespace: str | None) -> int:
-        """The slot of a memory to change, loading its namespace. Caller holds the write lock."""
-        if namespace is not None:
-            check_label(namespace, "namespace")
-        if self._shared_cold:  # several writers: the memory's namespace as the store has it now
-            self._reload_for(memory_id)
-        if memory_id not in self.catalog.slot_of:
-            record = self.cold.get(memory_id)
-            if record is not None and (namespace is None or record.namespace == namespace):
-                self._load(record.namespace)
-        slot = self.catalog.slot_of.get(memory_id)
-        if slot is None or (namespace is not None and
-                            self.catalog.namespaces.names[self.catalog.ns[slot]] != namespace):
-            where = "" if namespace is None else f" in namespace {namespace!r}"
-            raise MemoryNotFoundError(f"no memory with id {memory_id!r}{where}")
-        return slot
+    def extend(self, memory_id: str, *, ttl_s: float, namespace: str | None = None) -> float | None:
+        """Push a memory's expiry to ``ttl_s`` seconds from now, durably; returns its expires_at.
+
+        Never shortens: an expiry already later stays, and a memory that never expires keeps
+        never expiring (``update(expires_at=)`` sets any expiry). Not an access and not a new
+        version. Raises MemoryExpiredError if it has already expired."""
+        return self.extend_many([memory_id], ttl_s=ttl_s, namespace=namespace)[0]
+
+    def extend_many(self, memory_ids: Sequence[str], *, ttl_s: float | Sequence[float],
+                    namespace: str | None = None) -> list[float | None]:
+        """:meth:`extend` for several memories in one durable transaction (all or none); ``ttl_s``
+        one value or one per id. For a read that refreshes what it returns (``refresh_on_read``)."""
+        self._check_writable()
+        if isinstance(memory_ids, str) or not isinstance(memory_ids, Sequence):
+            raise InvalidInputError("extend_many() takes a list of ids; use extend() for one")
+        ids = [check_id(memory_id) for memory_id in memory_ids]
+        ttls = [check_ttl(value) for value in per_memory(ttl_s, len(ids), "ttl_s")]
+        if not ids:
+            return []
+        with self._rw.write:
+            self._check_writable()
+            now = self.clock()
+            catalog = self.catalog
+            targets: dict[int, float] = {}
+            for memory_id, ttl in zip(ids, ttls):
+                slot = self._tiers.slot_for_change(memory_id, namespace)
+                current = catalog.expires[slot]
+                if current <= now:
+                    raise expired_error(memory_id, current)
+                wanted = max(targets.get(slot, current), current, now + ttl)
+                if current != NEVER and wanted > current:
+                    targets[slot] = wanted
+            if targets:
+                self.cold.write(self._expiry.expiry_ops(targets))
+                self._expiry.set_expiries(targets)
+            result = [catalog.expires[catalog.slot_of[memory_id]] for memory_id in ids]
+        self._tiers.after_ops(len(ids))
+        return [None if expires == NEVER else expires for expires in result]
 
     # -- maintenance -----------------------------------------------------------------------
 
@@ -978,43 +989,46 @@ class TieredMemory(SearchMixin, TierManagerMixin, ExpiryMixin):
         self._check_writable()
         with self._rw.write:
             self._check_writable()
-            return self._maintain()
+            return self._tiers.maintain()
 
-    def _maintenance_is_due(self) -> bool:
-        return (self._ops >= self.config.maintain_every_ops
-                or self.clock() - self._last_maintain >= self.config.maintain_every_s
-                or self.registry.over_budget())
+    # -- tiering (the tier manager does it) --------------------------------------------------
 
-    def _maintain_if_due(self) -> None:
-        """Housekeeping runs on the background thread, never inside the caller's operation
-        (without one, promote_in_background=False, it runs here, after the caller's work)."""
-        if self._closed or self.read_only and not self.registry.over_budget():
-            return
-        if not self._maintenance_is_due():
-            return
-        if self.config.promote_in_background:
-            self._maintenance_due = True
-            self._promoter.wake()
-            return
-        with self._rw.write:
-            if not self._closed:
-                self._run_due_maintenance()
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until background promotions asked for so far are done; False if the timeout ends."""
+        return self._tiers.wait_idle(timeout)
 
-    def _run_due_maintenance(self) -> bool:
-        """Unload namespaces over the budget; maintain when the op or time bound is crossed.
-        Caller holds the write lock; returns whether anything was done."""
-        self._maintenance_due = False
-        did = bool(self._unload_over_budget())
-        if not self.read_only and (self._ops >= self.config.maintain_every_ops or
-                                   self.clock() - self._last_maintain >= self.config.maintain_every_s):
-            self._maintain()
-            did = True
-        return did
+    def decay_scores(self, slots: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(slots, decayed importance) of the given or all live memories, at the clock's now."""
+        return self._tiers.decay_scores(slots)
 
-    def _after_ops(self, n: int) -> None:
-        with self._mutex:
-            self._ops += n
-        self._maintain_if_due()
+    def index_cold(self, namespace: str) -> int:
+        """Build (or rebuild) the on-disk index of a loaded namespace's cold part now, in the
+        caller's thread, without holding the store's lock while it builds; returns the rows it
+        covers (0: nothing to index, a sealed namespace, or usearch missing). The background
+        thread does this by itself once ``cold_index_min_rows`` cold rows are unindexed."""
+        return self._tiers.index_cold(namespace)
+
+    def promote(self, memory_ids: Iterable[str], tier: Tier = Tier.HOT) -> int:
+        """Move memories up to `tier` ahead of use (prefetch); not counted as accesses.
+
+        Use counts and hit statistics do not change, but each moved memory's idle clock restarts
+        (``last_accessed`` reads the move's time). Unknown ids are skipped. Returns how many
+        moves were made (cold -> warm -> hot counts two)."""
+        return self._tiers.promote(memory_ids, tier)
+
+    def nearest_topics(self, namespace: str, vector: np.ndarray, n: int = 1) -> list[int]:
+        """The namespace's n topics nearest a unit vector (empty before it has a topic model)."""
+        return self._tiers.nearest_topics(namespace, vector, n)
+
+    def top_by_decay(self, namespace: str, topics: Iterable[int] | None = None, limit: int = 100,
+                     exclude_tiers: tuple[Tier, ...] = (), near: np.ndarray | None = None,
+                     near_weight: float = 1.0) -> list[str]:
+        """Ids of the namespace's memories (optionally of some topics) with the highest decayed
+        importance, best first: what prefetch should warm up. With `near` (a unit vector) each
+        score gains ``near_weight`` x the memory's cosine to it (from its int8 code), so memories
+        close to a conversation come first (compare modes `prefetch` and `prefetch-decay` in
+        benchmarks/results/prefetch/)."""
+        return self._tiers.top_by_decay(namespace, topics, limit, exclude_tiers, near, near_weight)
 
     # -- introspection ---------------------------------------------------------------------
 
@@ -1023,9 +1037,9 @@ class TieredMemory(SearchMixin, TierManagerMixin, ExpiryMixin):
         namespaces (count, bytes, loads, unloads, load latency). Counts are of what is stored:
         ``expired`` says how many of ``memories`` have expired and wait for the sweep."""
         self._check_open()
-        if self._bounds():  # expired memories may read rows: not under the mutex hot gets take
+        if self._expiry.bounds():  # expired memories may read rows: not under the mutex hot gets take
             with self._rw.read:
-                expired = self._expired_count()
+                expired = self._expiry.expired_count()
         else:
             expired = 0
         with self._rw.read, self._mutex:
@@ -1047,10 +1061,10 @@ class TieredMemory(SearchMixin, TierManagerMixin, ExpiryMixin):
                                self._misses["warm"], self.config.warm_capacity, warm_files),
                 cold=TierStats(total, codes[True], self._hits["cold"],
                                self._misses["cold"], None, self.cold.nbytes()),
-                promotions=dict(self._promotions),
-                demotions=dict(self._demotions),
+                promotions=dict(self._traffic.promotions),
+                demotions=dict(self._traffic.demotions),
                 quantizer={"scheme": self.cold.quantizer.name, "calibrated": self.cold.quantizer.calibrated,
-                           "calibrated_on": self._calibrated_on},
+                           "calibrated_on": self._tiers.calibrated_on},
                 loaded=self.registry.stats(),
                 cold_index=self.cold_parts.stats(),
                 expired=expired,
@@ -1059,18 +1073,18 @@ class TieredMemory(SearchMixin, TierManagerMixin, ExpiryMixin):
     def __len__(self) -> int:
         """Memories stored and not expired."""
         self._check_open()
-        if not self._bounds():  # no memory of the store expires: the archive's count
+        if not self._expiry.bounds():  # no memory of the store expires: the archive's count
             return len(self.cold)
         with self._rw.read:  # the catalog's expiring sets change under the write lock
-            return len(self.cold) - self._expired_count()
+            return len(self.cold) - self._expiry.expired_count()
 
     def __contains__(self, memory_id: object) -> bool:
-        if not isinstance(memory_id, str) or self._closed:
+        if not isinstance(memory_id, str) or self._parts.closed:
             return False
         slot = self.catalog.slot_of.get(memory_id)
         if slot is not None:
             return self.catalog.expires[slot] > self.clock()
-        return self._live(self.cold.get_many([memory_id])[0]) is not None
+        return self._expiry.live(self.cold.get_many([memory_id])[0]) is not None
 
     def count(self, namespace: str | None = None) -> int:
         """Memories in one namespace, or in all, expired ones left out (read from the cold tier's
@@ -1082,25 +1096,25 @@ class TieredMemory(SearchMixin, TierManagerMixin, ExpiryMixin):
         ns = self.cold.namespace_id(check_label(namespace, "namespace"))
         if ns is None:
             return 0
-        if ns not in self._bounds():
+        if ns not in self._expiry.bounds():
             return self.cold.namespace_info(ns)[1]
         with self._rw.read:
             stored = self.cold.namespace_info(ns)[1]
-            return stored - self._expired_count(ns) if stored else 0
+            return stored - self._expiry.expired_count(ns) if stored else 0
 
     def namespaces(self) -> list[str]:
         """Namespaces that hold at least one memory that has not expired."""
         self._check_open()
-        if not self._bounds():  # no memory of the store expires
+        if not self._expiry.bounds():  # no memory of the store expires
             return [name for name, count in self.cold.namespace_counts() if count]
         with self._rw.read:
             now = self.clock()
-            due = set(self._due_namespaces(now))
+            due = set(self._expiry.due_namespaces(now))
             found = []
             for name, count in self.cold.namespace_counts():
                 ns = self.cold.namespace_id(name) if count and due else None
                 if ns in due:
-                    count -= len(self._expired_ids(ns, now))  # type: ignore[arg-type]
+                    count -= len(self._expiry.expired_ids(ns, now))  # type: ignore[arg-type]
                 if count:
                     found.append(name)
             return found
@@ -1112,13 +1126,13 @@ class TieredMemory(SearchMixin, TierManagerMixin, ExpiryMixin):
         with self._rw.read:
             now = self.clock()
             if namespace is None:
-                due = self._due_namespaces(now)
-                gone = set().union(*(self._expired_ids(ns, now) for ns in due)) if due else set()
+                due = self._expiry.due_namespaces(now)
+                gone = set().union(*(self._expiry.expired_ids(ns, now) for ns in due)) if due else set()
                 return [i for i in self.cold.ids() if i not in gone] if gone else list(self.cold.ids())
             ns = self.cold.namespace_id(check_label(namespace, "namespace"))
             if ns is None:
                 return []
-            gone = self._expired_ids(ns, now)
+            gone = self._expiry.expired_ids(ns, now)
             return [i for i in self.cold.namespace_ids(ns) if i not in gone] if gone else self.cold.namespace_ids(ns)
 
     def tier_of(self, memory_id: str) -> Tier:
@@ -1131,7 +1145,7 @@ class TieredMemory(SearchMixin, TierManagerMixin, ExpiryMixin):
                 if self.catalog.expires[slot] <= self.clock():
                     raise expired_error(memory_id, self.catalog.expires[slot])
                 return self.catalog.tier_of(slot)
-        if self._live(self.cold.get_many([memory_id])[0]) is None:
+        if self._expiry.live(self.cold.get_many([memory_id])[0]) is None:
             raise MemoryNotFoundError(f"no memory with id {memory_id!r}")
         return Tier.COLD
 
@@ -1148,8 +1162,8 @@ class TieredMemory(SearchMixin, TierManagerMixin, ExpiryMixin):
         if not isinstance(newest_first, bool):
             raise InvalidInputError(f"newest_first must be True or False, got {newest_first!r:.40}")
         period = check_period(since, until)
-        self._ensure_loaded([namespace])
-        with self._loaded_read([namespace]):
+        self._tiers.ensure_loaded([namespace])
+        with self._tiers.loaded_read([namespace]):
             self._check_open()
             catalog = self.catalog
             ns = catalog.namespaces.codes.get(namespace)
@@ -1173,7 +1187,7 @@ class TieredMemory(SearchMixin, TierManagerMixin, ExpiryMixin):
         starts), so that their first search does not pay the range read."""
         self._check_open()
         names = [namespace] if isinstance(namespace, str) else list(namespace)
-        self._ensure_loaded([check_label(name, "namespace") for name in names])
+        self._tiers.ensure_loaded([check_label(name, "namespace") for name in names])
 
     # -- the surface features build on (agents, conversations, prefetch) -------------------
 
@@ -1213,7 +1227,7 @@ class TieredMemory(SearchMixin, TierManagerMixin, ExpiryMixin):
         check_id(memory_id)
         with self._rw.read:
             self._check_open()
-            return self._live(self.cold.get(memory_id))
+            return self._expiry.live(self.cold.get(memory_id))
 
     def version_of(self, memory_id: str) -> int:
         """The version the store holds for a memory, 0 if it holds none."""
@@ -1233,7 +1247,7 @@ class TieredMemory(SearchMixin, TierManagerMixin, ExpiryMixin):
         check_id(memory_id)
         with self._rw.read:
             self._check_open()
-            if self._bounds() and self._live(self.cold.get(memory_id)) is None:
+            if self._expiry.bounds() and self._expiry.live(self.cold.get(memory_id)) is None:
                 return None
             return self.cold.vector(memory_id)
 
@@ -1288,18 +1302,18 @@ class TieredMemory(SearchMixin, TierManagerMixin, ExpiryMixin):
 
     def _make_sync_endpoint(self) -> SyncEndpoint:
         def forget(namespace: str) -> None:  # under the write lock: flush, then drop the RAM copy
-            self._unload(namespace)
+            self._tiers.unload(namespace)
 
         def bound_ops(ns: int, expiries: list[float | None]) -> tuple[list[Op], Callable[[], None]]:
-            ops, bound = self._lowered_bound_ops(ns, expiries)
+            ops, bound = self._expiry.lowered_bound_ops(ns, expiries)
 
             def commit() -> None:
                 if ops:
-                    self._expiry_bounds[ns] = bound
+                    self._expiry.set_bound(ns, bound)
             return ops, commit
 
         def calibrate(vectors: np.ndarray) -> None:
-            self._calibrate_if_due(vectors)
+            self._tiers.calibrate_if_due(vectors)
 
         return SyncEndpoint(self.cold, store_id=self._changes.store_id, clock=self._changes.clock,
                             wall_clock=self.clock, dimension=self.dimension,

@@ -16,9 +16,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import astuple
 from typing import TYPE_CHECKING, Any
 
-from tiered_memory.agents.notify import NotifyingMixin
+from tiered_memory.agents.notify import Notifier
 from tiered_memory.agents.store import (
     AgentRecord,
+    HubState,
     HubStore,
     Notification,
     Op,
@@ -42,8 +43,8 @@ if TYPE_CHECKING:
     import numpy as np
 
     from tiered_memory.agents.agent import Agent
-    from tiered_memory.sync.endpoint import Conflict
     from tiered_memory.engine import TieredMemory
+    from tiered_memory.sync.endpoint import Conflict
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 SHARED = "shared"  # the shared namespace's last part; no agent may take this name
@@ -77,7 +78,7 @@ def hub_for(mem: TieredMemory, user: str = "default", *, seal_shared: bool = Fal
     return hub
 
 
-class AgentHub(NotifyingMixin):
+class AgentHub:
     """Registers one user's agents over one store and coordinates what they share.
 
     >>> hub = mem.agents()                                                 # doctest: +SKIP
@@ -95,16 +96,37 @@ class AgentHub(NotifyingMixin):
         self.shared_namespace = f"{user}/{SHARED}"
         self._store = HubStore(mem, user)
         self._lock = threading.Lock()  # hub state and quota accounting; taken before the engine's locks
-        self._delivery = threading.RLock()  # re-entrant: a callback may change a shared memory itself
-        self._subscribers: dict[str, list[Callable[[Notification], None]]] = {}
-        self._delivered: dict[str, int] = {}  # per agent: the last seq its callbacks took (this process)
-        self._delivering: set[str] = set()
+        self._notifier = Notifier(self._store, self._lock, self._agent_name)
         self._usage: dict[str, int] = {}
         self._store.load()
         if seal_shared:
             self.seal_shared()
         _hubs_of(mem)[user] = self
         mem.sync_endpoint.add_conflict_listener(self._synced_conflicts)
+
+    @property
+    def state(self) -> HubState:
+        return self._store.state
+
+    # -- notifications (the notifier's) -----------------------------------------------------
+
+    def notifications(self, agent: Any) -> list[Notification]:
+        """An agent's un-acknowledged notifications, in order."""
+        return self._notifier.notifications(agent)
+
+    def ack(self, agent: Any, upto: int) -> int:
+        """Acknowledge an agent's notifications up to sequence number ``upto``; returns how many."""
+        return self._notifier.ack(agent, upto)
+
+    def subscribe(self, agent: Any, callback: Callable[[Notification], None]) -> None:
+        """Call ``callback(notification)`` for each of the agent's notifications, in order, from the
+        thread that made the change, once it is durable; each is acknowledged after its callbacks
+        return. Un-acknowledged ones (e.g. from before a restart) are delivered now."""
+        self._notifier.subscribe(agent, callback)
+
+    def deliver(self, agents: Iterable[str] | None = None) -> None:
+        """Hand pending notifications to subscribers; a callback that raises is retried next time."""
+        self._notifier.deliver(agents)
 
     def namespace(self, agent: str) -> str:
         return f"{self.user}/{agent}"
@@ -278,7 +300,7 @@ class AgentHub(NotifyingMixin):
             # A sensitive memory's grants are sealed (bound to their key): someone who can write the
             # files but has no key cannot grant himself a sealed memory (issue 11.5).
             ops = [self._store.op("g", (memory_id, name), access, sealed=record.sensitive) for name in targets]
-            self._store.commit(ops + self._notify_ops(targets, memory_id, "shared", version, agent, now))
+            self._store.commit(ops + self._notifier.ops(targets, memory_id, "shared", version, agent, now))
 
     def _share_new(self, owner: str, targets: list[str], content: str | None, source_id: str | None, kind: str,
                    metadata: Mapping[str, Any] | None, access: str, key: str | None, importance: float,
@@ -319,7 +341,7 @@ class AgentHub(NotifyingMixin):
             ops = [self._store.op("m", (memory_id,), [owner, key, sensitive, owner, now], sealed=sensitive)]
             ops += [self._store.op("g", (memory_id, name), grant, sealed=sensitive) for name, grant in grants.items()]
             ops.append(self._history_op(memory_id, 1, text, metadata, kind, importance, owner, now, sensitive))
-            ops += self._notify_ops(targets, memory_id, "shared", 1, owner, now)
+            ops += self._notifier.ops(targets, memory_id, "shared", 1, owner, now)
             self._store.coordinated(memory_id, 1, ops, lambda: mem.add(
                 text, namespace=self.shared_namespace, kind=kind, metadata=metadata, importance=importance,
                 vector=vectors, id=memory_id, sensitive=sensitive))
@@ -341,7 +363,7 @@ class AgentHub(NotifyingMixin):
             if not targets:
                 return
             ops = [self._store.op("g", (memory_id, name), None) for name in targets]
-            ops += self._notify_ops(targets, memory_id, "revoked", self._store.engine_version(memory_id),
+            ops += self._notifier.ops(targets, memory_id, "revoked", self._store.engine_version(memory_id),
                                     None if by is None else self._agent_name(by), self.mem.clock())
             self._store.commit(ops)
         self.deliver(targets)
@@ -384,7 +406,7 @@ class AgentHub(NotifyingMixin):
                                     old.metadata if metadata is None else metadata, kind or old.kind,
                                     old.importance if importance is None else importance, agent, now,
                                     record.sensitive)]
-            ops += self._notify_ops(others, memory_id, "updated", version, agent, now)
+            ops += self._notifier.ops(others, memory_id, "updated", version, agent, now)
             result = self._store.coordinated(memory_id, version, ops, lambda: mem.update(
                 memory_id, namespace=self.shared_namespace, text=text, kind=kind, metadata=metadata,
                 importance=importance, vector=vectors))
@@ -403,7 +425,7 @@ class AgentHub(NotifyingMixin):
             ops: list[Op] = [(key, None) for key in history]
             ops += [self._store.op("m", (memory_id,), None)]
             ops += [self._store.op("g", (memory_id, name), None) for name in grants]
-            ops += self._notify_ops(others, memory_id, "deleted", self._store.engine_version(memory_id), agent,
+            ops += self._notifier.ops(others, memory_id, "deleted", self._store.engine_version(memory_id), agent,
                                     self.mem.clock())
             self._store.coordinated(memory_id, 0, ops,
                                     lambda: self.mem.delete(memory_id, namespace=self.shared_namespace))
@@ -424,7 +446,7 @@ class AgentHub(NotifyingMixin):
                           if name in self.state.agents and self.access(name, conflict.memory_id)]
                 if not agents:
                     continue
-                self._store.commit(self._notify_ops(agents, conflict.memory_id, "conflict",
+                self._store.commit(self._notifier.ops(agents, conflict.memory_id, "conflict",
                                                     self._store.engine_version(conflict.memory_id), None,
                                                     self.mem.clock()))
             told += agents

@@ -18,23 +18,27 @@ from tiered_memory.errors import InvalidInputError
 log = logging.getLogger(__name__)
 
 
-class NotifyingMixin:
-    """The notification half of :class:`tiered_memory.agents.hub.AgentHub`."""
+class Notifier:
+    """The notification half of :class:`tiered_memory.agents.hub.AgentHub`: queues in the hub's
+    store, subscribers in this process. ``lock`` is the hub's (its state and quota accounting);
+    ``agent_name`` gives the registered name of an agent or its handle (raising if unknown)."""
 
-    _store: HubStore
-    _lock: threading.Lock
-    _delivery: threading.RLock
-    _subscribers: dict[str, list[Callable[[Notification], None]]]
-    _delivered: dict[str, int]
-    _delivering: set[str]
-    _agent_name: Callable[[Any], str]  # AgentHub's: the registered name of an agent or its handle
+    def __init__(self, store: HubStore, lock: threading.Lock, agent_name: Callable[[Any], str]) -> None:
+        self._store = store
+        self._lock = lock
+        self._agent_name = agent_name
+        self._delivery = threading.RLock()  # re-entrant: a callback may change a shared memory itself
+        self._subscribers: dict[str, list[Callable[[Notification], None]]] = {}
+        self._delivered: dict[str, int] = {}  # per agent: the last seq its callbacks took (this process)
+        self._delivering: set[str] = set()
 
     @property
     def state(self) -> HubState:
         return self._store.state
 
-    def _notify_ops(self, agents: Iterable[str], memory_id: str, event: str, version: int, by: str | None,
+    def ops(self, agents: Iterable[str], memory_id: str, event: str, version: int, by: str | None,
                     at: float) -> list[Op]:
+        """The puts that queue one notification for each of these agents (committed with the change)."""
         ops = []
         for name in agents:
             seq = self.state.last_seq.get(name, 0) + 1
@@ -43,13 +47,13 @@ class NotifyingMixin:
         return ops
 
     def notifications(self, agent: Any) -> list[Notification]:
-        """An agent's un-acknowledged notifications, in order."""
+        """See :meth:`AgentHub.notifications`."""
         name = self._agent_name(agent)
         with self._lock:
             return list(self.state.queues.get(name, {}).values())
 
     def ack(self, agent: Any, upto: int) -> int:
-        """Acknowledge an agent's notifications up to sequence number ``upto``; returns how many."""
+        """See :meth:`AgentHub.ack`."""
         name = self._agent_name(agent)
         if isinstance(upto, bool) or not isinstance(upto, int):
             raise InvalidInputError(f"upto must be a notification's seq (an int), got {upto!r}")
@@ -60,9 +64,7 @@ class NotifyingMixin:
         return len(done)
 
     def subscribe(self, agent: Any, callback: Callable[[Notification], None]) -> None:
-        """Call ``callback(notification)`` for each of the agent's notifications, in order, from the
-        thread that made the change, once it is durable; each is acknowledged after its callbacks
-        return. Un-acknowledged ones (e.g. from before a restart) are delivered now."""
+        """See :meth:`AgentHub.subscribe`."""
         name = self._agent_name(agent)
         if not callable(callback):
             raise InvalidInputError(f"callback must be callable, got {callback!r}")
@@ -70,7 +72,7 @@ class NotifyingMixin:
         self.deliver([name])
 
     def deliver(self, agents: Iterable[str] | None = None) -> None:
-        """Hand pending notifications to subscribers; a callback that raises is retried next time."""
+        """See :meth:`AgentHub.deliver`."""
         for name in list(self.state.agents if agents is None else agents):
             callbacks = self._subscribers.get(name)
             if not callbacks:

@@ -1,22 +1,28 @@
-"""Search internals: warm ANN, exact and IVF scans of int8 codes, filters, rescoring, serving hits.
+"""The searcher: ranked candidates from warm ANN, exact and IVF scans of int8 codes, the on-disk
+index of huge cold parts and BM25, with filters and rescoring. No side effects: serving the hits
+(counting accesses, asking for promotions) is the tier manager's.
 
-Mixed into :class:`~tiered_memory.engine.TieredMemory`; every method here runs with the engine's
-readers-writer lock held shared, so it reads the indexes but never changes them.
+Held by :class:`~tiered_memory.engine.TieredMemory`; every ranking runs with the store's
+readers-writer lock held shared (the store takes it), so it reads the indexes but never changes
+them.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Collection, Mapping
+import math
+import threading
+from collections.abc import Callable, Collection, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from cachetools import LRUCache
 
 from tiered_memory.encoders import as_unit_vectors
 from tiered_memory.errors import InvalidInputError, TieredMemoryError
-from tiered_memory.namespaces.catalog import HOT, Catalog
+from tiered_memory.namespaces.catalog import Catalog
 from tiered_memory.quantization import Int8Quantizer
-from tiered_memory.records import TIERS_BY_CODE, Hit, Memory, check_text
+from tiered_memory.records import Memory, check_text
 from tiered_memory.search.filters import Predicate
 from tiered_memory.search.fusion import NEIGHBOUR_WEIGHTS
 from tiered_memory.search.lexical_tier import Doc
@@ -25,7 +31,8 @@ from tiered_memory.tiers.blocks import INDEXED, scan
 from tiered_memory.tiers.cold_parts import IndexedPart
 
 if TYPE_CHECKING:
-    from tiered_memory.engine import TieredMemory
+    from tiered_memory.parts import StoreParts
+    from tiered_memory.tiers.cold_store import ColdStore
 
 
 Period = tuple[float, float]  # created_at bounds, seconds, both inclusive
@@ -40,8 +47,8 @@ def _z_scores(values: np.ndarray) -> np.ndarray:
 class Lookup:
     """Records and metadata fetched during one search, so each is read at most once."""
 
-    def __init__(self, engine: TieredMemory) -> None:
-        self.engine = engine
+    def __init__(self, parts: StoreParts) -> None:
+        self.parts = parts
         self.contents: dict[int, Memory | None] = {}
 
     def content(self, slot: int) -> Memory | None:
@@ -51,20 +58,20 @@ class Lookup:
         the other namespace)."""
         if slot in self.contents:
             return self.contents[slot]
-        engine = self.engine
-        memory_id = engine.catalog.ids[slot]
-        entry = engine.hot.peek(memory_id)
-        content = entry.memory if entry is not None else self.checked(slot, engine.cold.get(memory_id))
+        parts = self.parts
+        memory_id = parts.catalog.ids[slot]
+        entry = parts.hot.peek(memory_id)
+        content = entry.memory if entry is not None else self.checked(slot, parts.cold.get(memory_id))
         # -- several writers: another process may delete it between this call's version check and
         # this read (as for a read-only opener, it is left out of the results)
-        if content is None and not engine.read_only and not engine.shared:
+        if content is None and not parts.read_only and not parts.shared_cold:
             raise TieredMemoryError(f"memory {memory_id!r} is in the catalog but not in cold storage")
         self.contents[slot] = content
         return content
 
     def checked(self, slot: int, content: Memory | None) -> Memory | None:
         """The record if it belongs to the slot's namespace (issue 11.4), else None."""
-        catalog = self.engine.catalog
+        catalog = self.parts.catalog
         if content is None or catalog.namespaces.codes.get(content.namespace) != catalog.ns[slot]:
             return None
         return content
@@ -148,57 +155,61 @@ class RowFilter:
         return keep
 
 
-class SearchMixin:
-    """Candidate generation and hit serving for TieredMemory."""
+def lexical_docs(catalog: Catalog, cold: ColdStore, namespace: str) -> list[Doc]:
+    """Every memory of a loaded namespace as the lexical index needs it (records read in one
+    transaction). Runs under the caller's shared lock, the first time a text search needs it."""
+    ns = catalog.namespaces.codes.get(namespace)
+    if ns is None:
+        return []
+    slots = sorted(catalog.slots_by_ns.get(ns, ()))
+    ids = [catalog.ids[slot] for slot in slots]
+    docs = []
+    for slot, record in zip(slots, cold.get_many(ids)):
+        if record is not None and record.namespace == namespace:
+            docs.append(Doc(record.id, record.text, catalog.kinds.names[catalog.kind[slot]],
+                            catalog.created[slot], bool(catalog.sensitive[slot])))
+    return docs
 
-    def _serve_hits(self, ranked: list[tuple[int, float]], lookup: Lookup) -> list[Hit]:
-        """Build the hits and count the accesses; warm and cold hits are queued for promotion."""
-        catalog = self.catalog
-        ids, tiers = catalog.ids, catalog.tier
-        # Records of warm and cold hits come from cold: read them in one transaction.
-        needing = [slot for slot, _ in ranked if tiers[slot] != HOT and slot not in lookup.contents]
-        if needing:
-            for slot, content in zip(needing, self.cold.get_many([ids[slot] for slot in needing])):
-                content = lookup.checked(slot, content)
-                if content is not None or self.read_only:
-                    lookup.contents[slot] = content
-        hits = []
-        now = self.clock()
-        hot_get, uses, accessed, dirty = self._hot_cache.__getitem__, catalog.uses, catalog.accessed, catalog.dirty
-        memory_of, hot_served = catalog.memory, 0
-        with self._mutex:
-            for slot, score in ranked:
-                if tiers[slot] == HOT:  # the common case, kept lean: one LRU lookup, no disk
-                    content = hot_get(ids[slot]).memory
-                    uses[slot] += 1  # catalog.touch(), inlined: this loop is on every search
-                    accessed[slot] = now
-                    dirty.add(slot)
-                    hot_served += 1
-                    tier = HOT
-                else:
-                    content = lookup.content(slot)
-                    if content is None:
-                        continue
-                    tier = self._serve(slot)
-                hits.append(Hit(memory_of(slot, content), float(score), TIERS_BY_CODE[tier]))
-            self._hits["hot"] += hot_served
-        return hits
 
-    def _lexical_docs(self, namespace: str) -> list[Doc]:
-        """Every memory of a loaded namespace as the lexical index needs it (records read in one
-        transaction). Runs under the caller's shared lock, the first time a text search needs it."""
-        catalog = self.catalog
-        ns = catalog.namespaces.codes.get(namespace)
-        if ns is None:
-            return []
-        slots = sorted(catalog.slots_by_ns.get(ns, ()))
-        ids = [catalog.ids[slot] for slot in slots]
-        docs = []
-        for slot, record in zip(slots, self.cold.get_many(ids)):
-            if record is not None and record.namespace == namespace:
-                docs.append(Doc(record.id, record.text, catalog.kinds.names[catalog.kind[slot]],
-                                catalog.created[slot], bool(catalog.sensitive[slot])))
-        return docs
+class Searcher:
+    """Ranked (slot, score) candidates of a query in the loaded namespaces, best first."""
+
+    def __init__(self, parts: StoreParts, encode: Callable[[list[str]], np.ndarray]) -> None:
+        self.catalog = parts.catalog
+        self.cold = parts.cold
+        self.config = parts.config
+        self.clock = parts.clock
+        self.dimension = parts.dimension
+        self.registry = parts.registry
+        self.hot = parts.hot
+        self.warm = parts.warm
+        self.lexical = parts.lexical
+        self.cold_parts = parts.cold_parts
+        self.topics = parts.topics
+        self._decoded = parts.decoded
+        self._encode = encode  # the store's encoder (EncoderError without one)
+        self.query_cache: LRUCache = LRUCache(max(parts.config.query_cache_size, 1))  # digest -> query vector
+        self._query_lock = threading.Lock()
+
+    def dense(self, q: np.ndarray, namespaces: list[str], k: int, kinds: list[str] | None,
+              predicate: Predicate | None, only_ids: Collection[str] | None, min_score: float | None,
+              lookup: Lookup, period: Period | None = None) -> list[tuple[int, float]]:
+        """The top k by cosine across namespaces (by the float originals with rescore=True)."""
+        fetch = k * self.config.rescore_oversample if self.config.rescore else k
+        if len(namespaces) == 1:  # one list, already best first: nothing to merge
+            ranked = self._search_namespace(namespaces[0], q, fetch, kinds, predicate, only_ids, lookup, period)
+        else:
+            found: dict[int, float] = {}
+            for ns in namespaces:
+                for slot, score in self._search_namespace(ns, q, fetch, kinds, predicate, only_ids, lookup, period):
+                    if score > found.get(slot, -math.inf):
+                        found[slot] = score
+            ranked = sorted(found.items(), key=lambda item: -item[1])[:fetch]
+        if self.config.rescore:
+            ranked = self._rescore(q, ranked)[:k]
+        if min_score is not None:
+            ranked = [(slot, score) for slot, score in ranked if score >= min_score]
+        return ranked
 
     def _dense_candidates(self, namespace: str, ns: int, q: np.ndarray, depth: int, kinds: list[str] | None,
                           predicate: Predicate | None, only_ids: Collection[str] | None, lookup: Lookup,
@@ -233,73 +244,68 @@ class SearchMixin:
         order = np.argsort(-smoothed, kind="stable")[:depth]
         return list(zip(slots[order].tolist(), smoothed[order].tolist()))
 
-    def _search_text(self, query: str, q: np.ndarray, namespaces: list[str], k: int, kinds: list[str] | None,
-                     predicate: Predicate | None, min_score: float | None, only_ids: Collection[str] | None,
-                     mode: str, period: Period | None = None) -> list[Hit]:
+    def fused(self, query: str, q: np.ndarray, namespaces: list[str], k: int, kinds: list[str] | None,
+              predicate: Predicate | None, min_score: float | None, only_ids: Collection[str] | None,
+              mode: str, lookup: Lookup, period: Period | None = None,
+              ) -> tuple[list[tuple[int, float]], dict[str, tuple[float, float]]]:
         """Hybrid or lexical search: candidates of both kinds per namespace (filters applied to
         each), fused by z-scored scores with equal weights (LoCoMo dev: hit@10 0.805 with
         neighbour context vs 0.557 dense, 0.789 BM25; min-max 0.797, RRF 0.749:
         benchmarks/reports/retrieval.md), every candidate's cosine computed for Hit.dense_score
-        and for min_score."""
+        and for min_score. Returns the ranked slots and, by memory id, each one's (cosine, BM25)."""
         catalog = self.catalog
         depth = max(4 * k, 50)  # candidates per list: the fusion measured fused the top 100 of each
-        with self._loaded_read(namespaces):
-            self._check_open()
-            lookup = Lookup(self)
-            dense: dict[int, float] = {}
-            lexical: dict[int, float] = {}
-            for namespace in namespaces:
-                ns = catalog.namespaces.codes.get(namespace)
-                if ns is None or namespace not in self.registry or not catalog.count_by_ns.get(ns):
-                    continue
-                if mode == "hybrid":
-                    for slot, score in self._dense_candidates(namespace, ns, q, depth, kinds, predicate, only_ids,
-                                                              lookup, period):
-                        dense[slot] = max(score, dense.get(slot, -np.inf))
-                rows = RowFilter.build(catalog, ns, kinds, predicate, only_ids, period, catalog.expired(ns, self.clock))
-                if rows.eligible == 0:
-                    continue
-                ids, scores = self.lexical.search(namespace, query, depth * 2 if rows.active else depth)
-                kept = 0
-                for memory_id, score in zip(ids, scores):
-                    slot = catalog.slot_of.get(memory_id)
-                    if slot is not None and catalog.ns[slot] == ns and rows.accepts(slot, lookup):
-                        lexical[slot] = score
-                        kept += 1
-                        if kept == depth:
-                            break
-            candidates = list(dict.fromkeys([*dense, *lexical]))
-            if not candidates:
-                return []
-            # Cosines from the int8 codes (what dense mode ranks by); with rescore=True, from the
-            # float originals, as dense mode does.
-            if self.config.rescore:
-                cosine = dict(self._rescore(q, [(slot, 0.0) for slot in candidates]))
-            else:
-                weights, offset = self._scan_weights(q)
-                values = catalog.blocks.codes(candidates).astype(np.float32) @ weights + np.float32(offset)
-                cosine = dict(zip(candidates, values.tolist()))
+        dense: dict[int, float] = {}
+        lexical: dict[int, float] = {}
+        for namespace in namespaces:
+            ns = catalog.namespaces.codes.get(namespace)
+            if ns is None or namespace not in self.registry or not catalog.count_by_ns.get(ns):
+                continue
             if mode == "hybrid":
-                # Every candidate has both scores for real: its cosine (neighbour-smoothed where the
-                # dense list smoothed it) and its BM25 (0.0: none of the query's words), so nothing
-                # is imputed, and a list of one candidate cannot zero the other signal's z-scores.
-                dense_side = np.array([dense.get(slot, cosine[slot]) for slot in candidates])
-                lexical_side = np.array([lexical.get(slot, 0.0) for slot in candidates])
-                fused = _z_scores(dense_side) + _z_scores(lexical_side)  # equal weights
-                order = np.argsort(-fused, kind="stable")
-                fused_ids, fused_scores = [candidates[i] for i in order.tolist()], fused[order].tolist()
-            else:
-                fused_ids, fused_scores = list(lexical), list(lexical.values())
-                order = sorted(range(len(fused_ids)), key=lambda i: -fused_scores[i])
-                fused_ids, fused_scores = [fused_ids[i] for i in order], [fused_scores[i] for i in order]
-            ranked = [(slot, score) for slot, score in zip(fused_ids, fused_scores)
-                      if min_score is None or cosine[slot] >= min_score][:k]
-            hits = self._serve_hits(ranked, lookup)
-        explained = {catalog.ids[slot]: (cosine[slot], lexical.get(slot, 0.0)) for slot, _ in ranked}
-        return [hit._replace(dense_score=explained[hit.memory.id][0], lexical_score=explained[hit.memory.id][1])
-                for hit in hits]
+                for slot, score in self._dense_candidates(namespace, ns, q, depth, kinds, predicate, only_ids,
+                                                          lookup, period):
+                    dense[slot] = max(score, dense.get(slot, -np.inf))
+            rows = RowFilter.build(catalog, ns, kinds, predicate, only_ids, period, catalog.expired(ns, self.clock))
+            if rows.eligible == 0:
+                continue
+            ids, scores = self.lexical.search(namespace, query, depth * 2 if rows.active else depth)
+            kept = 0
+            for memory_id, score in zip(ids, scores):
+                slot = catalog.slot_of.get(memory_id)
+                if slot is not None and catalog.ns[slot] == ns and rows.accepts(slot, lookup):
+                    lexical[slot] = score
+                    kept += 1
+                    if kept == depth:
+                        break
+        candidates = list(dict.fromkeys([*dense, *lexical]))
+        if not candidates:
+            return [], {}
+        # Cosines from the int8 codes (what dense mode ranks by); with rescore=True, from the
+        # float originals, as dense mode does.
+        if self.config.rescore:
+            cosine = dict(self._rescore(q, [(slot, 0.0) for slot in candidates]))
+        else:
+            weights, offset = self._scan_weights(q)
+            values = catalog.blocks.codes(candidates).astype(np.float32) @ weights + np.float32(offset)
+            cosine = dict(zip(candidates, values.tolist()))
+        if mode == "hybrid":
+            # Every candidate has both scores for real: its cosine (neighbour-smoothed where the
+            # dense list smoothed it) and its BM25 (0.0: none of the query's words), so nothing
+            # is imputed, and a list of one candidate cannot zero the other signal's z-scores.
+            dense_side = np.array([dense.get(slot, cosine[slot]) for slot in candidates])
+            lexical_side = np.array([lexical.get(slot, 0.0) for slot in candidates])
+            fused = _z_scores(dense_side) + _z_scores(lexical_side)  # equal weights
+            order = np.argsort(-fused, kind="stable")
+            fused_ids, fused_scores = [candidates[i] for i in order.tolist()], fused[order].tolist()
+        else:
+            fused_ids, fused_scores = list(lexical), list(lexical.values())
+            order = sorted(range(len(fused_ids)), key=lambda i: -fused_scores[i])
+            fused_ids, fused_scores = [fused_ids[i] for i in order], [fused_scores[i] for i in order]
+        ranked = [(slot, score) for slot, score in zip(fused_ids, fused_scores)
+                  if min_score is None or cosine[slot] >= min_score][:k]
+        return ranked, {catalog.ids[slot]: (cosine[slot], lexical.get(slot, 0.0)) for slot, _ in ranked}
 
-    def _query_vector(self, query: str | None, vector: Any) -> np.ndarray:
+    def query_vector(self, query: str | None, vector: Any) -> np.ndarray:
         if (query is None) == (vector is None):
             raise InvalidInputError("pass either a query text or vector=, not both and not neither")
         if vector is not None:
@@ -313,13 +319,13 @@ class SearchMixin:
         # 16-byte key and one vector, so the cache's bytes are bounded by its entry count.
         digest = hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
         with self._query_lock:
-            cached = self._query_cache.get(digest)
+            cached = self.query_cache.get(digest)
         if cached is not None:
             return cached
         encoded = self._encode([text])[0]
         encoded.setflags(write=False)
         with self._query_lock:
-            self._query_cache[digest] = encoded
+            self.query_cache[digest] = encoded
         return encoded
 
     def _search_namespace(self, namespace: str, q: np.ndarray, k: int, kinds: list[str] | None,

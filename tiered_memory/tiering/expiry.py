@@ -17,22 +17,23 @@ expiries one answer per namespace is reused. For namespaces that are not loaded,
 transaction that writes an earlier one, raised by the sweep), so counts read the rows of a
 namespace only when something in it may have expired.
 
-Mixed into :class:`~tiered_memory.engine.TieredMemory`.
+Held by :class:`~tiered_memory.engine.TieredMemory` as its ``Expiry``; extending memories is the
+store's (it needs the tier manager to find them), the bookkeeping is here.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from tiered_memory.errors import InvalidExpiryError, InvalidInputError, MemoryExpiredError, short_repr
-from tiered_memory.records import Memory, check_id, check_timestamp, is_real_number
-from tiered_memory.tiers.cold import Op, row_key, text_key
+from tiered_memory.records import Memory, check_timestamp, is_real_number
+from tiered_memory.tiers.cold import Op, pack_row, row_key, text_key
 
 if TYPE_CHECKING:
-    from tiered_memory.engine import TieredMemory
+    from tiered_memory.namespaces.catalog import Catalog
+    from tiered_memory.parts import StoreParts
 
 NEVER = math.inf  # the catalog's expiry of a memory that never expires
 
@@ -75,7 +76,7 @@ def new_expiries(ttl_s: Any, expires_at: Any, n: int, now: float, default_ttl_s:
     default = None if default_ttl_s is None else now + default_ttl_s
     if ttl_s is None and expires_at is None:
         return [default] * n
-    values = _per_memory(ttl_s if expires_at is None else expires_at, n,
+    values = per_memory(ttl_s if expires_at is None else expires_at, n,
                          "ttl_s" if expires_at is None else "expires_at")
     out: list[float | None] = []
     for value in values:
@@ -101,7 +102,7 @@ def changed_expiry(ttl_s: Any, expires_at: Any, now: float) -> Any:
     return check_expires_at(expires_at, now)
 
 
-def _per_memory(value: Any, n: int, name: str) -> list[Any]:
+def per_memory(value: Any, n: int, name: str) -> list[Any]:
     if isinstance(value, (list, tuple)):
         if len(value) != n:
             raise InvalidExpiryError(f"{name} has {len(value)} values for {n} memories; give one value or one per "
@@ -119,57 +120,44 @@ def expired_error(memory_id: str, expires: float) -> MemoryExpiredError:
                               "maintain() deletes it (extend() memories to keep before they expire)")
 
 
-class ExpiryMixin:
-    """Extending expiries, the sweep, and the expired memories that counts and listings leave out."""
+def row_bytes(catalog: Catalog, slot: int, memory: Memory | None = None, expires: float | None = None) -> bytes:
+    """A slot's catalog row as stored in cold. Sealed rows keep no topic: it is derived from
+    the (sealed) vector and recomputed at load (issue 11.1). The expiry is `memory`'s, else
+    `expires` (math.inf: never), else the catalog's."""
+    sensitive = bool(catalog.sensitive[slot])
+    kind = memory.kind if memory is not None else catalog.kinds.names[catalog.kind[slot]]
+    importance = memory.importance if memory is not None else catalog.importance[slot]
+    updated = memory.updated_at if memory is not None else catalog.updated[slot]
+    version = memory.version if memory is not None else catalog.version[slot]
+    if memory is not None:
+        expires = memory.expires_at
+    elif expires is None:
+        expires = catalog.expires[slot]
+    return pack_row(kind, importance, catalog.created[slot], updated, catalog.accessed[slot],
+                    catalog.uses[slot], -1 if sensitive else catalog.topic[slot], catalog.tier[slot], version,
+                    sensitive, expires)
 
-    # -- extending ---------------------------------------------------------------------------
 
-    def extend(self: TieredMemory, memory_id: str, *, ttl_s: float, namespace: str | None = None) -> float | None:
-        """Push a memory's expiry to ``ttl_s`` seconds from now, durably; returns its expires_at.
+class Expiry:
+    """The namespaces' expiry bounds, the sweep, and the expired memories that counts and
+    listings leave out."""
 
-        Never shortens: an expiry already later stays, and a memory that never expires keeps
-        never expiring (``update(expires_at=)`` sets any expiry). Not an access and not a new
-        version. Raises MemoryExpiredError if it has already expired."""
-        return self.extend_many([memory_id], ttl_s=ttl_s, namespace=namespace)[0]
+    def __init__(self, parts: StoreParts) -> None:
+        self.cold = parts.cold
+        self.catalog = parts.catalog
+        self.registry = parts.registry
+        self.clock = parts.clock
+        self.read_only = parts.read_only
+        self._mutex = parts.mutex
+        self._bounds_in_ram: dict[int, float] = self.cold.expiry_bounds()
 
-    def extend_many(self: TieredMemory, memory_ids: Sequence[str], *, ttl_s: float | Sequence[float],
-                    namespace: str | None = None) -> list[float | None]:
-        """:meth:`extend` for several memories in one durable transaction (all or none); ``ttl_s``
-        one value or one per id. For a read that refreshes what it returns (``refresh_on_read``)."""
-        self._check_writable()
-        if isinstance(memory_ids, str) or not isinstance(memory_ids, Sequence):
-            raise InvalidInputError("extend_many() takes a list of ids; use extend() for one")
-        ids = [check_id(memory_id) for memory_id in memory_ids]
-        ttls = [check_ttl(value) for value in _per_memory(ttl_s, len(ids), "ttl_s")]
-        if not ids:
-            return []
-        with self._rw.write:
-            self._check_writable()
-            now = self.clock()
-            catalog = self.catalog
-            targets: dict[int, float] = {}
-            for memory_id, ttl in zip(ids, ttls):
-                slot = self._slot(memory_id, namespace)
-                current = catalog.expires[slot]
-                if current <= now:
-                    raise expired_error(memory_id, current)
-                wanted = max(targets.get(slot, current), current, now + ttl)
-                if current != NEVER and wanted > current:
-                    targets[slot] = wanted
-            if targets:
-                self.cold.write(self._expiry_ops(targets))
-                self._set_expiries(targets)
-            result = [catalog.expires[catalog.slot_of[memory_id]] for memory_id in ids]
-        self._after_ops(len(ids))
-        return [None if expires == NEVER else expires for expires in result]
-
-    def _expiry_ops(self: TieredMemory, expiries: dict[int, float]) -> list[Op]:
+    def expiry_ops(self, expiries: dict[int, float]) -> list[Op]:
         """Puts of these slots' rows with new, later expiries (the bound stays a lower bound)."""
         catalog = self.catalog
-        return [("rows", row_key(catalog.ns[slot], catalog.ids[slot]), self._row_bytes(slot, expires=expires))
+        return [("rows", row_key(catalog.ns[slot], catalog.ids[slot]), row_bytes(catalog, slot, expires=expires))
                 for slot, expires in expiries.items()]
 
-    def _set_expiries(self: TieredMemory, expiries: dict[int, float]) -> None:
+    def set_expiries(self, expiries: dict[int, float]) -> None:
         """After their rows are written: the catalog's expiries of these slots."""
         if expiries:
             with self._mutex:
@@ -178,33 +166,35 @@ class ExpiryMixin:
 
     # -- bounds: which namespaces may hold expired memories -------------------------------------
 
-    def _load_expiry_bounds(self: TieredMemory) -> None:
-        self._expiry_bounds: dict[int, float] = self.cold.expiry_bounds()
-
-    def _bounds(self: TieredMemory) -> dict[int, float]:
+    def bounds(self) -> dict[int, float]:
+        """Namespace id -> a lower bound on its memories' expiries (namespaces without one never expire)."""
         # A read-only process reads them each time: the writer lowers them as it adds.
-        return self.cold.expiry_bounds() if self.read_only else self._expiry_bounds
+        return self.cold.expiry_bounds() if self.read_only else self._bounds_in_ram
 
-    def _due_namespaces(self: TieredMemory, now: float) -> list[int]:
+    def due_namespaces(self, now: float) -> list[int]:
         """Ids of namespaces that may hold a memory expired at `now` (most stores: none)."""
-        bounds = self._bounds()
+        bounds = self.bounds()
         return [ns for ns, bound in bounds.items() if bound <= now] if bounds else []
 
-    def _lowered_bound_ops(self: TieredMemory, ns: int, expiries: list[float | None]) -> tuple[list[Op], float]:
-        """The op that lowers a namespace's bound to the earliest of these expiries, if it is earlier."""
+    def lowered_bound_ops(self, ns: int, expiries: list[float | None]) -> tuple[list[Op], float]:
+        """The op that lowers a namespace's bound to the earliest of these expiries, if it is
+        earlier; once it is written, :meth:`set_bound` the bound returned."""
         finite = [value for value in expiries if value is not None]
-        bound = self._expiry_bounds.get(ns, NEVER)
+        bound = self._bounds_in_ram.get(ns, NEVER)
         if not finite or min(finite) >= bound:
             return [], bound
         bound = min(finite)
         return [self.cold.expiry_bound_op(ns, bound)], bound
 
+    def set_bound(self, ns: int, bound: float) -> None:
+        self._bounds_in_ram[ns] = bound
+
     # -- expired memories as reads see them -----------------------------------------------------
 
-    def _expired_ids(self: TieredMemory, ns: int, now: float) -> set[str]:
+    def expired_ids(self, ns: int, now: float) -> set[str]:
         """Ids of a namespace's memories expired at `now`: from the catalog when this process wrote
         it all (a writer's loaded namespace), else one range read of the namespace's rows."""
-        if self._bounds().get(ns, NEVER) > now:
+        if self.bounds().get(ns, NEVER) > now:
             return set()
         catalog = self.catalog
         if not self.read_only and ns in catalog.namespaces.names and catalog.namespaces.names[ns] in self.registry:
@@ -212,27 +202,27 @@ class ExpiryMixin:
             return set() if expired is None else {catalog.ids[slot] for slot in expired}  # type: ignore[misc]
         return set(self.cold.expired_rows(ns, now)[0])
 
-    def _expired_count(self: TieredMemory, ns: int | None = None) -> int:
+    def expired_count(self, ns: int | None = None) -> int:
         """Memories expired now, of one namespace or of all, still stored until the sweep."""
         now = self.clock()
-        due = self._due_namespaces(now) if ns is None else [ns]
-        return sum(len(self._expired_ids(ns_id, now)) for ns_id in due)
+        due = self.due_namespaces(now) if ns is None else [ns]
+        return sum(len(self.expired_ids(ns_id, now)) for ns_id in due)
 
-    def _stored_expiry(self: TieredMemory, record: Memory) -> float:
+    def _stored_expiry(self, record: Memory) -> float:
         """The expiry of a memory read from cold (NEVER if none): the catalog's when it is
         loaded, else its row's, read only in a namespace that has held a memory that expires."""
         catalog = self.catalog
         slot = catalog.slot_of.get(record.id)
         if slot is not None and catalog.namespaces.codes.get(record.namespace) == catalog.ns[slot]:
             return catalog.expires[slot]
-        if not self._bounds():  # no memory of the store expires
+        if not self.bounds():  # no memory of the store expires
             return NEVER
         ns = self.cold.namespace_id(record.namespace)
-        if ns is None or ns not in self._bounds():
+        if ns is None or ns not in self.bounds():
             return NEVER
         return self.cold.row_expires_at(ns, record.id)
 
-    def _live(self: TieredMemory, record: Memory | None) -> Memory | None:
+    def live(self, record: Memory | None) -> Memory | None:
         """The record, or None if it has expired; with its expires_at filled in."""
         if record is None:
             return None
@@ -241,7 +231,7 @@ class ExpiryMixin:
             return None
         return record._replace(expires_at=None if expires == NEVER else expires)
 
-    def _check_unexpired(self: TieredMemory, slot: int) -> None:
+    def check_unexpired(self, slot: int) -> None:
         """Raise MemoryExpiredError if a loaded slot's expiry has passed (before a change)."""
         expires = self.catalog.expires[slot]
         if expires <= self.clock():
@@ -249,16 +239,18 @@ class ExpiryMixin:
 
     # -- the sweep ------------------------------------------------------------------------------
 
-    def _sweep_expired(self: TieredMemory) -> int:
+    def sweep(self) -> tuple[int, list[tuple[str, list[str]]]]:
         """Delete every expired memory durably, in one transaction, and raise the namespaces'
         bounds to their next expiry. Rows tell what expired (no record is decrypted); records of
-        unsealed ones are read for their dedup keys. Caller holds the write lock."""
+        unsealed ones are read for their dedup keys. Returns how many were deleted, and the ids of
+        those in loaded namespaces, by namespace, for the tier manager to drop from RAM as delete()
+        does. Caller holds the write lock."""
         if self.read_only:
-            return 0
+            return 0, []
         now = self.clock()
-        due = self._due_namespaces(now)
+        due = self.due_namespaces(now)
         if not due:
-            return 0
+            return 0, []
         catalog = self.catalog
         ops: list[Op] = []
         loaded: list[tuple[str, list[str]]] = []
@@ -281,24 +273,15 @@ class ExpiryMixin:
                 removed += len(ids)
             ops.append(self.cold.expiry_bound_op(ns, bounds[ns]))
         self.cold.write(ops)
-        # Durable from here on; what follows drops the deleted memories from RAM, as delete() does.
+        # Durable from here on.
         for ns, bound in bounds.items():
             if bound == NEVER:
-                self._expiry_bounds.pop(ns, None)
+                self._bounds_in_ram.pop(ns, None)
             else:
-                self._expiry_bounds[ns] = bound
-        for name, ids in loaded:
-            with self._mutex:
-                for memory_id in ids:
-                    self.hot.discard(memory_id)
-                    catalog.remove(memory_id)
-            for memory_id in ids:
-                self.warm.discard(memory_id, name)
-            self.lexical.removed(name, ids)
-            self._namespace_grew(name)
-        return removed
+                self._bounds_in_ram[ns] = bound
+        return removed, loaded
 
-    def _dedup_key_deletions(self: TieredMemory, ns: int, memory_ids: list[str]) -> list[Op]:
+    def _dedup_key_deletions(self, ns: int, memory_ids: list[str]) -> list[Op]:
         """Deletes of the dedup index entries that name these (unsealed) memories."""
         if not memory_ids:
             return []

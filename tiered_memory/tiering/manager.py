@@ -1,34 +1,45 @@
-"""The tier manager: promotion on access, demotion on decay and capacity, maintenance,
-int8 calibration, and keeping the warm index and statistics in step with the cold tier.
+"""The tier manager: loading and unloading namespaces, serving lookups, promotion on access,
+demotion on decay and capacity, maintenance (and its background thread), int8 calibration, and
+keeping the warm index and statistics in step with the cold tier.
 
-Mixed into :class:`~tiered_memory.engine.TieredMemory`. Methods that change an index, a code
-block or the LMDB map run with the engine's write lock held (their callers take it).
+Held by :class:`~tiered_memory.engine.TieredMemory` as its ``TierManager``. Methods that change an
+index, a code block or the LMDB map run with the store's write lock held (their callers take it,
+as their docstrings say).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lmdb
 import msgpack
 import numpy as np
 
-from tiered_memory.errors import EncryptionRequiredError, InvalidInputError, StorageError
+from tiered_memory.errors import EncryptionRequiredError, InvalidInputError, MemoryNotFoundError, StorageError
 from tiered_memory.namespaces.catalog import COLD, HOT, WARM
 from tiered_memory.quantization import quantizer_from_state
-from tiered_memory.records import TIER_CODES, Memory, Tier, check_label
+from tiered_memory.records import TIER_CODES, TIERS_BY_CODE, Hit, Tier, check_label
 from tiered_memory.tiering.decay import decay_scores
+from tiered_memory.tiering.expiry import row_bytes
+from tiered_memory.tiering.promoter import Promoter
 from tiered_memory.tiering.topics import TopicModel, topics_for
 from tiered_memory.tiers.blocks import INDEXED
-from tiered_memory.tiers.cold import Op, ns_prefix, pack_row, row_key
+from tiered_memory.tiers.cold import Op, ns_prefix, row_key
 from tiered_memory.tiers.cold_parts import match as match_index
 from tiered_memory.tiers.hot import HotEntry
 from tiered_memory.tiers.warm import Graph
+
+if TYPE_CHECKING:
+    from tiered_memory.namespaces.catalog import Catalog
+    from tiered_memory.parts import StoreParts, Traffic
+    from tiered_memory.search.searcher import Lookup
+    from tiered_memory.tiering.expiry import Expiry
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +97,61 @@ class LoadedRead:
         self.read_lock.__exit__(*exc)
 
 
-class TierManagerMixin:
+def hot_eviction(catalog: Catalog, traffic: Traffic) -> Callable[[str, HotEntry], None]:
+    """The hot LRU's eviction hook: a hot memory it pushes out is warm again (and counted)."""
+
+    def evicted(memory_id: str, entry: HotEntry) -> None:
+        # Called by the LRU, inside the store's mutex, when a put pushes the least recent entry out.
+        slot = catalog.slot_of.get(memory_id)
+        if slot is not None and catalog.tier[slot] == HOT:
+            catalog.set_tier(slot, WARM)
+            traffic.demotions["hot->warm"] += 1
+
+    return evicted
+
+
+class TierManager:
     """Moves memories between tiers and keeps RAM state consistent with the cold tier."""
+
+    def __init__(self, parts: StoreParts, expiry: Expiry) -> None:
+        self._parts = parts  # ops, closed and closing change: read through it
+        self._expiry = expiry  # the maintenance sweep deletes expired memories
+        self.path = parts.path
+        self.config = parts.config
+        self.clock = parts.clock
+        self.read_only = parts.read_only
+        self.dimension = parts.dimension
+        self.cold = parts.cold
+        self._shared_cold = parts.shared_cold
+        self._sealer = parts.sealer
+        self._sealed_namespaces = parts.sealed_namespaces
+        self.catalog = parts.catalog
+        self.registry = parts.registry
+        self.hot = parts.hot
+        self._hot_cache = parts.hot.cache
+        self.warm = parts.warm
+        self.lexical = parts.lexical
+        self.cold_parts = parts.cold_parts
+        self.topics = parts.topics
+        self._topics_dirty = parts.topics_dirty
+        self._rw = parts.rw
+        self._mutex = parts.mutex
+        self._hits, self._misses = parts.traffic.hits, parts.traffic.misses
+        self._promotions, self._demotions = parts.traffic.promotions, parts.traffic.demotions
+        self._decoded = parts.decoded
+        self._pending: dict[int, str] = {}  # slot -> id of memories served from warm/cold, to promote
+        self._notified: set[int] = set()  # ns ids other processes changed (a shared cold store), to unload
+        self._promoter = Promoter(self._background_work, self._has_background_work)
+        self._cold_build_lock = threading.Lock()  # one on-disk index build at a time
+        self._last_maintain = self.clock()
+        self._maintenance_due = False
+        self._clipped = 0.0  # clipped values among codes written since the last calibration
+        self._coded = 0
+        self.calibrated_on = self.cold.meta_get("calibrated_on", 0)  # memories the int8 ranges were fitted on
+
+    def stop(self) -> None:
+        """Stop the background thread (promotions, maintenance, compactions, index builds)."""
+        self._promoter.stop()
 
     def _quantizer_stamp(self) -> str:
         state = msgpack.packb(self.cold.quantizer.state(), use_bin_type=True)
@@ -95,7 +159,7 @@ class TierManagerMixin:
 
     # -- loading and unloading namespaces -------------------------------------------------
 
-    def _ensure_loaded(self, names: Sequence[str]) -> None:
+    def ensure_loaded(self, names: Sequence[str]) -> None:
         """Load the namespaces of a call that are not loaded yet (the call's own need: it takes
         the write lock for the range read), and count a use of each. Unloading for the budget
         happens after the call (or on the background thread), never between this and its use:
@@ -105,14 +169,14 @@ class TierManagerMixin:
         # -- several writers (a shared cold store): reload a loaded namespace another process changed
         if self._shared_cold and len(missing) < len(names) and self._changed_elsewhere(names):
             with self._rw.write:
-                self._check_open()
+                self._parts.check_open()
                 self._reload_changed(names)
         # -- end of several writers
         if missing:
             with self._rw.write:
-                self._check_open()
+                self._parts.check_open()
                 for name in missing:
-                    self._load(name)
+                    self.load(name)
         with self._mutex:
             for name in names:
                 registry.touch(name)
@@ -131,8 +195,8 @@ class TierManagerMixin:
             # Its graph misses the other writer's changes: dropped first, so that unloading does
             # not save it stamped as up to date (the next load repairs the older file, or rebuilds).
             self.warm.forget(name)
-            self._unload(name)
-            self._load(name)
+            self.unload(name)
+            self.load(name)
 
     def _reload_for(self, memory_id: str) -> None:
         """Before changing a memory: bring its namespace up to date. Caller holds the write lock."""
@@ -144,7 +208,7 @@ class TierManagerMixin:
         if record is not None:
             self._reload_changed([record.namespace])
 
-    def _changed_by_notice(self, ns_ids: list[int] | None) -> None:
+    def changed_by_notice(self, ns_ids: list[int] | None) -> None:
         """Called by the cold store's listener thread: other processes changed these namespaces
         (None: maybe any); the background thread unloads the stale copies."""
         with self._mutex:
@@ -159,26 +223,26 @@ class TierManagerMixin:
         if not notified:
             return False
         with self._rw.write:
-            if self._closed or self._closing:
+            if self._parts.closed or self._parts.closing:
                 return False
             names = [name for name, entry in self.registry.loaded.items() if -1 in notified or entry.ns_id in notified]
             stale = self._changed_elsewhere(names) if names else []
             for name in stale:
                 self.warm.forget(name)  # (as in _reload_changed: not saved as up to date)
-                self._unload(name)
+                self.unload(name)
         return bool(stale)
 
     # -- end of several writers
 
-    def _loaded_read(self, names: Sequence[str]) -> LoadedRead:
-        """``with self._loaded_read(names):`` the shared lock, with every namespace of `names` loaded."""
-        return LoadedRead(self._rw.read, self._all_loaded, self._ensure_loaded, names)
+    def loaded_read(self, names: Sequence[str]) -> LoadedRead:
+        """``with self.loaded_read(names):`` the shared lock, with every namespace of `names` loaded."""
+        return LoadedRead(self._rw.read, self._all_loaded, self.ensure_loaded, names)
 
     def _all_loaded(self, names: Sequence[str]) -> bool:
         registry = self.registry
         return all(name in registry or self.cold.namespace_id(name) is None for name in names)
 
-    def _load(self, namespace: str, create: bool = False) -> int | None:
+    def load(self, namespace: str, create: bool = False) -> int | None:
         """Make a namespace's rows, codes, graph and topic model resident; returns its ns id (None:
         the store has no such namespace and create is False). Caller holds the write lock."""
         entry = self.registry.loaded.get(namespace)
@@ -216,7 +280,7 @@ class TierManagerMixin:
                 catalog.dirty.difference_update(hot)
             self._fill_hot(hot)
         self.registry.add(namespace, ns, self._namespace_bytes(namespace, ns), time.perf_counter() - started)
-        self._wake_for_cold_index([ns])
+        self.wake_for_cold_index([ns])
         return ns
 
     def _attachable_index(self, namespace: str, ns: int, rows: Any) -> tuple[Any, np.ndarray | None, np.ndarray]:
@@ -243,20 +307,31 @@ class TierManagerMixin:
         return self.catalog.count_by_ns.get(ns, 0) * (self.dimension + _ROW_BYTES) + \
             (graph.nbytes() if graph is not None else 0)
 
-    def _namespace_grew(self, namespace: str) -> None:
+    def namespace_grew(self, namespace: str) -> None:
         entry = self.registry.loaded.get(namespace)
         if entry is not None:
             self.registry.resize(namespace, self._namespace_bytes(namespace, entry.ns_id))
+
+    def drop_deleted(self, namespace: str, memory_ids: list[str]) -> None:
+        """Drop memories whose deletion is durable from the RAM tiers and indexes."""
+        with self._mutex:
+            for memory_id in memory_ids:
+                self.hot.discard(memory_id)
+                self.catalog.remove(memory_id)
+        for memory_id in memory_ids:
+            self.warm.discard(memory_id, namespace)
+        self.lexical.removed(namespace, memory_ids)
+        self.namespace_grew(namespace)
 
     def _unload_over_budget(self) -> int:
         """Unload namespaces, least recently and least used first, until the rest fit in
         warm_budget_bytes. Caller holds the write lock."""
         victims = self.registry.victims()
         for namespace in victims:
-            self._unload(namespace)
+            self.unload(namespace)
         return len(victims)
 
-    def _unload(self, namespace: str) -> None:
+    def unload(self, namespace: str) -> None:
         """Persist a namespace's statistics, topic model and graph, then drop it from RAM."""
         entry = self.registry.loaded.get(namespace)
         if entry is None:
@@ -386,7 +461,7 @@ class TierManagerMixin:
             slots = self.catalog.slots(namespace=ns, tiers=(WARM, HOT)).tolist()
         self.warm.put_many(namespace, [self.catalog.ids[slot] for slot in slots], self._decoded(slots))
 
-    def _warm_put_or_cold(self, namespace: str, slots: list[int]) -> None:
+    def warm_put_or_cold(self, namespace: str, slots: list[int]) -> None:
         """Index these warm slots; if hnswlib fails (e.g. out of memory), they go back to cold
         blocks, where search still finds them, instead of being left unfindable."""
         try:
@@ -398,29 +473,11 @@ class TierManagerMixin:
                     self.warm.discard(self.catalog.ids[slot], namespace)
                     self.catalog.set_tier(slot, COLD)
 
-    def _row_bytes(self, slot: int, memory: Memory | None = None, expires: float | None = None) -> bytes:
-        """A slot's catalog row as stored in cold. Sealed rows keep no topic: it is derived from
-        the (sealed) vector and recomputed at load (issue 11.1). The expiry is `memory`'s, else
-        `expires` (math.inf: never), else the catalog's."""
-        catalog = self.catalog
-        sensitive = bool(catalog.sensitive[slot])
-        kind = memory.kind if memory is not None else catalog.kinds.names[catalog.kind[slot]]
-        importance = memory.importance if memory is not None else catalog.importance[slot]
-        updated = memory.updated_at if memory is not None else catalog.updated[slot]
-        version = memory.version if memory is not None else catalog.version[slot]
-        if memory is not None:
-            expires = memory.expires_at
-        elif expires is None:
-            expires = catalog.expires[slot]
-        return pack_row(kind, importance, catalog.created[slot], updated, catalog.accessed[slot],
-                        catalog.uses[slot], -1 if sensitive else catalog.topic[slot], catalog.tier[slot], version,
-                        sensitive, expires)
-
     def _rebuild_graph(self, namespace: str, slots: list[int]) -> None:
         ids = [self.catalog.ids[slot] for slot in slots]
         self.warm.rebuild(namespace, ids, self._decoded(slots) if slots else np.zeros((0, self.dimension)))
 
-    def _as_stored(self, slot: int, vector: np.ndarray) -> np.ndarray:
+    def as_stored(self, slot: int, vector: np.ndarray) -> np.ndarray:
         """The float vector a memory has after a round trip through cold: its original in the
         kept precision, or its decoded code. Hot copies hold exactly this, so a hot entry and a
         reopened store agree."""
@@ -428,9 +485,6 @@ class TierManagerMixin:
         if dtype is None:
             return self._decoded([slot])[0]
         return vector.astype(dtype).astype(np.float32)
-
-    def _decoded(self, slots: Sequence[int]) -> np.ndarray:
-        return self.cold.quantizer.decode(self.catalog.blocks.codes(slots))
 
     def _fill_hot(self, slots: list[int], count: bool = False) -> None:
         """Read records (and originals) of these slots from cold and put them in the hot LRU."""
@@ -448,14 +502,7 @@ class TierManagerMixin:
                 if not self.hot.put(memory, original if original is not None else fallback):
                     self.catalog.set_tier(slot, WARM)
 
-    def _hot_evicted(self, memory_id: str, entry: HotEntry) -> None:
-        # Called by the LRU, inside self._mutex, when a put pushes the least recent entry out.
-        slot = self.catalog.slot_of.get(memory_id)
-        if slot is not None and self.catalog.tier[slot] == HOT:
-            self.catalog.set_tier(slot, WARM)
-            self._demotions["hot->warm"] += 1
-
-    def _serve(self, slot: int) -> int:
+    def serve(self, slot: int) -> int:
         """Account one lookup of a slot and ask for its promotion to hot. Caller holds _mutex."""
         tier = self.catalog.tier[slot]
         self.catalog.touch(slot, self.clock())
@@ -472,7 +519,40 @@ class TierManagerMixin:
         self._pending[slot] = self.catalog.ids[slot]
         return tier
 
-    def _after_promotion_requests(self) -> None:
+    def serve_hits(self, ranked: list[tuple[int, float]], lookup: Lookup) -> list[Hit]:
+        """Build the hits and count the accesses; warm and cold hits are queued for promotion."""
+        catalog = self.catalog
+        ids, tiers = catalog.ids, catalog.tier
+        # Records of warm and cold hits come from cold: read them in one transaction.
+        needing = [slot for slot, _ in ranked if tiers[slot] != HOT and slot not in lookup.contents]
+        if needing:
+            for slot, content in zip(needing, self.cold.get_many([ids[slot] for slot in needing])):
+                content = lookup.checked(slot, content)
+                if content is not None or self.read_only:
+                    lookup.contents[slot] = content
+        hits = []
+        now = self.clock()
+        hot_get, uses, accessed, dirty = self._hot_cache.__getitem__, catalog.uses, catalog.accessed, catalog.dirty
+        memory_of, hot_served = catalog.memory, 0
+        with self._mutex:
+            for slot, score in ranked:
+                if tiers[slot] == HOT:  # the common case, kept lean: one LRU lookup, no disk
+                    content = hot_get(ids[slot]).memory
+                    uses[slot] += 1  # catalog.touch(), inlined: this loop is on every search
+                    accessed[slot] = now
+                    dirty.add(slot)
+                    hot_served += 1
+                    tier = HOT
+                else:
+                    content = lookup.content(slot)
+                    if content is None:
+                        continue
+                    tier = self.serve(slot)
+                hits.append(Hit(memory_of(slot, content), float(score), TIERS_BY_CODE[tier]))
+            self._hits["hot"] += hot_served
+        return hits
+
+    def after_promotion_requests(self) -> None:
         """Run what _serve() asked for: in the background thread, or now (promote_in_background=False)."""
         if not self._pending:
             return
@@ -488,7 +568,7 @@ class TierManagerMixin:
                 return False
             batch, self._pending = self._pending, {}
         with self._rw.write:
-            if self._closed:
+            if self._parts.closed:
                 return False
             catalog = self.catalog
             # A slot may have been deleted, reused or promoted since it was asked for.
@@ -505,15 +585,15 @@ class TierManagerMixin:
                         self._promotions["cold->warm"] += 1
                 self._warm_put(namespace, slots)
             self._fill_hot(live, count=True)
-            self._enforce_warm_capacity(protect=set(live))
+            self.enforce_warm_capacity(protect=set(live))
         return True
 
     def wait_idle(self, timeout: float | None = None) -> bool:
-        """Wait until background promotions asked for so far are done; False if the timeout ends."""
+        """See :meth:`TieredMemory.wait_idle`."""
         return self._promoter.wait_idle(timeout) if self.config.promote_in_background else True
 
     def decay_scores(self, slots: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(slots, decayed importance) of the given or all live memories, at the clock's now."""
+        """See :meth:`TieredMemory.decay_scores`."""
         catalog = self.catalog
         if slots is None:
             slots = catalog.slots()
@@ -522,7 +602,7 @@ class TierManagerMixin:
                               np.asarray(catalog.uses)[slots], self.clock(), config.half_life_s, config.use_weight)
         return slots, scores
 
-    def _enforce_warm_capacity(self, protect: set[int] | None = None) -> int:
+    def enforce_warm_capacity(self, protect: set[int] | None = None) -> int:
         """Demote the lowest-scoring warm memories to cold until warm is within capacity.
 
         Goes 1% below capacity so that a stream of promotions does not pay this every time.
@@ -553,9 +633,9 @@ class TierManagerMixin:
                 catalog.set_tier(slot, COLD)
                 self._demotions["warm->cold"] += 1
             self.warm.discard(memory_id, catalog.namespaces.names[catalog.ns[slot]])
-        self._wake_for_cold_index({catalog.ns[slot] for slot in slots})
+        self.wake_for_cold_index({catalog.ns[slot] for slot in slots})
 
-    def _wake_for_cold_index(self, namespaces: Iterable[int]) -> None:
+    def wake_for_cold_index(self, namespaces: Iterable[int]) -> None:
         """Start the background thread if one of these namespaces now has enough cold rows for an
         on-disk index (whether a build is really due is decided there)."""
         minimum = self.config.cold_index_min_rows
@@ -563,11 +643,68 @@ class TierManagerMixin:
                 any(self.catalog.blocks.cold_count.get(ns, 0) >= minimum for ns in namespaces):
             self._promoter.wake()
 
-    def _maintain(self) -> MaintenanceReport:
+    def _maintenance_is_due(self) -> bool:
+        return (self._parts.ops >= self.config.maintain_every_ops
+                or self.clock() - self._last_maintain >= self.config.maintain_every_s
+                or self.registry.over_budget())
+
+    def maintain_if_due(self) -> None:
+        """Housekeeping runs on the background thread, never inside the caller's operation
+        (without one, promote_in_background=False, it runs here, after the caller's work)."""
+        if self._parts.closed or self.read_only and not self.registry.over_budget():
+            return
+        if not self._maintenance_is_due():
+            return
+        if self.config.promote_in_background:
+            self._maintenance_due = True
+            self._promoter.wake()
+            return
+        with self._rw.write:
+            if not self._parts.closed:
+                self._run_due_maintenance()
+
+    def _run_due_maintenance(self) -> bool:
+        """Unload namespaces over the budget; maintain when the op or time bound is crossed.
+        Caller holds the write lock; returns whether anything was done."""
+        self._maintenance_due = False
+        did = bool(self._unload_over_budget())
+        if not self.read_only and (self._parts.ops >= self.config.maintain_every_ops or
+                                   self.clock() - self._last_maintain >= self.config.maintain_every_s):
+            self.maintain()
+            did = True
+        return did
+
+    def after_ops(self, n: int) -> None:
+        """Count n operations of the caller's; maintain if that crosses a bound."""
+        with self._mutex:
+            self._parts.ops += n
+        self.maintain_if_due()
+
+    def slot_for_change(self, memory_id: str, namespace: str | None) -> int:
+        """The slot of a memory to change, loading its namespace. Caller holds the write lock."""
+        if namespace is not None:
+            check_label(namespace, "namespace")
+        if self._shared_cold:  # several writers: the memory's namespace as the store has it now
+            self._reload_for(memory_id)
+        if memory_id not in self.catalog.slot_of:
+            record = self.cold.get(memory_id)
+            if record is not None and (namespace is None or record.namespace == namespace):
+                self.load(record.namespace)
+        slot = self.catalog.slot_of.get(memory_id)
+        if slot is None or (namespace is not None and
+                            self.catalog.namespaces.names[self.catalog.ns[slot]] != namespace):
+            where = "" if namespace is None else f" in namespace {namespace!r}"
+            raise MemoryNotFoundError(f"no memory with id {memory_id!r}{where}")
+        return slot
+
+    def maintain(self) -> MaintenanceReport:
+        """See TieredMemory.maintain(). Caller holds the write lock."""
         started = time.perf_counter()
         report = MaintenanceReport()
         report.unloaded = self._unload_over_budget()
-        report.expired = self._sweep_expired()
+        report.expired, deleted = self._expiry.sweep()
+        for namespace, ids in deleted:
+            self.drop_deleted(namespace, ids)
         config = self.config
         catalog = self.catalog
         slots, scores = self.decay_scores(catalog.slots(tiers=(WARM, HOT)))
@@ -580,15 +717,15 @@ class TierManagerMixin:
                 report.demoted_to_warm += 1
         to_cold = slots[scores < config.warm_min_score].tolist()
         self._demote_to_cold(to_cold)
-        report.demoted_to_cold = len(to_cold) + self._enforce_warm_capacity()
+        report.demoted_to_cold = len(to_cold) + self.enforce_warm_capacity()
         report.topics_fitted = self._fit_topics()
         report.recalibrated = self._recalibrate_if_drifted()
         if not self.config.promote_in_background:
             report.graphs_compacted = self._compact_graphs()
         elif self._graph_to_compact() is not None:
             self._promoter.wake()
-        self._persist(report)
-        self._ops = 0
+        self.persist(report)
+        self._parts.ops = 0
         self._last_maintain = self.clock()
         report.seconds = time.perf_counter() - started
         return report
@@ -629,7 +766,7 @@ class TierManagerMixin:
         The copy is built from a snapshot taken under the shared lock; changes to the graph while
         it builds are logged (Graph.touched) and replayed on the copy under the write lock."""
         with self._rw.read:
-            if self._closed:
+            if self._parts.closed:
                 return False
             graph = self._graph_to_compact()
             if graph is None:
@@ -641,7 +778,7 @@ class TierManagerMixin:
         fresh.put_many(ids, vectors)  # hnswlib builds outside any lock: searches go on meanwhile
         with self._rw.write:
             touched, graph.touched = graph.touched or set(), None
-            if self._closed or self.warm.graphs.get(graph.namespace) is not graph:
+            if self._parts.closed or self.warm.graphs.get(graph.namespace) is not graph:
                 return True  # dropped or rebuilt meanwhile: this copy is stale
             catalog = self.catalog
             changed = [i for i in touched if i in graph.label_of]
@@ -675,7 +812,7 @@ class TierManagerMixin:
     def _cold_index_due(self, only: str | None = None) -> str | None:
         """A loaded namespace whose unindexed cold rows call for a (re)build, if any."""
         minimum = self.config.cold_index_min_rows
-        if self.read_only or not minimum or self._closed or not self.cold_parts.available():
+        if self.read_only or not minimum or self._parts.closed or not self.cold_parts.available():
             return None
         blocks = self.catalog.blocks
         names = self.catalog.namespaces.names
@@ -692,13 +829,10 @@ class TierManagerMixin:
         return None
 
     def index_cold(self, namespace: str) -> int:
-        """Build (or rebuild) the on-disk index of a loaded namespace's cold part now, in the
-        caller's thread, without holding the store's lock while it builds; returns the rows it
-        covers (0: nothing to index, a sealed namespace, or usearch missing). The background
-        thread does this by itself once ``cold_index_min_rows`` cold rows are unindexed."""
-        self._check_writable()
+        """See :meth:`TieredMemory.index_cold`."""
+        self._parts.check_writable()
         check_label(namespace, "namespace")
-        self._ensure_loaded([namespace])
+        self.ensure_loaded([namespace])
         return self._build_cold_index(namespace, forced=True) or 0
 
     def _build_cold_index(self, namespace: str | None = None, forced: bool = False) -> int | None:
@@ -709,7 +843,7 @@ class TierManagerMixin:
             return None
         try:
             with self._rw.read:
-                if self._closed:
+                if self._parts.closed:
                     return None
                 target = namespace if forced else self._cold_index_due()
                 entry = self.registry.loaded.get(target) if target is not None else None
@@ -742,7 +876,7 @@ class TierManagerMixin:
                 return 0 if forced else None
             del codes, ids
             with self._rw.write:
-                if self._closed or self.registry.loaded.get(target) is not entry:
+                if self._parts.closed or self.registry.loaded.get(target) is not entry:
                     index.close()  # unloaded meanwhile: the file is checked row by row at the next load
                     return 0
                 installed = self._install_cold_index(target, ns, index)
@@ -783,7 +917,7 @@ class TierManagerMixin:
         # one (p50 16 ms; benchmarks/results/returning-users/).
         if not self.read_only:
             with self._rw.read:
-                if self._closed:
+                if self._parts.closed:
                     return False
                 victims = set(self.registry.victims())
                 if victims:
@@ -792,18 +926,18 @@ class TierManagerMixin:
                     except lmdb.MapFullError:
                         pass  # the map must grow, which needs the exclusive lock: the unload below writes
         with self._rw.write:
-            if self._closed:
+            if self._parts.closed:
                 return False
             return self._run_due_maintenance()
 
-    def _calibrate_if_due(self, incoming: np.ndarray) -> None:
+    def calibrate_if_due(self, incoming: np.ndarray) -> None:
         """Learn int8 ranges once the store (with this batch) reaches calibration_size memories,
         and again each time it has grown 8x since, up to a 50k sample."""
         quantizer = self.cold.quantizer
         total = len(self.cold) + len(incoming)
         if quantizer.calibrated:
-            grown = 0 < self._calibrated_on < _CALIBRATION_SAMPLE_MAX and \
-                total >= _RECALIBRATE_GROWTH * self._calibrated_on
+            grown = 0 < self.calibrated_on < _CALIBRATION_SAMPLE_MAX and \
+                total >= _RECALIBRATE_GROWTH * self.calibrated_on
             if not grown:
                 return
         elif total < self.config.calibration_size:
@@ -813,6 +947,11 @@ class TierManagerMixin:
         if len(self.catalog.slots()) + len(incoming) < max(2, self.config.calibration_size // 2):
             return
         self._recalibrate(incoming)
+
+    def count_coded(self, vectors: np.ndarray) -> None:
+        """Count the values of newly written codes, and those int8 clipped (drift triggers a refit)."""
+        self._clipped += self.cold.quantizer.clip_rate(vectors) * vectors.size
+        self._coded += vectors.size
 
     def _recalibrate_if_drifted(self) -> bool:
         if self._coded < 100 * self.dimension or self._clipped / self._coded <= self.config.drift_clip_rate:
@@ -851,7 +990,7 @@ class TierManagerMixin:
             if self.cold.quantizer is fitted:  # (a shared store may have loaded another writer's instead)
                 self.cold.quantizer = previous
             raise
-        self._calibrated_on = len(sample)
+        self.calibrated_on = len(sample)
         self._clipped = 0.0
         self._coded = 0
         codes = fitted.encode(existing) if len(existing) else np.zeros((0, self.dimension), dtype=np.int8)
@@ -862,7 +1001,7 @@ class TierManagerMixin:
             ns = catalog.namespaces.codes[namespace]
             self._rebuild_graph(namespace, catalog.slots(namespace=ns, tiers=(WARM, HOT)).tolist())
 
-    def _persist(self, report: MaintenanceReport) -> None:
+    def persist(self, report: MaintenanceReport) -> None:
         """Write changed statistics and topic models of every loaded namespace, then save graphs."""
         report.flushed = self._persist_namespaces(set(self.registry.loaded))
 
@@ -875,7 +1014,7 @@ class TierManagerMixin:
         with self._mutex:
             dirty = [slot for slot in catalog.dirty if catalog.ids[slot] is not None and catalog.ns[slot] in wanted]
             catalog.dirty.difference_update(dirty)
-            rows = [(catalog.ns[slot], catalog.ids[slot], self._row_bytes(slot)) for slot in dirty]
+            rows = [(catalog.ns[slot], catalog.ids[slot], row_bytes(catalog, slot)) for slot in dirty]
         ops: list[Op] = [("rows", row_key(ns, memory_id), row) for ns, memory_id, row in rows]
         changed_models = [name for name in namespaces if name in self._topics_dirty]
         for namespace in changed_models:
@@ -904,22 +1043,18 @@ class TierManagerMixin:
     # -- hooks for prefetching -------------------------------------------------------------
 
     def promote(self, memory_ids: Iterable[str], tier: Tier = Tier.HOT) -> int:
-        """Move memories up to `tier` ahead of use (prefetch); not counted as accesses.
-
-        Use counts and hit statistics do not change, but each moved memory's idle clock restarts
-        (``last_accessed`` reads the move's time). Unknown ids are skipped. Returns how many
-        moves were made (cold -> warm -> hot counts two)."""
-        self._check_writable()
+        """See :meth:`TieredMemory.promote`."""
+        self._parts.check_writable()
         if tier not in (Tier.WARM, Tier.HOT):
             raise InvalidInputError(f"promote() moves memories to 'warm' or 'hot', not {tier!r}")
         memory_ids = [i for i in dict.fromkeys(memory_ids) if isinstance(i, str)]
         with self._rw.write:
-            self._check_writable()
+            self._parts.check_writable()
             catalog = self.catalog
             unloaded = [i for i in memory_ids if i not in catalog.slot_of]
             for record in self.cold.get_many(unloaded) if unloaded else []:
                 if record is not None:
-                    self._load(record.namespace)
+                    self.load(record.namespace)
             slots = [catalog.slot_of[i] for i in memory_ids if i in catalog.slot_of]
             cold = [slot for slot in slots if catalog.tier[slot] == COLD]
             by_namespace: dict[str, list[int]] = {}
@@ -949,24 +1084,20 @@ class TierManagerMixin:
                     if catalog.accessed[slot] < now:
                         catalog.accessed[slot] = now
                         catalog.dirty.add(slot)
-            self._enforce_warm_capacity(protect=set(slots))
+            self.enforce_warm_capacity(protect=set(slots))
             return moved
 
     def nearest_topics(self, namespace: str, vector: np.ndarray, n: int = 1) -> list[int]:
-        """The namespace's n topics nearest a unit vector (empty before it has a topic model)."""
-        self._ensure_loaded([namespace])
+        """See :meth:`TieredMemory.nearest_topics`."""
+        self.ensure_loaded([namespace])
         model = self.topics.get(namespace)
         return [] if model is None else model.nearest(vector, n).tolist()
 
     def top_by_decay(self, namespace: str, topics: Iterable[int] | None = None, limit: int = 100,
                      exclude_tiers: tuple[Tier, ...] = (), near: np.ndarray | None = None,
                      near_weight: float = 1.0) -> list[str]:
-        """Ids of the namespace's memories (optionally of some topics) with the highest decayed
-        importance, best first: what prefetch should warm up. With `near` (a unit vector) each
-        score gains ``near_weight`` x the memory's cosine to it (from its int8 code), so memories
-        close to a conversation come first (compare modes `prefetch` and `prefetch-decay` in
-        benchmarks/results/prefetch/)."""
-        self._ensure_loaded([namespace])
+        """See :meth:`TieredMemory.top_by_decay`."""
+        self.ensure_loaded([namespace])
         with self._rw.read:
             catalog = self.catalog
             ns = catalog.namespaces.codes.get(namespace)
