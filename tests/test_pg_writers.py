@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tiered_memory import MemoryNotFoundError, StorageError, TieredMemory
+from tiered_memory import ConcurrentUpdateError, MemoryNotFoundError, StorageError, TieredMemory
 from tiered_memory.quantization import make_quantizer
 from tiered_memory.tiers.cold_ops import memory_row
 
@@ -186,6 +186,22 @@ def test_a_stale_statistics_flush_does_not_undo_an_update(two_stores) -> None:
     same = memory("a").replace(version=2, importance=0.9, kind="preference", access_count=7)
     there.write(there.row_ops(ns, ["a"], [memory_row(same)]))  # statistics of the current version land
     assert here.load_namespace(ns).uses == [7]
+
+
+def test_an_update_made_from_a_version_another_writer_moved_on_is_refused_whole(two_stores) -> None:
+    here, there = two_stores
+    ns = add(here, "shared", [memory("a")])
+    first = memory("a").replace(version=2, text="updated here")
+    change = [*here.record_ops([first]), *here.row_ops(ns, ["a"], [memory_row(first)])]
+    here.write(change)
+    here.write(change)  # the same write again (its commit was not acknowledged): changes nothing
+    late = memory("a").replace(version=2, text="updated there from version 1")
+    with pytest.raises(ConcurrentUpdateError, match=r"'a' is at version 2 .*would have made version 2.*retry"):
+        there.write([*there.record_ops([late]), *there.row_ops(ns, ["a"], [memory_row(late)])])
+    assert there.get("a").text == "updated here" and there.load_namespace(ns).version == [2]
+    on_top = memory("a").replace(version=3, text="updated there from version 2")  # the engine's retry
+    there.write([*there.record_ops([on_top]), *there.row_ops(ns, ["a"], [memory_row(on_top)])])
+    assert here.get("a").text == "updated there from version 2" and here.load_namespace(ns).version == [3]
 
 
 def test_an_update_overtaken_by_a_delete_does_not_bring_the_memory_back(two_stores) -> None:

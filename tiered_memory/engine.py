@@ -35,6 +35,7 @@ from tiered_memory.crypto import Sealer
 from tiered_memory.dirlock import DirectoryLock
 from tiered_memory.encoders import Encoder, as_unit_vectors, check_store_encoder, encode_checked, make_encoder
 from tiered_memory.errors import (
+    ConcurrentUpdateError,
     ConfigError,
     EncoderError,
     EncryptionRequiredError,
@@ -85,6 +86,10 @@ log = logging.getLogger(__name__)
 DEFAULT_NAMESPACE = "default"
 DEFAULT_KIND = "fact"
 MAX_K = 10_000
+# Attempts of an update that other processes' updates of the same memory keep overtaking (a
+# shared server store): each one reloads the namespace first, so a loss needs a new update
+# by another process inside every attempt's few milliseconds.
+UPDATE_ATTEMPTS = 5
 
 
 class _DefaultEncoder:
@@ -551,6 +556,10 @@ class TieredMemory(SearchMixin, TierManagerMixin, ExpiryMixin):
                 raise InvalidInputError(f"the id {taken[0]!r} is taken; choose another id, or use update() to "
                                         "change your own memory")
         namespace = memories[0].namespace
+        if dedup and self._shared_cold:
+            # Several writers: a text another process stored is a duplicate only if its memory is
+            # in our copy of the namespace; a stale copy stored it again (and repointed the index).
+            self._reload_changed([namespace])
         ns = self._load(namespace, create=True)
         answer = AddedIds(memory.id for memory in memories)
         text_keys: list[bytes | None] = [None] * len(memories)
@@ -854,6 +863,25 @@ class TieredMemory(SearchMixin, TierManagerMixin, ExpiryMixin):
                 raise InvalidInputError(f"update() takes one vector, got {len(new_vector)}")
         elif text is not None:
             new_vector = self._encode([text])
+        for attempt in range(1, UPDATE_ATTEMPTS + 1):
+            try:
+                result = self._write_update(memory_id, namespace, text, kind, metadata, importance, new_vector,
+                                            new_expiry)
+                break
+            except ConcurrentUpdateError as err:
+                # Another process updated the memory between our read and our write, which was
+                # refused whole: read it again (the namespace reloads) and apply the change on top.
+                if attempt == UPDATE_ATTEMPTS:
+                    raise
+                log.debug("update of %r overtaken by another process's (%s); again (%d of %d)", memory_id, err,
+                          attempt + 1, UPDATE_ATTEMPTS)
+        self._after_ops(1)
+        return result
+
+    def _write_update(self, memory_id: str, namespace: str | None, text: str | None, kind: str | None,
+                      metadata: Mapping[str, Any] | None, importance: float | None, new_vector: np.ndarray | None,
+                      new_expiry: Any) -> Memory:
+        """update()'s change, made from the memory as the store holds it now, under the write lock."""
         with self._rw.write:
             self._check_writable()
             slot = self._slot(memory_id, namespace)
@@ -916,9 +944,7 @@ class TieredMemory(SearchMixin, TierManagerMixin, ExpiryMixin):
             if text is not None or kind is not None:
                 self.lexical.added(old.namespace, [Doc(memory_id, changed.text, changed.kind, changed.created_at,
                                                        changed.sensitive)])
-            result = catalog.memory(slot, changed)
-        self._after_ops(1)
-        return result
+            return catalog.memory(slot, changed)
 
     def delete(self, memory_id: str, *, namespace: str | None = None) -> None:
         """Remove a memory from every tier, durably. Raises MemoryNotFoundError if unknown. An

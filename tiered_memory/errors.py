@@ -76,6 +76,11 @@ class StoreLockedError(StorageError):
     """Another process holds this store open for writing."""
 
 
+class ConcurrentUpdateError(StorageError):
+    """Another process changed the memory between this process's read of it and its write: nothing
+    of the write was stored. ``update`` retries by itself; raised when its retries keep losing."""
+
+
 class SchemaVersionError(StorageError):
     """The store was written by a newer tiered_memory than this one."""
 
