@@ -134,7 +134,7 @@ def write_randomly(config: dict[str, Any]) -> None:
 
 
 class Overtaken(logging.Handler):
-    """Counts the engine's retries of updates another process's update overtook."""
+    """Counts the engine's retries of updates and adds another process's write overtook."""
 
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
@@ -170,9 +170,9 @@ def run(mem: TieredMemory, command: dict[str, Any], overtaken: Overtaken) -> dic
     op = command.pop("op")
     namespace = command.get("namespace")
     if op == "add":
-        memory_id = mem.add(command["text"], namespace=namespace, vector=vector_for(command["text"]),
-                            dedup=command.get("dedup"))
-        return {"id": memory_id, "at": time.monotonic()}
+        before = overtaken.count
+        memory_id = mem.add(command["text"], namespace=namespace, vector=vector_for(command["text"]))
+        return {"id": memory_id, "at": time.monotonic(), "retries": overtaken.count - before}
     if op == "update":
         text = command.get("text")
         before = overtaken.count

@@ -554,23 +554,23 @@ def test_two_processes_updating_one_memory_at_once_both_land_in_sequence(pg_dsn:
         assert mem.search(vector=vector_for(texts[last]), namespace="race", k=1)[0].memory.id == memory_id
 
 
-def test_two_processes_adding_one_text_at_once(pg_dsn: str, pg_schema: str, tmp_path: Path, serve) -> None:
-    """Dedup across processes that add the same text at the same moment. What the store does
-    (pg_cold's docstring says so): the dedup lookup precedes the write, so both may store the
-    text; then the dedup index names one of the copies, and every later add of the text, from
-    either process, returns that one instead of storing a third."""
+def test_two_processes_adding_one_text_at_once_store_it_once(pg_dsn: str, pg_schema: str, tmp_path: Path,
+                                                             serve) -> None:
+    """Each round both processes add the same text at the same moment, dedup on: one stores it,
+    the other gets its id (its write, which claimed the text another process had claimed since
+    its lookup, is refused, and the engine adds again: the text is then a duplicate)."""
     children = [serve(f"adder{n}") for n in range(2)]
     rounds = 12
+    retries = 0
     for r in range(rounds):
         first = race(children, [{"op": "add", "text": f"the same text {r}", "namespace": "race"}] * 2)
         again = [child.ask(op="add", text=f"the same text {r}", namespace="race") for child in children]
-        made = {answer["id"] for answer in first}
-        # The later adds agree on one id, one of those the race made: no third copy.
-        assert len({answer["id"] for answer in again}) == 1 and again[0]["id"] in made, (first, again)
+        assert len({answer["id"] for answer in [*first, *again]}) == 1, (first, again)
+        retries += sum(answer["retries"] for answer in first)
+    assert retries >= 1  # the adds did meet (before the claim, every round stored the text twice)
     with engine(pg_dsn, pg_schema, tmp_path / "check") as mem:
         texts = Counter(m.text for m in mem.list_memories("race", limit=1000))
-        assert set(texts) == {f"the same text {r}" for r in range(rounds)} and max(texts.values()) <= 2
-        assert mem.count("race") == sum(texts.values())
+        assert texts == Counter({f"the same text {r}": 1 for r in range(rounds)}) and mem.count("race") == rounds
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         conn.execute(f'SET search_path TO "{pg_schema}"')
         assert conn.execute("SELECT count(*) FROM tm_texts").fetchone()[0] == rounds  # one entry per text

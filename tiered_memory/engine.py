@@ -86,10 +86,10 @@ log = logging.getLogger(__name__)
 DEFAULT_NAMESPACE = "default"
 DEFAULT_KIND = "fact"
 MAX_K = 10_000
-# Attempts of an update that other processes' updates of the same memory keep overtaking (a
-# shared server store): each one reloads the namespace first, so a loss needs a new update
-# by another process inside every attempt's few milliseconds.
-UPDATE_ATTEMPTS = 5
+# Attempts of an update (or a deduplicating add) that other processes' writes of the same memory
+# (or text) keep overtaking on a shared server store: each one reloads the namespace first, so a
+# loss needs a new write by another process inside every attempt's few milliseconds.
+RACE_ATTEMPTS = 5
 
 
 class _DefaultEncoder:
@@ -452,7 +452,11 @@ class TieredMemory(SearchMixin, TierManagerMixin, ExpiryMixin):
         with self._rw.write:
             self._check_writable()
             use_dedup = (self.config.dedup if dedup is None else dedup) and ids is None
-            added = self._insert(memories, matrix, check_ids=ids is not None, dedup=use_dedup)
+            # Another process may store one of these texts between our lookup and our write: then
+            # again, and the text is a duplicate of its memory.
+            added = self._again_if_overtaken(
+                lambda: self._insert(memories, matrix, check_ids=ids is not None, dedup=use_dedup),
+                f"add to {namespace!r}")
         self._after_ops(n)
         return added
 
@@ -563,9 +567,10 @@ class TieredMemory(SearchMixin, TierManagerMixin, ExpiryMixin):
         ns = self._load(namespace, create=True)
         answer = AddedIds(memory.id for memory in memories)
         text_keys: list[bytes | None] = [None] * len(memories)
+        holders: list[str | None] = [None] * len(memories)  # who held each text at the lookup
         raised: dict[int, float] = {}  # slot -> the later expiry a duplicate asked for
         if dedup:
-            memories, vectors, text_keys = self._without_duplicates(ns, memories, vectors, answer, raised)
+            memories, vectors, text_keys, holders = self._without_duplicates(ns, memories, vectors, answer, raised)
             if not memories:
                 if raised:
                     self.cold.write(self._expiry_ops(raised))
@@ -586,8 +591,14 @@ class TieredMemory(SearchMixin, TierManagerMixin, ExpiryMixin):
         codes = quantizer.encode(vectors)
         sealing = self._key_check_ops() if any(memory.sensitive for memory in memories) and \
             not self._has_sealed else []
-        dedup_ops = [("texts", key, memory.id.encode("utf-8")) for key, memory in zip(text_keys, memories)
-                     if key is not None]
+        if dedup and self._shared_cold:
+            # Another process may store the same text between the lookup and this write: the
+            # store refuses the claim then (ConcurrentUpdateError; add_many looks again).
+            dedup_ops = [self.cold.text_claim_op(key, memory.id, holder)
+                         for key, memory, holder in zip(text_keys, memories, holders) if key is not None]
+        else:
+            dedup_ops = [("texts", key, memory.id.encode("utf-8")) for key, memory in zip(text_keys, memories)
+                         if key is not None]
         bound_ops, bound = self._lowered_bound_ops(ns, [memory.expires_at for memory in memories])
         self.cold.write([*self.cold.memory_ops(ns, memories, codes, vectors), *dedup_ops, *sealing, *bound_ops,
                          *self._expiry_ops(raised)])
@@ -621,11 +632,14 @@ class TieredMemory(SearchMixin, TierManagerMixin, ExpiryMixin):
         return answer
 
     def _without_duplicates(self, ns: int, memories: list[Memory], vectors: np.ndarray, answer: AddedIds,
-                            raised: dict[int, float]) -> tuple[list[Memory], np.ndarray, list[bytes | None]]:
+                            raised: dict[int, float]
+                            ) -> tuple[list[Memory], np.ndarray, list[bytes | None], list[str | None]]:
         """Drop memories whose text the namespace (or this batch) already holds; each counts as an
         access of the memory it repeats, and `answer` gets that memory's id and the index. A
         repeated memory keeps the later of its expiry and the repeat's (`raised` gets the stored
-        ones to change); an expired memory is no longer held: its text is stored anew."""
+        ones to change); an expired memory is no longer held: its text is stored anew. Returns the
+        memories to store, their vectors, dedup keys and the ids the keys named (None: none, or
+        one this copy of the namespace does not hold)."""
         keys = [None if memory.sensitive else text_key(ns, memory.text) for memory in memories]
         found = self.cold.find_texts(keys)
         catalog = self.catalog
@@ -653,9 +667,12 @@ class TieredMemory(SearchMixin, TierManagerMixin, ExpiryMixin):
                 if key is not None:
                     first[key] = i
                 keep.append(i)
+        # The holders this add replaces: only those in our copy (an expired memory); one missing
+        # from it was stored by another process since our copy was made, and must refuse the claim.
+        holders = [holder if holder in catalog.slot_of else None for holder in found]
         if len(keep) == len(memories):
-            return memories, vectors, keys
-        return [memories[i] for i in keep], vectors[keep], [keys[i] for i in keep]
+            return memories, vectors, keys, holders
+        return [memories[i] for i in keep], vectors[keep], [keys[i] for i in keep], [holders[i] for i in keep]
 
     def _warm_admissions(self, memories: list[Memory]) -> np.ndarray:
         """Which new memories enter the warm index (bool per memory).
@@ -863,20 +880,26 @@ class TieredMemory(SearchMixin, TierManagerMixin, ExpiryMixin):
                 raise InvalidInputError(f"update() takes one vector, got {len(new_vector)}")
         elif text is not None:
             new_vector = self._encode([text])
-        for attempt in range(1, UPDATE_ATTEMPTS + 1):
-            try:
-                result = self._write_update(memory_id, namespace, text, kind, metadata, importance, new_vector,
-                                            new_expiry)
-                break
-            except ConcurrentUpdateError as err:
-                # Another process updated the memory between our read and our write, which was
-                # refused whole: read it again (the namespace reloads) and apply the change on top.
-                if attempt == UPDATE_ATTEMPTS:
-                    raise
-                log.debug("update of %r overtaken by another process's (%s); again (%d of %d)", memory_id, err,
-                          attempt + 1, UPDATE_ATTEMPTS)
+        # Another process may update the memory between our read and our write: then read it
+        # again (the namespace reloads) and apply the change on top.
+        result = self._again_if_overtaken(
+            lambda: self._write_update(memory_id, namespace, text, kind, metadata, importance, new_vector, new_expiry),
+            f"update of {memory_id!r}")
         self._after_ops(1)
         return result
+
+    @staticmethod
+    def _again_if_overtaken(write: Callable[[], Any], what: str) -> Any:
+        """write(), again while the store refuses it whole because another process's write of the
+        same memory or text came between its read and its write (ConcurrentUpdateError); each
+        attempt reads afresh. The last attempt's refusal is raised."""
+        for attempt in range(1, RACE_ATTEMPTS):
+            try:
+                return write()
+            except ConcurrentUpdateError as err:
+                log.debug("%s overtaken by another process's write (%s); again (%d of %d)", what, err, attempt + 1,
+                          RACE_ATTEMPTS)
+        return write()
 
     def _write_update(self, memory_id: str, namespace: str | None, text: str | None, kind: str | None,
                       metadata: Mapping[str, Any] | None, importance: float | None, new_vector: np.ndarray | None,

@@ -77,8 +77,9 @@ class StoreLockedError(StorageError):
 
 
 class ConcurrentUpdateError(StorageError):
-    """Another process changed the memory between this process's read of it and its write: nothing
-    of the write was stored. ``update`` retries by itself; raised when its retries keep losing."""
+    """Another process changed the memory (or stored the text a deduplicating add looked up)
+    between this process's read and its write: nothing of the write was stored. ``update`` and
+    ``add`` retry by themselves; raised when their retries keep losing."""
 
 
 class SchemaVersionError(StorageError):

@@ -63,10 +63,14 @@ Several writers (processes, each with its own engine and cache directory) may sh
   an exclusive one; codes made with a quantizer another writer has replaced are refused
   (StorageError, nothing written) and the new one loaded, so that a retry encodes with it.
 
-Not covered yet: two processes adding the same text at once may both store it (the dedup lookup
-precedes the write; the dedup index then names one copy, which later adds return); agent hubs cache their
-state per process (one writing process per hub); expiry bounds are read at open (memories another
-process adds with an expiry expire there, but this process serves them until it reopens).
+- A deduplicating add claims its texts' dedup entries (text_claim_op): an entry that names
+  another stored memory by the time of the write (another process added the same text after this
+  one looked it up) refuses the write whole (ConcurrentUpdateError), and the engine adds again,
+  finding the text a duplicate: two processes adding one text at once store it once.
+
+Not covered yet: agent hubs cache their state per process (one writing process per hub); expiry
+bounds are read at open (memories another process adds with an expiry expire there, but this
+process serves them until it reopens).
 """
 
 from __future__ import annotations
@@ -425,7 +429,7 @@ class PostgresColdStore(ColdOps, ColdStore):
         touched = set(namespace_of.values())
         for op in ops:
             db, key, value = op
-            if db not in _BY_MEMORY and db not in _BY_KEY and db not in ("texts", "nscount"):
+            if db not in _BY_MEMORY and db not in _BY_KEY and db not in ("texts", "textclaims", "nscount"):
                 raise StorageError(f"an op for database {db!r}, which a PostgreSQL cold store does not have: "
                                    "nothing of this call was stored")
             if db == "nscount":
@@ -434,7 +438,7 @@ class PostgresColdStore(ColdOps, ColdStore):
                 if int.from_bytes(value or b"", "big", signed=True) > 0:
                     adding.add(ns)
                 continue
-            if db == "texts":
+            if db in ("texts", "textclaims"):
                 touched.add(NS_ID.unpack(key[:4])[0])
             runs = by_table.setdefault(db, [])
             if runs and runs[-1][0] == (value is None):
@@ -449,6 +453,8 @@ class PostgresColdStore(ColdOps, ColdStore):
                     self._apply_memory_run(conn, db, deleting, run, namespace_of, adding, counted, recorded)
                 elif db == "texts":
                     self._apply_texts_run(conn, deleting, run)
+                elif db == "textclaims":
+                    self._apply_text_claims(conn, run)
                 else:
                     self._apply_key_run(conn, _BY_KEY[db], deleting, run)
         changed = [(ns, delta) for ns, delta in counted.items() if delta]
@@ -612,6 +618,31 @@ class PostgresColdStore(ColdOps, ColdStore):
                      "ON CONFLICT (ns_id, digest) DO UPDATE SET memory_id = EXCLUDED.memory_id",
                      ([ns for ns, _, _ in puts], [digest for _, digest, _ in puts],
                       [bytes(value or b"").decode("utf-8") for _, _, value in puts]))
+
+    @staticmethod
+    def text_claim_op(key: bytes, memory_id: str, holder: str | None) -> Op:
+        return ("textclaims", key, msgpack.packb([memory_id, holder], use_bin_type=True))
+
+    @classmethod
+    def _apply_text_claims(cls, conn: psycopg.Connection, run: list[Op]) -> None:
+        """Dedup entries of a deduplicating add, each refused (the whole write) if it names a
+        stored memory other than the one the add found there (or this one: the same write
+        retried): another process stored the text after the add looked it up. The namespaces'
+        rows are locked, so no other add of the namespace comes between this check and the commit."""
+        claims = [(NS_ID.unpack(key[:4])[0], key[4:], *msgpack.unpackb(value, raw=False)) for _, key, value in run]
+        held = conn.execute("SELECT t.ns_id, t.digest, t.memory_id FROM tm_texts t JOIN tm_rows r "
+                            "ON r.ns_id = t.ns_id AND r.memory_id = t.memory_id WHERE (t.ns_id, t.digest) IN "
+                            "(SELECT * FROM unnest(%s::integer[], %s::bytea[]))",
+                            ([ns for ns, *_ in claims], [digest for _, digest, *_ in claims])).fetchall()
+        holders = {(ns, bytes(digest)): memory_id for ns, digest, memory_id in held}
+        for ns, digest, memory_id, found in claims:
+            holder = holders.get((ns, digest))
+            if holder not in (None, found, memory_id):
+                raise ConcurrentUpdateError(
+                    f"another process stored the text of new memory {memory_id!r} as {holder!r} since this one "
+                    "looked it up: nothing of this call was stored; add it again (the text is then a duplicate)")
+        cls._apply_texts_run(conn, False, [("texts", NS_ID.pack(ns) + digest, memory_id.encode("utf-8"))
+                                           for ns, digest, memory_id, _ in claims])
 
     @staticmethod
     def _apply_key_run(conn: psycopg.Connection, table: str, deleting: bool, run: list[Op]) -> None:
