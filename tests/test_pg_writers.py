@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tiered_memory import MemoryNotFoundError, StorageError, TieredMemory
+from tiered_memory import ConcurrentUpdateError, MemoryNotFoundError, StorageError, TieredMemory
 from tiered_memory.quantization import make_quantizer
-from tiered_memory.tiers.cold_ops import memory_row
+from tiered_memory.tiers.cold_ops import memory_row, text_key
 
 from .conftest import DIM, unit_rows
 from .test_cold_store_contract import memory
@@ -186,6 +186,43 @@ def test_a_stale_statistics_flush_does_not_undo_an_update(two_stores) -> None:
     same = memory("a").replace(version=2, importance=0.9, kind="preference", access_count=7)
     there.write(there.row_ops(ns, ["a"], [memory_row(same)]))  # statistics of the current version land
     assert here.load_namespace(ns).uses == [7]
+
+
+def test_an_update_made_from_a_version_another_writer_moved_on_is_refused_whole(two_stores) -> None:
+    here, there = two_stores
+    ns = add(here, "shared", [memory("a")])
+    first = memory("a").replace(version=2, text="updated here")
+    change = [*here.record_ops([first]), *here.row_ops(ns, ["a"], [memory_row(first)])]
+    here.write(change)
+    here.write(change)  # the same write again (its commit was not acknowledged): changes nothing
+    late = memory("a").replace(version=2, text="updated there from version 1")
+    with pytest.raises(ConcurrentUpdateError, match=r"'a' is at version 2 .*would have made version 2.*retry"):
+        there.write([*there.record_ops([late]), *there.row_ops(ns, ["a"], [memory_row(late)])])
+    assert there.get("a").text == "updated here" and there.load_namespace(ns).version == [2]
+    on_top = memory("a").replace(version=3, text="updated there from version 2")  # the engine's retry
+    there.write([*there.record_ops([on_top]), *there.row_ops(ns, ["a"], [memory_row(on_top)])])
+    assert here.get("a").text == "updated there from version 2" and here.load_namespace(ns).version == [3]
+
+
+def test_a_text_claimed_by_another_writer_since_the_lookup_refuses_the_add(two_stores) -> None:
+    here, there = two_stores
+    vectors = unit_rows(1, seed=6)
+    ns = here.namespace_id("shared", create=True)
+    key = text_key(ns, "said twice")
+
+    def add_claiming(store, memory_id: str, holder: str | None) -> None:
+        store.write([*store.memory_ops(ns, [memory(memory_id, text="said twice")], store.quantizer.encode(vectors),
+                                       vectors), store.text_claim_op(key, memory_id, holder)])
+
+    add_claiming(here, "a", None)
+    add_claiming(here, "a", None)  # the same write again (its commit was not acknowledged): changes nothing
+    with pytest.raises(ConcurrentUpdateError, match=r"'b' as 'a' since this one looked it up.*add it again"):
+        add_claiming(there, "b", None)  # looked it up before "a" was stored
+    assert there.get("b") is None and there.find_texts([key]) == ["a"] and there.namespace_info(ns)[1] == 1
+    there.write(there.delete_ops(ns, ["a"]))  # a holder that is no longer stored is no claim
+    add_claiming(there, "c", None)
+    add_claiming(here, "d", "c")  # replacing the holder it found (an expired memory, say)
+    assert here.find_texts([key]) == ["d"] and here.namespace_ids(ns) == ["c", "d"]
 
 
 def test_an_update_overtaken_by_a_delete_does_not_bring_the_memory_back(two_stores) -> None:

@@ -16,6 +16,7 @@ from tiered_memory.engine import (
     TierStats,
 )
 from tiered_memory.errors import (
+    ConcurrentUpdateError,
     ConfigError,
     DecryptionError,
     DimensionMismatchError,
@@ -102,6 +103,7 @@ __all__ = [
     "DEFAULT_ENCODER",
     "BinaryQuantizer",
     "ConfigError",
+    "ConcurrentUpdateError",
     "DecryptionError",
     "EncryptionRequiredError",
     "DimensionMismatchError",

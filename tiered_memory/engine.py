@@ -41,6 +41,7 @@ from tiered_memory.crypto import Sealer
 from tiered_memory.dirlock import DirectoryLock
 from tiered_memory.encoders import Encoder, as_unit_vectors, check_store_encoder, encode_checked, make_encoder
 from tiered_memory.errors import (
+    ConcurrentUpdateError,
     ConfigError,
     EncoderError,
     EncryptionRequiredError,
@@ -105,6 +106,10 @@ log = logging.getLogger(__name__)
 DEFAULT_NAMESPACE = "default"
 DEFAULT_KIND = "fact"
 MAX_K = 10_000
+# Attempts of an update (or a deduplicating add) that other processes' writes of the same memory
+# (or text) keep overtaking on a shared server store: each one reloads the namespace first, so a
+# loss needs a new write by another process inside every attempt's few milliseconds.
+RACE_ATTEMPTS = 5
 
 
 class _DefaultEncoder:
@@ -458,7 +463,11 @@ class TieredMemory:
         with self._rw.write:
             self._check_writable()
             use_dedup = (self.config.dedup if dedup is None else dedup) and ids is None
-            added = self._insert(memories, matrix, check_ids=ids is not None, dedup=use_dedup)
+            # Another process may store one of these texts between our lookup and our write: then
+            # again, and the text is a duplicate of its memory.
+            added = self._again_if_overtaken(
+                lambda: self._insert(memories, matrix, check_ids=ids is not None, dedup=use_dedup),
+                f"add to {namespace!r}")
         self._tiers.after_ops(n)
         return added
 
@@ -562,12 +571,17 @@ class TieredMemory:
                 raise InvalidInputError(f"the id {taken[0]!r} is taken; choose another id, or use update() to "
                                         "change your own memory")
         namespace = memories[0].namespace
+        if dedup and self._shared_cold:
+            # Several writers: a text another process stored is a duplicate only if its memory is
+            # in our copy of the namespace; a stale copy stored it again (and repointed the index).
+            self._tiers.reload_changed([namespace])
         ns = self._tiers.load(namespace, create=True)
         answer = AddedIds(memory.id for memory in memories)
         text_keys: list[bytes | None] = [None] * len(memories)
+        holders: list[str | None] = [None] * len(memories)  # who held each text at the lookup
         raised: dict[int, float] = {}  # slot -> the later expiry a duplicate asked for
         if dedup:
-            memories, vectors, text_keys = self._without_duplicates(ns, memories, vectors, answer, raised)
+            memories, vectors, text_keys, holders = self._without_duplicates(ns, memories, vectors, answer, raised)
             if not memories:
                 if raised:
                     self.cold.write(self._expiry.expiry_ops(raised))
@@ -588,8 +602,14 @@ class TieredMemory:
         codes = quantizer.encode(vectors)
         sealing = self._key_check_ops() if any(memory.sensitive for memory in memories) and \
             not self._has_sealed else []
-        dedup_ops = [("texts", key, memory.id.encode("utf-8")) for key, memory in zip(text_keys, memories)
-                     if key is not None]
+        if dedup and self._shared_cold:
+            # Another process may store the same text between the lookup and this write: the
+            # store refuses the claim then (ConcurrentUpdateError; add_many looks again).
+            dedup_ops = [self.cold.text_claim_op(key, memory.id, holder)
+                         for key, memory, holder in zip(text_keys, memories, holders) if key is not None]
+        else:
+            dedup_ops = [("texts", key, memory.id.encode("utf-8")) for key, memory in zip(text_keys, memories)
+                         if key is not None]
         bound_ops, bound = self._expiry.lowered_bound_ops(ns, [memory.expires_at for memory in memories])
         self.cold.write([*self.cold.memory_ops(ns, memories, codes, vectors), *dedup_ops, *sealing, *bound_ops,
                          *self._expiry.expiry_ops(raised),
@@ -623,11 +643,14 @@ class TieredMemory:
         return answer
 
     def _without_duplicates(self, ns: int, memories: list[Memory], vectors: np.ndarray, answer: AddedIds,
-                            raised: dict[int, float]) -> tuple[list[Memory], np.ndarray, list[bytes | None]]:
+                            raised: dict[int, float]
+                            ) -> tuple[list[Memory], np.ndarray, list[bytes | None], list[str | None]]:
         """Drop memories whose text the namespace (or this batch) already holds; each counts as an
         access of the memory it repeats, and `answer` gets that memory's id and the index. A
         repeated memory keeps the later of its expiry and the repeat's (`raised` gets the stored
-        ones to change); an expired memory is no longer held: its text is stored anew."""
+        ones to change); an expired memory is no longer held: its text is stored anew. Returns the
+        memories to store, their vectors, dedup keys and the ids the keys named (None: none, or
+        one this copy of the namespace does not hold)."""
         keys = [None if memory.sensitive else text_key(ns, memory.text) for memory in memories]
         found = self.cold.find_texts(keys)
         catalog = self.catalog
@@ -655,9 +678,12 @@ class TieredMemory:
                 if key is not None:
                     first[key] = i
                 keep.append(i)
+        # The holders this add replaces: only those in our copy (an expired memory); one missing
+        # from it was stored by another process since our copy was made, and must refuse the claim.
+        holders = [holder if holder in catalog.slot_of else None for holder in found]
         if len(keep) == len(memories):
-            return memories, vectors, keys
-        return [memories[i] for i in keep], vectors[keep], [keys[i] for i in keep]
+            return memories, vectors, keys, holders
+        return [memories[i] for i in keep], vectors[keep], [keys[i] for i in keep], [holders[i] for i in keep]
 
     def _warm_admissions(self, memories: list[Memory]) -> np.ndarray:
         """Which new memories enter the warm index (bool per memory).
@@ -854,6 +880,31 @@ class TieredMemory:
                 raise InvalidInputError(f"update() takes one vector, got {len(new_vector)}")
         elif text is not None:
             new_vector = self._encode([text])
+        # Another process may update the memory between our read and our write: then read it
+        # again (the namespace reloads) and apply the change on top.
+        result = self._again_if_overtaken(
+            lambda: self._write_update(memory_id, namespace, text, kind, metadata, importance, new_vector, new_expiry),
+            f"update of {memory_id!r}")
+        self._tiers.after_ops(1)
+        return result
+
+    @staticmethod
+    def _again_if_overtaken(write: Callable[[], Any], what: str) -> Any:
+        """write(), again while the store refuses it whole because another process's write of the
+        same memory or text came between its read and its write (ConcurrentUpdateError); each
+        attempt reads afresh. The last attempt's refusal is raised."""
+        for attempt in range(1, RACE_ATTEMPTS):
+            try:
+                return write()
+            except ConcurrentUpdateError as err:
+                log.debug("%s overtaken by another process's write (%s); again (%d of %d)", what, err, attempt + 1,
+                          RACE_ATTEMPTS)
+        return write()
+
+    def _write_update(self, memory_id: str, namespace: str | None, text: str | None, kind: str | None,
+                      metadata: Mapping[str, Any] | None, importance: float | None, new_vector: np.ndarray | None,
+                      new_expiry: Any) -> Memory:
+        """update()'s change, made from the memory as the store holds it now, under the write lock."""
         with self._rw.write:
             self._check_writable()
             slot = self._tiers.slot_for_change(memory_id, namespace)
@@ -916,9 +967,7 @@ class TieredMemory:
             if text is not None or kind is not None:
                 self.lexical.added(old.namespace, [Doc(memory_id, changed.text, changed.kind, changed.created_at,
                                                        changed.sensitive)])
-            result = catalog.memory(slot, changed)
-        self._tiers.after_ops(1)
-        return result
+            return catalog.memory(slot, changed)
 
     def delete(self, memory_id: str, *, namespace: str | None = None) -> None:
         """Remove a memory from every tier, durably. Raises MemoryNotFoundError if unknown. An

@@ -76,6 +76,12 @@ class StoreLockedError(StorageError):
     """Another process holds this store open for writing."""
 
 
+class ConcurrentUpdateError(StorageError):
+    """Another process changed the memory (or stored the text a deduplicating add looked up)
+    between this process's read and its write: nothing of the write was stored. ``update`` and
+    ``add`` retry by themselves; raised when their retries keep losing."""
+
+
 class SchemaVersionError(StorageError):
     """The store was written by a newer tiered_memory than this one."""
 

@@ -170,7 +170,7 @@ class TierManager:
         if self._shared_cold and len(missing) < len(names) and self._changed_elsewhere(names):
             with self._rw.write:
                 self._parts.check_open()
-                self._reload_changed(names)
+                self.reload_changed(names)
         # -- end of several writers
         if missing:
             with self._rw.write:
@@ -189,7 +189,7 @@ class TierManager:
         by_id = {loaded[name].ns_id: name for name in names if name in loaded}
         return [by_id[ns] for ns in self.cold.changed_elsewhere(list(by_id))] if by_id else []
 
-    def _reload_changed(self, names: Sequence[str]) -> None:
+    def reload_changed(self, names: Sequence[str]) -> None:
         """Reload those of these namespaces another process changed. Caller holds the write lock."""
         for name in self._changed_elsewhere(names):  # asked again: another thread may have reloaded it
             # Its graph misses the other writer's changes: dropped first, so that unloading does
@@ -202,11 +202,11 @@ class TierManager:
         """Before changing a memory: bring its namespace up to date. Caller holds the write lock."""
         slot = self.catalog.slot_of.get(memory_id)
         if slot is not None:
-            self._reload_changed([self.catalog.namespaces.names[self.catalog.ns[slot]]])
+            self.reload_changed([self.catalog.namespaces.names[self.catalog.ns[slot]]])
             return
         record = self.cold.get(memory_id)
         if record is not None:
-            self._reload_changed([record.namespace])
+            self.reload_changed([record.namespace])
 
     def changed_by_notice(self, ns_ids: list[int] | None) -> None:
         """Called by the cold store's listener thread: other processes changed these namespaces
@@ -228,7 +228,7 @@ class TierManager:
             names = [name for name, entry in self.registry.loaded.items() if -1 in notified or entry.ns_id in notified]
             stale = self._changed_elsewhere(names) if names else []
             for name in stale:
-                self.warm.forget(name)  # (as in _reload_changed: not saved as up to date)
+                self.warm.forget(name)  # (as in reload_changed: not saved as up to date)
                 self.unload(name)
         return bool(stale)
 

@@ -255,6 +255,12 @@ class SharedColdStore(ColdStore, Protocol):
         since this process loaded them (its own writes do not count). Cheap: one indexed read."""
         ...
 
+    def text_claim_op(self, key: bytes, memory_id: str, holder: str | None) -> Op:
+        """A put of the dedup entry ``key -> memory_id`` for a deduplicating add that found the
+        entry naming `holder` (None: no entry): the whole write is refused
+        (ConcurrentUpdateError) if the entry names another stored memory by then."""
+        ...
+
     def listen(self, callback: Callable[[list[int] | None], None]) -> None:
         """Call ``callback(ns_ids)`` (from a thread of the store) soon after another writer commits
         a change to those namespaces (None: any of them): a hint to drop stale copies early, never

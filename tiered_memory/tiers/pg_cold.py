@@ -56,15 +56,24 @@ Several writers (processes, each with its own engine and cache directory) may sh
   updates an existing row, and never one of a later memory version: a statistics flush from a
   stale copy cannot undo another process's update, and an update overtaken by another process's
   delete does not bring back half a memory (records, codes and originals need their row).
+- An update (a write that puts a memory's record and row) must move the stored version on by one:
+  one made from a version another process has moved on since is refused whole
+  (ConcurrentUpdateError), and the engine makes it again from the memory as stored now, so two
+  updates at once both land, in turn, with versions v+1 and v+2 (not both v+1, the later undoing
+  the earlier).
 - Codes are made by the store-wide quantizer: a write of codes takes a shared advisory lock and
   re-encoding all codes (re-calibration, with the new quantizer's state in the same transaction)
   an exclusive one; codes made with a quantizer another writer has replaced are refused
   (StorageError, nothing written) and the new one loaded, so that a retry encodes with it.
 
-Not covered yet: two processes adding the same text at once may both store it (the dedup lookup
-precedes the write); two concurrent updates of one memory: the last wins; agent hubs cache their
-state per process (one writing process per hub); expiry bounds are read at open (memories another
-process adds with an expiry expire there, but this process serves them until it reopens).
+- A deduplicating add claims its texts' dedup entries (text_claim_op): an entry that names
+  another stored memory by the time of the write (another process added the same text after this
+  one looked it up) refuses the write whole (ConcurrentUpdateError), and the engine adds again,
+  finding the text a duplicate: two processes adding one text at once store it once.
+
+Not covered yet: agent hubs cache their state per process (one writing process per hub); expiry
+bounds are read at open (memories another process adds with an expiry expire there, but this
+process serves them until it reopens).
 """
 
 from __future__ import annotations
@@ -86,7 +95,13 @@ import numpy as np
 
 from tiered_memory.config import MemoryConfig
 from tiered_memory.crypto import Sealer
-from tiered_memory.errors import ConfigError, EncryptionRequiredError, SchemaVersionError, StorageError
+from tiered_memory.errors import (
+    ConcurrentUpdateError,
+    ConfigError,
+    EncryptionRequiredError,
+    SchemaVersionError,
+    StorageError,
+)
 from tiered_memory.quantization import Quantizer, make_quantizer, quantizer_from_state
 from tiered_memory.records import Memory, unpack_record
 from tiered_memory.tiers.cold import STORE_SCHEMA
@@ -425,6 +440,16 @@ class PostgresColdStore(ColdOps, ColdStore):
         kind (puts and deletes of one table keep their order; tables are independent). Returns
         each touched namespace's new (version, generation)."""
         namespace_of = self._namespaces_named_in(ops)
+        # Memories whose content this write changes (an add or an update puts the record): their
+        # catalog rows must move on from the version the change was made from (see _put_rows).
+        # Updates made from what this process read must move a memory's version on by one (another
+        # writer's update between the read and this write is refused). A version received by a
+        # sync (a stamp op with its own ancestry) replaces what is stored by the stamps' rules and
+        # may move it on by more: it is guarded like a statistics flush (never backwards) instead.
+        synced = {key[4:].decode("utf-8") for db, key, value in ops if db == STAMPS and value is not None
+                  and msgpack.unpackb(value, raw=False)[2] is not None}
+        recorded = {key.decode("utf-8"): value for db, key, value in ops
+                    if db == "records" and value is not None and key.decode("utf-8") not in synced}
         by_table: dict[str, list[tuple[bool, list[Op]]]] = {}
         counts: dict[int, int] = {}  # count ops per namespace, and whether any adds memories
         adding: set[int] = set()
@@ -432,7 +457,7 @@ class PostgresColdStore(ColdOps, ColdStore):
         touched = set(namespace_of.values())
         for op in ops:
             db, key, value = op
-            if db not in _BY_MEMORY and db not in _BY_KEY and db not in ("texts", "nscount", STAMPS):
+            if db not in _BY_MEMORY and db not in _BY_KEY and db not in ("texts", "textclaims", "nscount", STAMPS):
                 raise StorageError(f"an op for database {db!r}, which a PostgreSQL cold store does not have: "
                                    "nothing of this call was stored")
             if db == "nscount":
@@ -441,7 +466,7 @@ class PostgresColdStore(ColdOps, ColdStore):
                 if int.from_bytes(value or b"", "big", signed=True) > 0:
                     adding.add(ns)
                 continue
-            if db in ("texts", STAMPS):
+            if db in ("texts", "textclaims", STAMPS):
                 touched.add(NS_ID.unpack(key[:4])[0])
             if db == STAMPS:
                 stamps.append(op)
@@ -456,9 +481,11 @@ class PostgresColdStore(ColdOps, ColdStore):
         for db in sorted(by_table, key=lambda name: name != "rows"):  # rows first: they say which memories exist
             for deleting, run in by_table[db]:
                 if db in _BY_MEMORY:
-                    self._apply_memory_run(conn, db, deleting, run, namespace_of, adding, counted)
+                    self._apply_memory_run(conn, db, deleting, run, namespace_of, adding, counted, recorded)
                 elif db == "texts":
                     self._apply_texts_run(conn, deleting, run)
+                elif db == "textclaims":
+                    self._apply_text_claims(conn, run)
                 else:
                     self._apply_key_run(conn, _BY_KEY[db], deleting, run)
         if stamps:
@@ -503,7 +530,8 @@ class PostgresColdStore(ColdOps, ColdStore):
         return None, key.decode("utf-8")
 
     def _apply_memory_run(self, conn: psycopg.Connection, db: str, deleting: bool, run: list[Op],
-                          namespace_of: dict[str, int], adding: set[int], counted: dict[int, int]) -> None:
+                          namespace_of: dict[str, int], adding: set[int], counted: dict[int, int],
+                          recorded: dict[str, bytes]) -> None:
         table = _BY_MEMORY[db]
         keyed: list[tuple[int | None, str, bytes | None]] = []
         for _, key, value in run:
@@ -533,7 +561,7 @@ class PostgresColdStore(ColdOps, ColdStore):
             return
         puts = _last_per_key(keyed, 2)
         if table == "tm_rows":
-            self._put_rows(conn, puts, adding, counted)
+            self._put_rows(conn, puts, adding, counted, recorded)
             return
         # Only memories that have a catalog row (written first, above): an update another writer's
         # delete overtook does not bring back half a memory.
@@ -544,15 +572,18 @@ class PostgresColdStore(ColdOps, ColdStore):
             "ON CONFLICT (ns_id, memory_id) DO UPDATE SET value = EXCLUDED.value",
             ([ns for ns, _, _ in puts], [memory_id for _, memory_id, _ in puts], [value for _, _, value in puts]))
 
-    @staticmethod
-    def _put_rows(conn: psycopg.Connection, puts: list[tuple[Any, ...]], adding: set[int],
-                  counted: dict[int, int]) -> None:
+    def _put_rows(self, conn: psycopg.Connection, puts: list[tuple[Any, ...]], adding: set[int],
+                  counted: dict[int, int], recorded: dict[str, bytes]) -> None:
         """Catalog rows: new ones only in a write that adds memories to that namespace (its count
         op is positive); elsewhere (updates, statistics flushes) existing rows only. A row never
-        replaces one of a later memory version: a writer's stale flush cannot undo another's update."""
+        replaces one of a later memory version: a writer's stale flush cannot undo another's update.
+        An update (its record is in the write) must take the stored version one step on: two
+        processes that updated the same version at once would otherwise both be acknowledged with
+        the same version, the later write silently undoing the earlier (ConcurrentUpdateError)."""
         versions = [unpack_row(row_key(ns, memory_id), value)[8] for ns, memory_id, value in puts]
         inserts = [i for i, (ns, _, _) in enumerate(puts) if ns in adding]
-        updates = [i for i, (ns, _, _) in enumerate(puts) if ns not in adding]
+        changes = [i for i, (ns, memory_id, _) in enumerate(puts) if ns not in adding and memory_id in recorded]
+        updates = [i for i, (ns, memory_id, _) in enumerate(puts) if ns not in adding and memory_id not in recorded]
 
         def columns(chosen: list[int]) -> tuple[list[Any], ...]:
             return ([puts[i][0] for i in chosen], [puts[i][1] for i in chosen], [puts[i][2] for i in chosen],
@@ -575,6 +606,36 @@ class PostgresColdStore(ColdOps, ColdStore):
                 "FROM unnest(%s::integer[], %s::text[], %s::bytea[], %s::integer[]) AS n(ns_id, memory_id, value, "
                 "version) WHERE r.ns_id = n.ns_id AND r.memory_id = n.memory_id AND r.version <= n.version",
                 columns(updates))
+        if changes:
+            self._put_changed_rows(conn, (*columns(changes), [recorded[puts[i][1]] for i in changes]))
+
+    def _put_changed_rows(self, conn: psycopg.Connection, columns: tuple[list[Any], ...]) -> None:
+        """Rows of updated memories (columns: ns ids, memory ids, rows, versions, records): each
+        must be one version past the stored row, or be that row with that record already (this
+        same write retried after its commit went unacknowledged; records go after rows). The
+        namespaces' rows are locked (_lock_namespaces), so no other writer's update can come
+        between this check and the commit. A row that is gone was deleted by another writer,
+        which a late update does not undo (the record is then left out too)."""
+        applied = {memory_id for (memory_id,) in conn.execute(
+            "UPDATE tm_rows AS r SET value = n.value, version = n.version "
+            "FROM unnest(%s::integer[], %s::text[], %s::bytea[], %s::integer[], %s::bytea[]) "
+            "AS n(ns_id, memory_id, value, version, record) WHERE r.ns_id = n.ns_id AND r.memory_id = n.memory_id "
+            "AND (r.version = n.version - 1 OR (r.version = n.version AND r.value = n.value AND EXISTS "
+            "(SELECT 1 FROM tm_records t WHERE t.ns_id = r.ns_id AND t.memory_id = r.memory_id "
+            "AND t.value = n.record))) RETURNING r.memory_id", columns).fetchall()}
+        wanted = {memory_id: (ns, version) for ns, memory_id, _, version, _ in zip(*columns)
+                  if memory_id not in applied}
+        if not wanted:
+            return
+        stored = conn.execute("SELECT memory_id, version FROM tm_rows WHERE (ns_id, memory_id) IN "
+                              "(SELECT * FROM unnest(%s::integer[], %s::text[])) ORDER BY memory_id",
+                              ([ns for ns, _ in wanted.values()], list(wanted))).fetchall()
+        if stored:
+            memory_id, version = stored[0]
+            raise ConcurrentUpdateError(
+                f"memory {memory_id!r} is at version {version} in {self._where()}: another process updated it "
+                f"since this one read it (this update would have made version {wanted[memory_id][1]}); nothing "
+                "of this call was stored: read the memory again and retry")
 
     @staticmethod
     def _apply_stamps(conn: psycopg.Connection, ops: list[Op]) -> None:
@@ -629,6 +690,31 @@ class PostgresColdStore(ColdOps, ColdStore):
                      "ON CONFLICT (ns_id, digest) DO UPDATE SET memory_id = EXCLUDED.memory_id",
                      ([ns for ns, _, _ in puts], [digest for _, digest, _ in puts],
                       [bytes(value or b"").decode("utf-8") for _, _, value in puts]))
+
+    @staticmethod
+    def text_claim_op(key: bytes, memory_id: str, holder: str | None) -> Op:
+        return ("textclaims", key, msgpack.packb([memory_id, holder], use_bin_type=True))
+
+    @classmethod
+    def _apply_text_claims(cls, conn: psycopg.Connection, run: list[Op]) -> None:
+        """Dedup entries of a deduplicating add, each refused (the whole write) if it names a
+        stored memory other than the one the add found there (or this one: the same write
+        retried): another process stored the text after the add looked it up. The namespaces'
+        rows are locked, so no other add of the namespace comes between this check and the commit."""
+        claims = [(NS_ID.unpack(key[:4])[0], key[4:], *msgpack.unpackb(value, raw=False)) for _, key, value in run]
+        held = conn.execute("SELECT t.ns_id, t.digest, t.memory_id FROM tm_texts t JOIN tm_rows r "
+                            "ON r.ns_id = t.ns_id AND r.memory_id = t.memory_id WHERE (t.ns_id, t.digest) IN "
+                            "(SELECT * FROM unnest(%s::integer[], %s::bytea[]))",
+                            ([ns for ns, *_ in claims], [digest for _, digest, *_ in claims])).fetchall()
+        holders = {(ns, bytes(digest)): memory_id for ns, digest, memory_id in held}
+        for ns, digest, memory_id, found in claims:
+            holder = holders.get((ns, digest))
+            if holder not in (None, found, memory_id):
+                raise ConcurrentUpdateError(
+                    f"another process stored the text of new memory {memory_id!r} as {holder!r} since this one "
+                    "looked it up: nothing of this call was stored; add it again (the text is then a duplicate)")
+        cls._apply_texts_run(conn, False, [("texts", NS_ID.pack(ns) + digest, memory_id.encode("utf-8"))
+                                           for ns, digest, memory_id, _ in claims])
 
     @staticmethod
     def _apply_key_run(conn: psycopg.Connection, table: str, deleting: bool, run: list[Op]) -> None:
