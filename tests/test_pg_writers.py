@@ -336,23 +336,37 @@ def test_a_store_hears_other_writers_changes_not_its_own(two_stores) -> None:
         here.listen(heard.put)
 
 
-def test_notices_unload_what_another_process_changed(pg_dsn: str, pg_schema: str, tmp_path: Path) -> None:
+def test_notices_bring_what_another_process_changed_up_to_date(pg_dsn: str, pg_schema: str, tmp_path: Path) -> None:
     def open_engine(cache: str) -> TieredMemory:
         return TieredMemory(tmp_path / cache, cold=pg_cold.postgres_cold(pg_dsn, schema=pg_schema), encoder=None,
                             dimension=DIM)  # the background thread on: it acts on notices
 
     here, there = open_engine("here"), open_engine("there")
     try:
-        vectors = unit_rows(12, seed=5)
+        vectors = unit_rows(400, seed=5)
         ids = here.add_many([f"m{i}" for i in range(10)], vectors=vectors[:10], namespace="shared")
         here.add("elsewhere", vector=vectors[10], namespace="quiet")
         assert here.stats().loaded["loaded"] == 2
-        unloads = here.stats().loaded["unloads"]
+        before = here.stats().loaded
+        shared = here.cold.namespace_id("shared")
+        # A few changes: the background thread applies them to the loaded copy, in place.
         added = there.add("from there", vector=vectors[11], namespace="shared")
-        assert wait_for(lambda: here.stats().loaded["unloads"] == unloads + 1)
-        assert here.stats().loaded["loaded"] == 1  # "quiet" stays loaded
+        there.update(ids[2], text="m2 changed there", vector=vectors[12])
+        there.delete(ids[3])
+        assert wait_for(lambda: here.cold.changed_elsewhere([shared]) == [])
+        after = here.stats().loaded
+        assert (after["loads"], after["unloads"], after["loaded"]) == (before["loads"], before["unloads"], 2)
         assert here.search(vector=vectors[11], namespace="shared", k=1)[0].memory.id == added
-        assert here.get(ids[4]).text == "m4"
+        assert here.search(vector=vectors[12], namespace="shared", k=1)[0].memory.text == "m2 changed there"
+        assert ids[3] not in here.ids("shared") and here.count("shared") == 10
+        assert here.get(ids[4]).text == "m4" and here.get(ids[2]).version == 2
+        assert sorted(here.ids("shared")) == sorted(there.ids("shared"))
+        # Many changes: the copy is unloaded instead (its next use loads it fresh). (Fewer than
+        # calibration_size in all: a re-calibration would change every namespace, "quiet" too.)
+        there.add_many([f"bulk {i}" for i in range(100)], vectors=vectors[100:200], namespace="shared")
+        assert wait_for(lambda: here.stats().loaded["unloads"] == before["unloads"] + 1), here.stats().loaded
+        assert here.stats().loaded["loaded"] == 1  # "quiet" stays loaded
+        assert here.count("shared") == 110
     finally:
         here.close()
         there.close()

@@ -261,6 +261,17 @@ class SharedColdStore(ColdStore, Protocol):
         (ConcurrentUpdateError) if the entry names another stored memory by then."""
         ...
 
+    def changes_since_loaded(self, ns_id: int, limit: int) -> tuple[list[StoredVersion], Any] | None:
+        """The memories another writer changed (stamped) since this process's copy of a namespace
+        (stored bytes; not live: deleted), and the state to mark the copy with once it has applied
+        them (:meth:`refreshed`), one snapshot; None when the copy must be reloaded instead (never
+        loaded, more than `limit` changes, codes re-calibrated since)."""
+        ...
+
+    def refreshed(self, ns_id: int, state: Any) -> None:
+        """The copy of a namespace now holds the changes changes_since_loaded gave with `state`."""
+        ...
+
     def listen(self, callback: Callable[[list[int] | None], None]) -> None:
         """Call ``callback(ns_ids)`` (from a thread of the store) soon after another writer commits
         a change to those namespaces (None: any of them): a hint to drop stale copies early, never

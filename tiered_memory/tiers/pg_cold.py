@@ -240,7 +240,9 @@ class PostgresColdStore(ColdOps, ColdStore):
         # ns id -> (version, generation) of the namespace as this process last loaded it, moved on
         # by its own writes when no other writer's came between (changed_elsewhere compares the
         # version with the server's; namespace_info gives the generation, which stamps saved graphs).
-        self._seen: dict[int, tuple[int, int]] = {}
+        # (version, generation, change_seq): change_seq the last change stamp the copy holds, so
+        # that a copy another writer changed can be brought up to date in place (refresh).
+        self._seen: dict[int, tuple[int, int, int]] = {}
         self._seen_lock = threading.Lock()
         self._quantizer_stored: bytes | None = None  # the stored state this process's quantizer came from
         # Change notices (LISTEN/NOTIFY): every write names the namespaces it touched on this
@@ -435,7 +437,7 @@ class PostgresColdStore(ColdOps, ColdStore):
             raise StorageError("another process re-calibrated the store's int8 ranges since this one loaded "
                                "them: nothing of this call was stored; the new ranges are loaded now, retry the call")
 
-    def _apply(self, conn: psycopg.Connection, ops: list[Op]) -> dict[int, tuple[int, int]]:
+    def _apply(self, conn: psycopg.Connection, ops: list[Op]) -> dict[int, tuple[int, int, int]]:
         """Apply the ops: first lock each namespace they touch, then one statement per table and
         kind (puts and deletes of one table keep their order; tables are independent). Returns
         each touched namespace's new (version, generation)."""
@@ -489,7 +491,9 @@ class PostgresColdStore(ColdOps, ColdStore):
                 else:
                     self._apply_key_run(conn, _BY_KEY[db], deleting, run)
         if stamps:
-            self._apply_stamps(conn, stamps)
+            for ns, change_seq in self._apply_stamps(conn, stamps).items():
+                version, generation, _ = versions[ns]
+                versions[ns] = (version, generation, change_seq)
         changed = [(ns, delta) for ns, delta in counted.items() if delta]
         if changed:
             conn.execute("UPDATE tm_namespaces AS n SET count = n.count + d.delta "
@@ -499,18 +503,20 @@ class PostgresColdStore(ColdOps, ColdStore):
 
     @staticmethod
     def _lock_namespaces(conn: psycopg.Connection, namespaces: list[int],
-                         counts: dict[int, int]) -> dict[int, tuple[int, int]]:
+                         counts: dict[int, int]) -> dict[int, tuple[int, int, int]]:
         """Lock the namespaces' rows, in id order (one order for every writer: two writers never
         deadlock), bumping each one's version and, per count op, its generation. The row lock
-        serialises the writers of one namespace until commit; writers of others do not wait."""
-        versions: dict[int, tuple[int, int]] = {}
+        serialises the writers of one namespace until commit; writers of others do not wait.
+        Returns (version, generation, change_seq) of each (the stamps of the write move the last)."""
+        versions: dict[int, tuple[int, int, int]] = {}
         for ns in namespaces:
             found = conn.execute("UPDATE tm_namespaces SET version = version + 1, generation = generation + %s "
-                                 "WHERE ns_id = %s RETURNING version, generation", (counts.get(ns, 0), ns)).fetchone()
+                                 "WHERE ns_id = %s RETURNING version, generation, change_seq",
+                                 (counts.get(ns, 0), ns)).fetchone()
             if found is None and ns in counts:
                 raise StorageError(f"namespace id {ns} is not in the store: nothing of this call was stored")
             if found is not None:
-                versions[ns] = (found[0], found[1])
+                versions[ns] = (found[0], found[1], found[2])
         return versions
 
     @staticmethod
@@ -638,10 +644,11 @@ class PostgresColdStore(ColdOps, ColdStore):
                 "of this call was stored: read the memory again and retry")
 
     @staticmethod
-    def _apply_stamps(conn: psycopg.Connection, ops: list[Op]) -> None:
+    def _apply_stamps(conn: psycopg.Connection, ops: list[Op]) -> dict[int, int]:
         """Stamp ops (cold_ops.stamp_op), in order: each put numbered with its namespace's next
         change_seq (the namespace row is locked by this transaction), its ancestry derived from the
-        row it replaces; a None value drops the row."""
+        row it replaces; a None value drops the row. Returns each namespace's last change_seq."""
+        last: dict[int, int] = {}
         by_ns: dict[int, list[tuple[str, bytes | None]]] = {}
         for _, key, value in ops:
             by_ns.setdefault(NS_ID.unpack(key[:4])[0], []).append((key[4:].decode("utf-8"), value))
@@ -654,6 +661,7 @@ class PostgresColdStore(ColdOps, ColdStore):
                 if found is None:
                     raise StorageError(f"namespace id {ns} is not in the store: nothing of this call was stored")
                 seq = found[0] - puts
+                last[ns] = found[0]
             ids = sorted({memory_id for memory_id, _ in items})
             current: dict[str, StoredStamp | None] = {
                 memory_id: StoredStamp.unpack(bytes(value), memory_id) for memory_id, value in conn.execute(
@@ -675,6 +683,7 @@ class PostgresColdStore(ColdOps, ColdStore):
                              "SELECT %s, * FROM unnest(%s::text[], %s::bigint[], %s::bytea[]) "
                              "ON CONFLICT (ns_id, memory_id) DO UPDATE SET seq = EXCLUDED.seq, value = EXCLUDED.value",
                              (ns, [m for m, _ in kept], [st.seq for _, st in kept], [st.pack() for _, st in kept]))
+        return last
 
     @staticmethod
     def _apply_texts_run(conn: psycopg.Connection, deleting: bool, run: list[Op]) -> None:
@@ -796,13 +805,47 @@ class PostgresColdStore(ColdOps, ColdStore):
                 break
         conn.close()
 
-    def _saw_own(self, versions: dict[int, tuple[int, int]]) -> None:
+    def _saw_own(self, versions: dict[int, tuple[int, int, int]]) -> None:
         """After a commit: a namespace whose version moved by our write alone is still as we loaded it."""
         with self._seen_lock:
-            for ns, (version, generation) in versions.items():
+            for ns, (version, generation, change_seq) in versions.items():
                 seen = self._seen.get(ns)
                 if seen is not None and seen[0] == version - 1:
-                    self._seen[ns] = (version, generation)
+                    self._seen[ns] = (version, generation, change_seq)
+
+    def changes_since_loaded(self, ns_id: int, limit: int) -> tuple[list[StoredVersion], tuple[int, int, int]] | None:
+        """What another writer changed in this process's copy of a namespace: the memories stamped
+        since the copy (their stored bytes; absent ones were deleted) and the namespace's state to
+        mark the copy with once it has them (:meth:`refreshed`), from one snapshot. None when the
+        copy cannot be brought up to date in place: never loaded, more than `limit` changes, or
+        the int8 ranges were re-calibrated since (every code changed)."""
+        with self._seen_lock:
+            seen = self._seen.get(ns_id)
+        if seen is None:
+            return None
+        query = ("SELECT n.version, n.generation, n.change_seq, (SELECT value FROM tm_meta WHERE key = %(q)s), "
+                 "s.memory_id, s.value, rec.value, r.value, c.value, o.value FROM tm_namespaces n "
+                 "LEFT JOIN tm_stamps s ON s.ns_id = n.ns_id AND s.seq > %(after)s "
+                 "LEFT JOIN tm_rows r ON r.ns_id = n.ns_id AND r.memory_id = s.memory_id "
+                 "LEFT JOIN tm_records rec ON rec.ns_id = r.ns_id AND rec.memory_id = r.memory_id "
+                 "LEFT JOIN tm_codes c ON c.ns_id = r.ns_id AND c.memory_id = r.memory_id "
+                 "LEFT JOIN tm_originals o ON o.ns_id = r.ns_id AND o.memory_id = r.memory_id "
+                 "WHERE n.ns_id = %(ns)s ORDER BY s.seq LIMIT %(limit)s")
+        with self._connection() as conn:
+            found = conn.execute(query, {"q": _QUANTIZER_KEY, "after": seen[2], "ns": ns_id,
+                                         "limit": limit + 1}).fetchall()
+        if not found or len(found) > limit:
+            return None
+        version, generation, change_seq, quantizer = found[0][:4]
+        if (None if quantizer is None else bytes(quantizer)) != self._quantizer_stored:
+            return None
+        changed = self._versions([row[4:] for row in found if row[4] is not None])
+        return changed, (version, generation, change_seq)
+
+    def refreshed(self, ns_id: int, state: tuple[int, int, int]) -> None:
+        """The copy of a namespace now holds what changes_since_loaded gave with this state."""
+        with self._seen_lock:
+            self._seen[ns_id] = state
 
     def changed_elsewhere(self, ns_ids: list[int]) -> list[int]:
         """The namespaces among these, loaded through this store, that another writer changed
@@ -905,14 +948,14 @@ class PostgresColdStore(ColdOps, ColdStore):
         store's loaded copy (changed_elsewhere compares with it): the engine's _load is its caller."""
         with self._connection() as conn:
             # One statement, one snapshot: the version read is the one these rows are at.
-            found = conn.execute("SELECT n.version, n.generation, r.memory_id, r.value, c.value FROM tm_namespaces n "
-                                 "LEFT JOIN tm_rows r ON r.ns_id = n.ns_id "
+            found = conn.execute("SELECT n.version, n.generation, n.change_seq, r.memory_id, r.value, c.value "
+                                 "FROM tm_namespaces n LEFT JOIN tm_rows r ON r.ns_id = n.ns_id "
                                  "LEFT JOIN tm_codes c ON c.ns_id = r.ns_id AND c.memory_id = r.memory_id "
                                  "WHERE n.ns_id = %s ORDER BY r.memory_id", (ns_id,)).fetchall()
         if found:
             with self._seen_lock:
-                self._seen[ns_id] = (found[0][0], found[0][1])
-        found = [row[2:] for row in found if row[2] is not None]
+                self._seen[ns_id] = (found[0][0], found[0][1], found[0][2])
+        found = [row[3:] for row in found if row[3] is not None]
         rows = NamespaceRows(self.dimension, len(found))
         for i, (memory_id, data, code) in enumerate(found):
             key = row_key(ns_id, memory_id)
@@ -1109,14 +1152,14 @@ class PostgresColdStore(ColdOps, ColdStore):
                             while chunk := cursor.fetchmany(batch):
                                 self._recode_chunk(conn, chunk, encode, decode_old)
                         touched = conn.execute("UPDATE tm_namespaces SET version = version + 1 "
-                                               "RETURNING ns_id, version, generation").fetchall()
+                                               "RETURNING ns_id, version, generation, change_seq").fetchall()
                         for op in then:
                             if op[0] not in _BY_KEY:
                                 raise StorageError(f"recode_all commits store-level puts only, not {op[0]!r} ones: "
                                                    "nothing was changed")
                             self._apply_key_run(conn, _BY_KEY[op[0]], op[2] is None, [op])
                         self._next_generation(conn, None)
-                    self._recoded(then, {ns: (version, generation) for ns, version, generation in touched})
+                    self._recoded(then, {ns: (version, generation, seq) for ns, version, generation, seq in touched})
                     return
             except _RETRIED as err:
                 if attempt == self.retries:
@@ -1129,7 +1172,7 @@ class PostgresColdStore(ColdOps, ColdStore):
                                    "nothing was changed") from err
         raise AssertionError("unreachable: the last attempt returns or raises")
 
-    def _recoded(self, then: list[Op], versions: dict[int, tuple[int, int]]) -> None:
+    def _recoded(self, then: list[Op], versions: dict[int, tuple[int, int, int]]) -> None:
         """After recode_all committed: its own version moves, and the quantizer state it stored."""
         self._saw_own(versions)
         for db, key, value in then:
