@@ -277,6 +277,7 @@ class TierManager:
             self.lexical.added(namespace, [Doc(m.id, m.text, m.kind, m.created_at, m.sensitive) for m in memories])
             self.warm_put_or_cold(namespace, [slot for slot, m in zip(slots, memories) if m.tier is not Tier.COLD])
             self.namespace_grew(namespace)
+            self._expiry.saw_expiries(ns, [m.expires_at for m in memories if m.expires_at is not None])
         self.cold.refreshed(ns, state)
         return True
 
@@ -307,6 +308,8 @@ class TierManager:
         index, indexed, keys = self._attachable_index(namespace, ns, rows)
         with self._mutex:
             slots = catalog.load_namespace(ns, rows, indexed)
+        if self._shared_cold:
+            self._expiry.saw_expiries(ns, rows.expires)
         if index is not None:
             self.cold_parts.attach(namespace, index, keys, np.asarray(slots, dtype=np.int64)[indexed])
         model = self._load_topics(namespace, ns)

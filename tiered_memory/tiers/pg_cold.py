@@ -71,9 +71,7 @@ Several writers (processes, each with its own engine and cache directory) may sh
   one looked it up) refuses the write whole (ConcurrentUpdateError), and the engine adds again,
   finding the text a duplicate: two processes adding one text at once store it once.
 
-Not covered yet: agent hubs cache their state per process (one writing process per hub); expiry
-bounds are read at open (memories another process adds with an expiry expire there, but this
-process serves them until it reopens).
+Not covered yet: agent hubs cache their state per process (one writing process per hub).
 """
 
 from __future__ import annotations
