@@ -386,3 +386,20 @@ def test_agents_with_access_hear_of_a_conflict_on_a_shared_memory(stores, clock)
     heard = {name: [n.event for n in hub.notifications(name)] for name in ("planner", "writer", "outsider")}
     assert "conflict" in heard["writer"] and "conflict" not in heard["outsider"]
     assert a.get(memory_id).text == "the launch is on tuesday"
+
+
+def test_an_imported_copy_syncs_with_its_original_without_conflicts(stores, tmp_path: Path) -> None:
+    from tiered_memory.cli import main
+
+    a = stores("a")
+    ids = a.add_many([f"note {i}" for i in range(12)], namespace="n", vectors=unit_rows(12, seed=1))
+    a.delete(ids[0])
+    a.close()
+    assert main(["export", str(tmp_path / "a"), "-o", str(tmp_path / "a.jsonl"), "-q"]) == 0
+    assert main(["import", str(tmp_path / "copy"), str(tmp_path / "a.jsonl"), "-q"]) == 0
+    a, copy = stores("a"), stores("copy")
+    assert copy.sync_endpoint.store_id != a.sync_endpoint.store_id  # the copy is a replica of its own
+    report = copy.sync(a)
+    assert report.conflicts == [] and content(a) == content(copy)
+    copy.update(ids[1], text="changed in the copy", vector=unit_rows(1, seed=2)[0])
+    assert copy.sync(a).pushed == 1 and a.get(ids[1]).text == "changed in the copy"

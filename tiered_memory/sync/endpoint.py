@@ -333,8 +333,18 @@ class SyncEndpoint:
             winner, loser = (theirs, mine) if won else (mine, theirs)
             if not winner.stamp.deleted and not winner.live:
                 winner, loser, won = loser, winner, not won  # the winner expired meanwhile: nothing of it is left
+            if not winner.stamp.deleted and not winner.live:
+                outcome.unchanged += 1  # both expired and swept: nothing to keep
+                continue
             merged = StoredStamp(0, self.clock.now(), winner.stamp.deleted, merged_ancestry(theirs.stamp, mine.stamp),
                                  self.store_id)
+            if self._same_content(theirs, mine, batch.namespace):
+                # Both made the same version (a store and its imported copy, or the same delete on
+                # both): nothing was lost, so nothing to report or keep; the merged stamp makes
+                # later syncs see one version.
+                outcome.unchanged += 1
+                ops.append(stamp_op(ns, mine.memory_id, merged.stamp, merged.deleted, merged.ancestry, merged.origin))
+                continue
             outcome.conflicts.append(Conflict(batch.namespace, theirs.memory_id, "remote" if won else "local",
                                               winner.stamp.deleted, loser.stamp.deleted, winner.stamp.stamp,
                                               loser.stamp.stamp))
@@ -345,6 +355,25 @@ class SyncEndpoint:
         outcome.taken += len(writes)
         more, commit = self._write_ops(batch, ns, writes)
         return ops + more, commit
+
+    def _same_content(self, theirs: StoredVersion, mine: StoredVersion, namespace: str) -> bool:
+        """Whether two versions say the same: both deletes, or the same text, metadata, kind,
+        importance, times, version and expiry (statistics aside; sealed ones opened to compare)."""
+        if theirs.stamp.deleted or mine.stamp is None or mine.stamp.deleted:
+            return theirs.stamp.deleted and mine.stamp is not None and mine.stamp.deleted
+        if not (theirs.live and mine.live):
+            return False
+
+        def said(stored: StoredVersion) -> tuple[Any, ...]:
+            assert stored.record is not None and stored.row is not None
+            record = unpack_record(stored.record, self._sealer)
+            row = unpack_row(row_key(0, stored.memory_id), stored.row)
+            return (record.text, record.metadata, row[0], row[1], row[2], row[3], row[8], row[9], row[10])
+
+        try:
+            return said(theirs) == said(mine)
+        except EncryptionRequiredError:
+            return False
 
     def _taken_ids(self, ns: int, pairs: list[tuple[StoredVersion, StoredVersion]], outcome: Applied) -> set[str]:
         """Ids that may be written: not held here by a memory of another namespace (ids are
