@@ -29,6 +29,7 @@ by the first read-write open.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -254,6 +255,11 @@ class ColdTier(ColdOps, ColdStore):
         txn.put(_SEQ_PREFIX + ns_key, msgpack.packb(seq), db=meta)
         txn.put(key, stamped(previous, value, seq).pack(), db=stamps)
         txn.put(ns_key + SEQ.pack(seq), key[4:], db=changes)
+
+    @staticmethod
+    def exclusive(name: str) -> contextlib.AbstractContextManager[None]:
+        """One process writes an LMDB store (the directory lock): nothing more to hold."""
+        return contextlib.nullcontext()
 
     # -- change stamps (offline sync) ----------------------------------------------------------
 

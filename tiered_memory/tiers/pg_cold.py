@@ -71,7 +71,9 @@ Several writers (processes, each with its own engine and cache directory) may sh
   one looked it up) refuses the write whole (ConcurrentUpdateError), and the engine adds again,
   finding the text a duplicate: two processes adding one text at once store it once.
 
-Not covered yet: agent hubs cache their state per process (one writing process per hub).
+Agent hubs keep their state in ``tm_extra``; each process mirrors it in RAM, changes it under
+:meth:`PostgresColdStore.exclusive` (a session advisory lock per hub) after bringing the mirror up
+to date, and re-reads it when the hub's generation moved (one small read per hub call).
 """
 
 from __future__ import annotations
@@ -734,6 +736,29 @@ class PostgresColdStore(ColdOps, ColdStore):
                      ([key for key, _ in puts], [value for _, value in puts]))
 
     # -- several writers ---------------------------------------------------------------------
+
+    @contextmanager
+    def exclusive(self, name: str) -> Iterator[None]:
+        """Held by one process at a time among all that share the store (a session advisory lock on
+        a connection of the pool, kept for the duration): what features that keep state of their
+        own in the store (agent hubs) change it under. A connection that dies releases it."""
+        if self._closed:
+            raise StorageError(f"the PostgreSQL cold store at {self._where()} is closed")
+        lock = "hashtext(current_schema() || '.tiered_memory.exclusive.' || %s)"
+        try:
+            with self.pool.connection() as conn:
+                conn.execute(f"SELECT pg_advisory_lock({lock})", (name,))
+                try:
+                    yield
+                finally:
+                    try:
+                        conn.execute(f"SELECT pg_advisory_unlock({lock})", (name,))
+                    except psycopg.Error:  # the session is gone, and its locks with it
+                        log.warning("releasing the lock %r on %s failed; its session ended", name, self._where())
+        except PoolTimeout as err:
+            raise StorageError(f"no connection to {self._where()} ({err}); check the server") from err
+        except psycopg.OperationalError as err:
+            raise StorageError(f"locking {name!r} on {self._where()} failed ({err}); retry") from err
 
     def _next_generation(self, conn: psycopg.Connection, touched: list[int] | None) -> int:
         """The store's next generation, and (delivered at commit) a notice naming the namespaces
