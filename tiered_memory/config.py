@@ -44,6 +44,11 @@ class MemoryConfig:
     # A backlog past the bound makes adds insert themselves (the graph keeps up with the writers).
     admission_backlog_max: int = 50_000
 
+    # Offline sync (tiered_memory.sync): a delete's tombstone is kept until every store that has
+    # synced with this one has applied it and it is this old. The age bounds what a store that
+    # syncs only through others (so is not known here), away for longer, can bring back.
+    sync_tombstone_retention_s: float = 30 * DAY_S
+
     # Decay: score = importance * 0.5 ** (idle_s / half_life_s) * (1 + use_weight * ln(1 + uses)).
     half_life_s: float = 7 * DAY_S
     use_weight: float = 0.5
@@ -154,7 +159,7 @@ class MemoryConfig:
                                 or ttl <= 0):
             raise ConfigError(f"MemoryConfig.default_ttl_s must be a positive, finite number of seconds or None "
                               f"(never expire), got {ttl!r}")
-        for name in ("use_weight", "hot_min_score", "warm_min_score"):
+        for name in ("use_weight", "hot_min_score", "warm_min_score", "sync_tombstone_retention_s"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise ConfigError(f"MemoryConfig.{name} must be a finite number >= 0, got {value!r}")

@@ -1376,7 +1376,9 @@ class TieredMemory:
                             wall_clock=self.clock, dimension=self.dimension,
                             encoder_name=lambda: self.cold.meta_get("encoder"), sealer=self._sealer,
                             read_lock=self._rw.read, write_lock=self._rw.write, check_writable=self._check_writable,
-                            forget_namespace=forget, calibrate=calibrate, expiry_bound_ops=bound_ops)
+                            forget_namespace=forget, calibrate=calibrate, expiry_bound_ops=bound_ops,
+                            is_sealed=self.is_sealed, topics=self._tiers.assign_topics,
+                            tombstone_retention_s=self.config.sync_tombstone_retention_s)
 
     def sync_history(self, memory_id: str, *, namespace: str | None = None) -> list[LostVersion]:
         """The versions of a memory that lost a conflict in a sync on this store, oldest first.

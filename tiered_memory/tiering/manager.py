@@ -411,7 +411,19 @@ class TierManager:
     def _topics_key(self, ns: int) -> str:
         return f"topics/{ns_prefix(ns).hex()}"
 
+    def assign_topics(self, namespace: str, ns: int, vectors: np.ndarray) -> list[int] | None:
+        """Topics of new vectors by the namespace's topic model (loaded or stored; None: it has
+        none): for memories written to a namespace that may not be loaded (a sync)."""
+        model = self.topics.get(namespace) or self._read_topics(namespace, ns)
+        return None if model is None else model.assign(vectors)[0].tolist()
+
     def _load_topics(self, namespace: str, ns: int) -> TopicModel | None:
+        model = self._read_topics(namespace, ns)
+        if model is not None:
+            self.topics[namespace] = model
+        return model
+
+    def _read_topics(self, namespace: str, ns: int) -> TopicModel | None:
         state = self.cold.meta_get(self._topics_key(ns))
         if state is None:
             return None
@@ -426,7 +438,6 @@ class TierManager:
         except (KeyError, TypeError, ValueError) as err:
             log.warning("topic model of %r is unreadable (%s); it will be refitted", namespace, err)
             return None
-        self.topics[namespace] = model
         return model
 
     def _topics_op(self, namespace: str, ns: int, model: TopicModel) -> Op:

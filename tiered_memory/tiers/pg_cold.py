@@ -116,6 +116,7 @@ from tiered_memory.tiers.cold_ops import (
     StoredVersion,
     expiry_bound_of,
     row_key,
+    stamp_fields,
     stamped,
     unpack_row,
 )
@@ -653,7 +654,18 @@ class PostgresColdStore(ColdOps, ColdStore):
         for _, key, value in ops:
             by_ns.setdefault(NS_ID.unpack(key[:4])[0], []).append((key[4:].decode("utf-8"), value))
         for ns, items in sorted(by_ns.items()):
-            puts = sum(value is not None for _, value in items)
+            ids = sorted({memory_id for memory_id, _ in items})
+            current: dict[str, StoredStamp | None] = {
+                memory_id: StoredStamp.unpack(bytes(value), memory_id) for memory_id, value in conn.execute(
+                    "SELECT memory_id, value FROM tm_stamps WHERE ns_id = %s AND memory_id = ANY(%s::text[])",
+                    (ns, ids)).fetchall()}
+            asked: list[tuple[str, list[Any] | None]] = []  # checked in order, against what is stored
+            following = dict(current)
+            for memory_id, value in items:
+                fields = stamp_fields(following.get(memory_id), row_key(ns, memory_id), value)
+                asked.append((memory_id, fields))
+                following[memory_id] = None if fields is None else stamped(following.get(memory_id), fields, 0)
+            puts = sum(fields is not None for _, fields in asked)
             seq = 0
             if puts:
                 found = conn.execute("UPDATE tm_namespaces SET change_seq = change_seq + %s WHERE ns_id = %s "
@@ -662,18 +674,13 @@ class PostgresColdStore(ColdOps, ColdStore):
                     raise StorageError(f"namespace id {ns} is not in the store: nothing of this call was stored")
                 seq = found[0] - puts
                 last[ns] = found[0]
-            ids = sorted({memory_id for memory_id, _ in items})
-            current: dict[str, StoredStamp | None] = {
-                memory_id: StoredStamp.unpack(bytes(value), memory_id) for memory_id, value in conn.execute(
-                    "SELECT memory_id, value FROM tm_stamps WHERE ns_id = %s AND memory_id = ANY(%s::text[])",
-                    (ns, ids)).fetchall()}
             changed: dict[str, StoredStamp | None] = {}
-            for memory_id, value in items:
-                if value is None:
+            for memory_id, fields in asked:
+                if fields is None:
                     current[memory_id] = changed[memory_id] = None
                 else:
                     seq += 1
-                    current[memory_id] = changed[memory_id] = stamped(current.get(memory_id), value, seq)
+                    current[memory_id] = changed[memory_id] = stamped(current.get(memory_id), fields, seq)
             dropped = [memory_id for memory_id, stamp in changed.items() if stamp is None]
             kept = [(memory_id, stamp) for memory_id, stamp in changed.items() if stamp is not None]
             if dropped:
