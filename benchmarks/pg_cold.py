@@ -707,7 +707,7 @@ def render(report: dict[str, Any]) -> str:
               "digest, the namespace's count and version, and a change notice.", "",
               "| scenario | system | memories/s | runs | p50 µs per call | p99 µs per call | CPU-s/s writers + "
               "server | ours on PostgreSQL / this, throughput |", "|---|---|---:|---|---:|---:|---:|---:|"]
-    for key, result in report["writes"].items():
+    for result in report["writes"].values():
         systems = result["systems"]
         ours = systems["pg"]["throughput_per_s"]
         label = f"{result['mode']}, {result['writers']} writer{'s' if result['writers'] > 1 else ''}" + \

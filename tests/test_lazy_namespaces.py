@@ -14,6 +14,7 @@ import pytest
 from tiered_memory import MemoryConfig, StorageError, StoreClosedError, TieredMemory
 from tiered_memory.quantization import make_quantizer
 from tiered_memory.records import Memory, Tier, pack_record
+from tiered_memory.tiering.manager import _REFILL_HOT_AT_LOAD
 from tiered_memory.tiers.warm import Graph
 
 from .conftest import DIM, unit_rows
@@ -86,6 +87,27 @@ def test_unload_and_reload_keep_statistics_graph_and_hot_records(open_store) -> 
     assert mem.catalog.uses[mem.catalog.slot_of[ids[1]]] == 3
     assert len(mem.warm.graphs["user0"]) == 100
     assert mem.search(vector=vectors[42], namespace="user0", k=1)[0].memory.id == ids[42]
+    check_invariants(mem)
+
+
+def test_a_reload_refills_the_hot_tier_with_the_most_recently_read_only(open_store, clock) -> None:
+    # The refill is bounded because it runs under the write lock a search arriving mid-load waits for.
+    mem = open_store(preload=False)
+    ids, vectors = _fill(mem, 1, 120)["user0"]
+    read = _REFILL_HOT_AT_LOAD + 20
+    for memory_id in ids[:read]:
+        clock.tick(1.0)  # distinct access times: the order decides what is refilled
+        mem.get(memory_id)
+    assert all(mem.tier_of(memory_id) is Tier.HOT for memory_id in ids[:read])
+    with mem._rw.write:
+        mem._tiers.unload("user0")
+    mem.preload("user0")
+    assert set(mem.hot.ids()) == set(ids[read - _REFILL_HOT_AT_LOAD:read])
+    assert all(mem.tier_of(memory_id) is Tier.WARM for memory_id in ids[:read - _REFILL_HOT_AT_LOAD])
+    assert mem.catalog.uses[mem.catalog.slot_of[ids[0]]] == 1  # its statistics survived the round trip
+    mem.get(ids[0])  # one left warm comes back to hot when read again
+    assert mem.tier_of(ids[0]) is Tier.HOT
+    assert mem.search(vector=vectors[3], namespace="user0", k=1)[0].memory.id == ids[3]
     check_invariants(mem)
 
 
