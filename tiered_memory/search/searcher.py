@@ -318,7 +318,9 @@ class Searcher:
                 # Already a float32 unit vector (what encoders give): used as it is, for it is
                 # only read during the search. One float32 dot product checks it (NaN or inf
                 # make it non-finite); normalising it again cost ~3 us and four arrays per search.
-                squared = float(vector @ vector)
+                # vdot, not @: it overflows to inf without a RuntimeWarning (huge vectors go on
+                # to as_unit_vectors, which scales them safely).
+                squared = float(np.vdot(vector, vector))
                 if abs(squared - 1.0) <= _UNIT_TOLERANCE:
                     return vector
             matrix = as_unit_vectors(vector, self.dimension)
