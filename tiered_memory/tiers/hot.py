@@ -1,8 +1,7 @@
 """Hot tier: decoded records and their float vectors in an in-process LRU.
 
 The LRU is an ``OrderedDict`` kept here rather than a cachetools ``LRUCache``: a hot ``get``
-then costs two C calls (a lookup and ``move_to_end``) instead of two Python frames around them,
-which were most of the gap to a bare cache lookup (benchmarks/results/dailydialog-62k-composed.md).
+then costs two C calls (a lookup and ``move_to_end``) instead of two Python frames around them.
 """
 
 from __future__ import annotations
