@@ -618,3 +618,53 @@ def test_a_text_another_process_stored_since_the_load_is_a_duplicate(pg_dsn: str
                               namespace="shared").duplicates == [0]
         assert here.count("shared") == there.count("shared") == 3
         assert here.add("said twice", vector=vector_for("said twice"), namespace="shared") == stored
+
+
+def test_agent_hubs_changed_by_several_processes_stay_one_hub(pg_dsn: str, pg_schema: str, tmp_path: Path) -> None:
+    """Three processes register agents in one user's hub, share with each other and update what
+    they share, at once: every process's hub ends equal to the store's, every share and update is
+    there, versions do not collide and no notification overwrites another."""
+    import json
+    import subprocess
+    import sys
+
+    names = ["ann", "bob", "cid"]
+    children = [subprocess.Popen([sys.executable, "-m", "tests.pg_hub_child", pg_dsn, pg_schema,
+                                  str(tmp_path / name), name, "4"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                                 env={**os.environ, "PYTHONPATH": str(ROOT)})
+                for name in names]
+    for child in children:
+        assert child.stdout is not None and json.loads(child.stdout.readline())["ready"]
+    for child in children:
+        assert child.stdin is not None
+        child.stdin.write("go\n")
+        child.stdin.flush()
+    acknowledged = []
+    for child in children:
+        out, err = child.communicate(timeout=120)
+        assert child.returncode == 0, err
+        acknowledged += [json.loads(line) for line in out.splitlines()]
+    shared = [item["shared"] for item in acknowledged if "shared" in item]
+    updates = [item for item in acknowledged if "updated" in item]
+    assert len(shared) == 12 and len(updates) > 0
+    mem = TieredMemory(tmp_path / "checker", cold=pg_cold.postgres_cold(pg_dsn, schema=pg_schema), encoder=None,
+                       dimension=DIM)
+    try:
+        hub = mem.agents("team")
+        assert hub.agent_names() == names  # no registration lost to another process's write
+        for memory_id in shared:
+            info = hub.info(memory_id)
+            assert set(info.grants) == set(names)  # the owner and the two it shared with
+        for memory_id in shared:  # versions 2..v each acknowledged once, and the history has each
+            versions = sorted(item["version"] for item in updates if item["updated"] == memory_id)
+            assert versions == list(range(2, 2 + len(versions)))
+            assert [v.version for v in hub.history(memory_id)] == list(range(1, 2 + len(versions)))
+            assert mem.get(memory_id).version == 1 + len(versions)
+        for name in names:  # one notification per share and update by another process, none overwritten
+            expected = sum(1 for item in acknowledged if item.get("by") != name and
+                           ("shared" in item or item.get("updated") in hub.visible(name)))
+            got = hub.notifications(name)
+            assert len({n.seq for n in got}) == len(got) == expected
+    finally:
+        mem.close()

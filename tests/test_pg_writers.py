@@ -370,3 +370,29 @@ def test_notices_bring_what_another_process_changed_up_to_date(pg_dsn: str, pg_s
     finally:
         here.close()
         there.close()
+
+
+def test_memories_another_process_adds_with_an_expiry_expire_here_too(pg_dsn: str, pg_schema: str,
+                                                                     tmp_path: Path, clock) -> None:
+    from tiered_memory import MemoryExpiredError
+
+    def open_engine(cache: str) -> TieredMemory:
+        return TieredMemory(tmp_path / cache, cold=pg_cold.postgres_cold(pg_dsn, schema=pg_schema), encoder=None,
+                            dimension=DIM, clock=clock, promote_in_background=False)
+
+    here, there = open_engine("here"), open_engine("there")
+    try:
+        vectors = unit_rows(4, seed=8)
+        here.add("lasting", vector=vectors[0], namespace="loaded")  # loaded here, no expiry known here
+        brief = there.add("brief", vector=vectors[1], namespace="loaded", ttl_s=10)
+        elsewhere = there.add("brief too", vector=vectors[2], namespace="never-loaded-here", ttl_s=10)
+        assert here.get(brief).text == "brief" and here.record(elsewhere).text == "brief too"
+        clock.tick(11)
+        with pytest.raises(MemoryExpiredError):
+            here.get(brief)
+        assert brief not in [hit.memory.id for hit in here.search(vector=vectors[1], namespace="loaded", k=5)]
+        assert here.record(elsewhere) is None
+        assert here.count("loaded") == 1
+    finally:
+        here.close()
+        there.close()

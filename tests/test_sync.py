@@ -275,13 +275,18 @@ def test_a_damaged_batch_is_refused_whole(stores) -> None:
         a.sync(42)  # type: ignore[arg-type]
 
 
-def test_tombstones_are_dropped_once_every_peer_has_them(stores) -> None:
+def test_tombstones_are_dropped_once_every_peer_has_them_and_the_retention_passed(stores, clock) -> None:
     a, b = stores("a"), stores("b")
     ids = a.add_many(["gone soon", "stays"], namespace="n", vectors=unit_rows(2, seed=1))
     a.sync(b)
     a.delete(ids[0])
     a.sync(b)
     a.sync(b)  # b's acknowledgement of the delete comes with this one
+    for mem in (a, b):  # both have seen it, but it is younger than the retention: kept
+        [held] = mem.sync_endpoint.cold.stored_versions(mem.sync_endpoint.cold.namespace_id("n"), [ids[0]])
+        assert held.stamp is not None and held.stamp.deleted
+    clock.tick(MemoryConfig().sync_tombstone_retention_s + 1)
+    assert a.sync(b).tombstones_dropped == 2
     for mem in (a, b):
         [held] = mem.sync_endpoint.cold.stored_versions(mem.sync_endpoint.cold.namespace_id("n"), [ids[0]])
         assert held.stamp is None  # the tombstone is gone on both
@@ -386,3 +391,153 @@ def test_agents_with_access_hear_of_a_conflict_on_a_shared_memory(stores, clock)
     heard = {name: [n.event for n in hub.notifications(name)] for name in ("planner", "writer", "outsider")}
     assert "conflict" in heard["writer"] and "conflict" not in heard["outsider"]
     assert a.get(memory_id).text == "the launch is on tuesday"
+
+
+def test_an_imported_copy_syncs_with_its_original_without_conflicts(stores, tmp_path: Path) -> None:
+    from tiered_memory.cli import main
+
+    a = stores("a")
+    ids = a.add_many([f"note {i}" for i in range(12)], namespace="n", vectors=unit_rows(12, seed=1))
+    a.delete(ids[0])
+    a.close()
+    assert main(["export", str(tmp_path / "a"), "-o", str(tmp_path / "a.jsonl"), "-q"]) == 0
+    assert main(["import", str(tmp_path / "copy"), str(tmp_path / "a.jsonl"), "-q"]) == 0
+    a, copy = stores("a"), stores("copy")
+    assert copy.sync_endpoint.store_id != a.sync_endpoint.store_id  # the copy is a replica of its own
+    report = copy.sync(a)
+    assert report.conflicts == [] and content(a) == content(copy)
+    copy.update(ids[1], text="changed in the copy", vector=unit_rows(1, seed=2)[0])
+    assert copy.sync(a).pushed == 1 and a.get(ids[1]).text == "changed in the copy"
+
+
+
+# -- found by a hostile review ---------------------------------------------------------------------
+
+
+def test_a_store_known_only_through_another_does_not_bring_a_deleted_memory_back(stores) -> None:
+    a, b, c = stores("a"), stores("b"), stores("c")
+    memory_id = c.add("fact", namespace="n", vector=unit_rows(1, seed=1)[0])
+    c.sync(b)
+    b.sync(a)
+    a.delete(memory_id)
+    a.sync(b)
+    a.sync(b)  # every store a knows has the delete; it is younger than the retention: kept
+    a.sync(c)  # c, unknown to a, still holds the old version
+    for x, y in ((c, b), (a, b), (a, c), (b, c), (a, b)):
+        x.sync(y)
+    assert all(memory_id not in mem.ids("n") for mem in (a, b, c))
+
+
+def test_a_long_run_of_edits_on_one_side_is_no_conflict(stores) -> None:
+    a, b = stores("a"), stores("b")
+    memory_id = a.add("draft 0", namespace="n", vector=unit_rows(1, seed=1)[0])
+    a.sync(b)
+    for i in range(1, 41):  # more edits than an ancestry keeps
+        a.update(memory_id, text=f"draft {i}", vector=unit_rows(1, seed=i + 1)[0])
+    report = a.sync(b)
+    assert report.conflicts == [] and b.get(memory_id).text == "draft 40" and b.sync_history(memory_id) == []
+
+
+def test_what_arrives_in_a_namespace_sealed_here_is_sealed(stores, tmp_path: Path) -> None:
+    a = stores("a")
+    b = stores("b", encryption_key=KEY)
+    b.seal_namespace("n")
+    memory_id = a.add("the password is hunter2", namespace="n", vector=unit_rows(1, seed=1)[0])
+    a.sync(b)
+    assert b.get(memory_id).sensitive and b.get(memory_id).text == "the password is hunter2"
+    b.close()
+    assert not any(b"hunter2" in path.read_bytes() for path in (tmp_path / "b").rglob("*.mdb"))
+
+
+def test_synced_memories_get_the_receivers_topics(stores) -> None:
+    a = stores("a", topic_min_memories=32)
+    a.add_many([f"local {i}" for i in range(200)], namespace="n", vectors=unit_rows(200, seed=1))
+    a.maintain()  # fits the namespace's topic model
+    assert a.sync_endpoint.cold.meta_get  # (the model is stored with the namespace)
+    b = stores("b")
+    ids = b.add_many([f"remote {i}" for i in range(20)], namespace="n", vectors=unit_rows(20, seed=2))
+    a.sync(b)
+    a.close()
+    a = stores("a", topic_min_memories=32)
+    topics = {a.get(memory_id).topic for memory_id in ids}
+    assert -1 not in topics
+
+
+def test_a_tombstone_is_not_collected_over_a_memory_added_again(stores, clock, monkeypatch) -> None:
+    a, b = stores("a"), stores("b")
+    memory_id = a.add("first life", namespace="n", vector=unit_rows(1, seed=1)[0], id="reborn")
+    a.sync(b)
+    a.delete(memory_id)
+    a.sync(b)
+    a.sync(b)
+    clock.tick(MemoryConfig().sync_tombstone_retention_s + 1)
+    cold = a.sync_endpoint.cold
+    real = type(cold).changes_after
+    added = []
+
+    def racing(self, ns, after, limit):  # the memory is added again between the read and the drop
+        found = real(self, ns, after, limit)
+        if self is cold and not added and any(v.memory_id == "reborn" for v in found):
+            added.append(a.add("second life", namespace="n", vector=unit_rows(1, seed=2)[0], id="reborn"))
+        return found
+
+    monkeypatch.setattr(type(cold), "changes_after", racing)
+    a.sync_endpoint.collect_tombstones("n")
+    monkeypatch.undo()
+    [held] = cold.stored_versions(cold.namespace_id("n"), ["reborn"])
+    assert added and held.stamp is not None and not held.stamp.deleted
+    a.sync(b)
+    assert b.get("reborn").text == "second life"
+
+
+@pytest.mark.postgres
+def test_a_sync_into_a_shared_store_does_not_lose_another_process_update(stores, pg_dsn: str, pg_schema: str,
+                                                                          clock) -> None:
+    from tiered_memory.tiers.pg_cold import postgres_cold
+
+    p1 = stores("p1", cold=postgres_cold(pg_dsn, schema=pg_schema))
+    p2 = stores("p2", cold=postgres_cold(pg_dsn, schema=pg_schema))
+    device = stores("device")
+    memory_id = p1.add("fact", namespace="n", vector=unit_rows(1, seed=1)[0])
+    device.sync(p1)
+    device.update(memory_id, metadata={"by": "device"})
+    clock.tick(1)
+    real = p1.cold.stored_versions
+    fired = []
+
+    def racing(ns, ids):  # another process updates the memory after the sync read it
+        found = real(ns, ids)
+        if memory_id in ids and not fired:
+            fired.append(p2.update(memory_id, metadata={"by": "p2"}))
+        return found
+
+    p1.cold.stored_versions = racing  # type: ignore[method-assign]
+    report = device.sync(p1)
+    p1.cold.stored_versions = real  # type: ignore[method-assign]
+    assert fired and len(report.conflicts) == 1  # seen, re-planned and resolved: p2's is newer
+    assert dict(p2.record(memory_id).metadata) == {"by": "p2"}
+    lost = [dict(v.memory.metadata) for v in p1.sync_history(memory_id)]
+    assert lost == [{"by": "device"}]
+    device.sync(p1)
+    assert dict(device.record(memory_id).metadata) == {"by": "p2"}
+    for mem in (p1, p2):
+        mem.close()  # before the schema is dropped
+
+
+@pytest.mark.postgres
+def test_an_export_names_the_int8_ranges_the_codes_were_made_with(stores, pg_dsn: str, pg_schema: str) -> None:
+    from tiered_memory.tiers.pg_cold import postgres_cold
+
+    vectors = unit_rows(60, seed=5)
+    p1 = stores("p1", cold=postgres_cold(pg_dsn, schema=pg_schema), calibration_size=10_000)
+    ids = p1.add_many([f"n{i}" for i in range(10)], namespace="n", vectors=vectors[:10])
+    p2 = stores("p2", cold=postgres_cold(pg_dsn, schema=pg_schema), calibration_size=16)
+    p2.add_many([f"m{i}" for i in range(40)], namespace="n", vectors=vectors[10:50])  # re-calibrates, re-codes
+    device = stores("device", calibration_size=10_000, keep_originals="none")
+    device.sync(p1)  # p1's own ranges in RAM are the old ones
+    ns = device.cold.namespace_id("n")
+    for version in device.cold.stored_versions(ns, ids):
+        decoded = device.cold.quantizer.decode(np.frombuffer(version.code, dtype=np.int8).reshape(1, -1))[0]
+        assert np.linalg.norm(decoded - vectors[ids.index(version.memory_id)]) < 0.2
+    for mem in (p1, p2):
+        mem.close()

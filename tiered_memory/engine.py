@@ -599,7 +599,11 @@ class TieredMemory:
             topics, _ = model.assign(vectors)
             memories = [memory._replace(topic=topic) for memory, topic in zip(memories, topics.tolist())]
         to_warm = self._warm_admissions(memories)
-        memories = [memory._replace(tier=Tier.WARM if to_warm[i] else Tier.COLD) for i, memory in enumerate(memories)]
+        # A large add into a namespace with a graph: its warm memories enter the graph in the
+        # background (MemoryConfig.admission_backlog_max); until then they are cold, found by scan.
+        later = self._tiers.admits_later(namespace, int(to_warm.sum()))
+        memories = [memory._replace(tier=Tier.WARM if to_warm[i] and not later else Tier.COLD)
+                    for i, memory in enumerate(memories)]
         codes = quantizer.encode(vectors)
         sealing = self._key_check_ops() if any(memory.sensitive for memory in memories) and \
             not self._has_sealed else []
@@ -629,9 +633,13 @@ class TieredMemory:
             self._topics_dirty.add(namespace)
         self.lexical.added(namespace, [Doc(m.id, m.text, m.kind, m.created_at, m.sensitive) for m in memories])
         chosen = [slots[i] for i in np.flatnonzero(to_warm)]
-        self._tiers.warm_put_or_cold(namespace, chosen)
+        if later:
+            self._tiers.admit_later(chosen)
+        else:
+            self._tiers.warm_put_or_cold(namespace, chosen)
         self._tiers.namespace_grew(namespace)
-        self._tiers.enforce_warm_capacity(protect=set(chosen))
+        if not later:
+            self._tiers.enforce_warm_capacity(protect=set(chosen))
         if not to_warm.all():  # memories went straight to cold: maybe enough for an on-disk index
             self._tiers.wake_for_cold_index([ns])
         if answer.repeats:  # a repeat within the batch counts as a use of the memory it repeats
@@ -1373,7 +1381,9 @@ class TieredMemory:
                             wall_clock=self.clock, dimension=self.dimension,
                             encoder_name=lambda: self.cold.meta_get("encoder"), sealer=self._sealer,
                             read_lock=self._rw.read, write_lock=self._rw.write, check_writable=self._check_writable,
-                            forget_namespace=forget, calibrate=calibrate, expiry_bound_ops=bound_ops)
+                            forget_namespace=forget, calibrate=calibrate, expiry_bound_ops=bound_ops,
+                            is_sealed=self.is_sealed, topics=self._tiers.assign_topics,
+                            tombstone_retention_s=self.config.sync_tombstone_retention_s)
 
     def sync_history(self, memory_id: str, *, namespace: str | None = None) -> list[LostVersion]:
         """The versions of a memory that lost a conflict in a sync on this store, oldest first.

@@ -11,7 +11,6 @@ showing at once.
 from __future__ import annotations
 
 import re
-import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import astuple
 from typing import TYPE_CHECKING, Any
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from tiered_memory.agents.notify import Notifier
 from tiered_memory.agents.store import (
     AgentRecord,
+    HubLock,
     HubState,
     HubStore,
     Notification,
@@ -95,10 +95,15 @@ class AgentHub:
         self.mem = mem
         self.shared_namespace = f"{user}/{SHARED}"
         self._store = HubStore(mem, user)
-        self._lock = threading.Lock()  # hub state and quota accounting; taken before the engine's locks
+        # Hub state and quota accounting, across processes on a shared store; before the engine's locks.
+        self._lock = HubLock(f"hub/{self.user}", mem, self._store, self._usage_changed)
         self._notifier = Notifier(self._store, self._lock, self._agent_name)
         self._usage: dict[str, int] = {}
-        self._store.load()
+        if mem.shared:
+            with self._lock:  # another process may be amid a change of the hub: the lock waits for it
+                self._store.load()
+        else:
+            self._store.load()
         if seal_shared:
             self.seal_shared()
         _hubs_of(mem)[user] = self
@@ -192,9 +197,14 @@ class AgentHub:
         return sorted(name for name, rec in self.state.agents.items() if capability in rec.capabilities)
 
     def refresh(self) -> None:
-        """In a read-only process, reload the hub's records if the writer changed them (one small
-        read when it did not): grants, revokes and deletes apply to a reader's next call too."""
-        self._store.refresh()
+        """In a read-only process or on a shared store, reload the hub's records if another
+        process changed them (one small read when it did not): grants, revokes and deletes apply
+        to this process's next call too."""
+        if self._store.refresh():
+            self._usage_changed()
+
+    def _usage_changed(self) -> None:
+        self._usage.clear()  # counted again from the records: another process may have changed them
 
     def _agent_name(self, agent: Any) -> str:
         self.refresh()

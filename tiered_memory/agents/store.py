@@ -49,6 +49,48 @@ Op = tuple[bytes, bytes | None]  # (key, value): a hub record to write; None del
 GENERATION = "G"  # hub/<user>/G: the hub generation, bumped by every hub transaction (see HubStore.refresh)
 
 
+class HubLock:
+    """The lock a hub's changes (and the reads they decide on) hold: this process's threads take
+    turns, and on a store several processes write (PostgreSQL) so do the processes, through the
+    store's exclusive lock of the hub's name. Whoever takes it first brings the hub's RAM state up
+    to date (another process may have changed it), settling an intent a crashed process left: no
+    living process is amid a change while the lock is held."""
+
+    def __init__(self, name: str, mem: TieredMemory, store: HubStore, on_reload: Callable[[], None]) -> None:
+        self._thread = threading.Lock()
+        self._name = name
+        self._mem = mem
+        self._store = store
+        self._on_reload = on_reload
+        self._held: Any = None
+
+    def __enter__(self) -> None:
+        self._thread.acquire()
+        if not self._mem.shared:
+            return
+        try:
+            held = self._mem.cold.exclusive(self._name)
+            held.__enter__()
+        except BaseException:
+            self._thread.release()
+            raise
+        self._held = held
+        try:
+            if self._store.refresh(recover=True):
+                self._on_reload()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        held, self._held = self._held, None
+        try:
+            if held is not None:
+                held.__exit__(None, None, None)
+        finally:
+            self._thread.release()
+
+
 def pack(value: Any) -> bytes:
     return msgpack.packb(value, use_bin_type=True)
 
@@ -240,9 +282,11 @@ class HubStore:
         prefix = self.key(kind, *parts) + (b"/" if parts else b"")
         return [(key, self.open_envelope(key, data)) for key, data in self._items(prefix)]
 
-    def load(self) -> None:
-        """Complete or drop pending intents, then mirror every record in RAM."""
-        unsettled = self._recover()
+    def load(self, recover: bool = True) -> None:
+        """Complete or drop pending intents, then mirror every record in RAM. recover=False
+        leaves intents alone (on a shared store, outside the hub's lock, one may be another
+        process's change in progress)."""
+        unsettled = self._recover() if recover else []
         state, generation = HubState(), 0
         plain_grants: list[list[str]] = []
         for key, data in self.extra.items():  # one read transaction: a consistent snapshot
@@ -270,18 +314,22 @@ class HubStore:
         found = self._items(key)
         return self.open_envelope(key, found[0][1]) if found else 0
 
-    def refresh(self) -> None:
-        """In a read-only process, reload the records if the writer changed them since the last load.
+    def refresh(self, recover: bool = False) -> bool:
+        """Reload the records if another process changed them since the last load; returns
+        whether it did. In a read-only process (the writer changes the hub) and on a shared store
+        (other processes do, each under the hub's lock, :class:`HubLock`).
 
-        The writer bumps the hub generation in the same transaction as every hub change (grants,
-        revokes, shares, deletes, agent settings, entries), so one small read per hub call tells a
-        reader whether what it decides access with is still what the disk says. A writer needs
-        none of this: it is the only process that changes the hub, and it follows its own writes."""
-        if not self.mem.read_only or self.stored_generation() == self.generation:
-            return
+        Every hub transaction bumps the hub generation, so one small read per hub call tells
+        whether what this process decides access with is still what the store says. The only
+        writer of an LMDB store needs none of this: it follows its own writes. recover: settle
+        intents too (only under the hub's lock: no other process is then amid a change)."""
+        if not (self.mem.read_only or self.mem.shared) or self.stored_generation() == self.generation:
+            return False
         with self._reloading:
             if self.stored_generation() != self.generation:
-                self.load()
+                self.load(recover=recover and not self.mem.read_only)
+                return True
+        return False
 
     def engine_version(self, memory_id: str) -> int:
         """The version the engine holds for a memory, 0 if it holds none."""

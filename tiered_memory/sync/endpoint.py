@@ -25,7 +25,13 @@ import msgpack
 import numpy as np
 
 from tiered_memory.crypto import Sealer
-from tiered_memory.errors import EncryptionRequiredError, IncompatibleStoresError, InvalidInputError, SyncError
+from tiered_memory.errors import (
+    ConcurrentUpdateError,
+    EncryptionRequiredError,
+    IncompatibleStoresError,
+    InvalidInputError,
+    SyncError,
+)
 from tiered_memory.quantization import Quantizer, quantizer_from_state
 from tiered_memory.records import Memory, Tier, unpack_record
 from tiered_memory.sync.batch import ChangeBatch
@@ -47,11 +53,14 @@ from tiered_memory.tiers.cold_store import ColdStore
 
 log = logging.getLogger(__name__)
 
+_PLAN_ATTEMPTS = 5  # a batch re-planned when another writer of a shared store changed its memories meanwhile
 _CURSOR = b"sync/cursor/"  # + peer store id (8) + namespace: the last change of the peer applied here
 _ACKED = b"sync/acked/"  # + peer store id (8) + namespace: the last change of ours the peer applied
 _PEER = b"sync/peer/"  # + peer store id: when it last synced with this store
 _HISTORY = b"sync/history/"  # + ns id + id length (2) + id + loser stamp: versions lost in conflicts
 _COLLECTED = b"sync/collected/"  # + ns id: tombstones up to this change number were looked at
+_COLLECTED_AT = "sync/collected_at"  # meta: when tombstones were last looked for
+_NS = struct.Struct(">I")
 _ID_LENGTH = struct.Struct(">H")
 _DTYPES = {"float16": np.float16, "float32": np.float32}
 BACKFILLED = "sync_backfilled"  # meta: every memory written before change stamps existed is stamped
@@ -115,7 +124,10 @@ class SyncEndpoint:
                  read_lock: AbstractContextManager[Any], write_lock: AbstractContextManager[Any],
                  check_writable: Callable[[], None], forget_namespace: Callable[[str], None],
                  calibrate: Callable[[np.ndarray], None],
-                 expiry_bound_ops: Callable[[int, list[float | None]], tuple[list[Op], Callable[[], None]]]) -> None:
+                 expiry_bound_ops: Callable[[int, list[float | None]], tuple[list[Op], Callable[[], None]]],
+                 is_sealed: Callable[[str], bool] = lambda namespace: False,
+                 topics: Callable[[str, int, np.ndarray], list[int] | None] = lambda namespace, ns, vectors: None,
+                 tombstone_retention_s: float = 30 * 86_400.0) -> None:
         self.cold = cold
         self.store_id = store_id
         self.clock = clock
@@ -129,6 +141,9 @@ class SyncEndpoint:
         self._forget = forget_namespace
         self._calibrate = calibrate
         self._expiry_bound_ops = expiry_bound_ops
+        self._is_sealed = is_sealed
+        self._topics = topics
+        self._tombstone_retention_s = tombstone_retention_s
         self._backfill_lock = threading.Lock()
         self._conflict_listeners: list[Callable[[list[Conflict]], None]] = []
 
@@ -183,14 +198,25 @@ class SyncEndpoint:
         counted in the range, so the receiver's cursor moves past them."""
         if limit < 1:
             raise InvalidInputError(f"limit must be at least 1, got {limit!r}")
-        with self._read_lock:  # the codes and the quantizer state they were made with, together
-            ns = self.cold.namespace_id(namespace)
-            found = [] if ns is None else self.cold.changes_after(ns, after, limit)
-            quantizer = self.cold.quantizer_op()[2] or b""
+        ns = self.cold.namespace_id(namespace)
+        for _ in range(_PLAN_ATTEMPTS):
+            # The int8 ranges the codes were made with: as stored, read before and after the codes
+            # (another process of a shared store may re-calibrate, re-encoding every code, between).
+            with self._read_lock:
+                quantizer = self._stored_quantizer()
+                found = [] if ns is None else self.cold.changes_after(ns, after, limit)
+                if self._stored_quantizer() == quantizer:
+                    break
+        else:
+            raise SyncError("the other store's int8 ranges kept changing while its changes were read: sync again")
         upto = found[-1].stamp.seq if found else after
         versions = [v for v in found if skip_origin is None or v.stamp.origin != skip_origin]
         return ChangeBatch(self.store_id, self.encoder, self.dimension, self.originals, quantizer, namespace,
                            0 if ns is None else ns, after, upto, len(found) == limit, versions).to_bytes()
+
+    def _stored_quantizer(self) -> bytes:
+        state = self.cold.meta_get("quantizer")
+        return b"" if state is None else msgpack.packb(state, use_bin_type=True)
 
     # -- cursors and acknowledgements ------------------------------------------------------------
 
@@ -227,13 +253,40 @@ class SyncEndpoint:
             self._check_writable()
             self.cold.write(ops)
 
+    def collect_due_tombstones(self) -> int:
+        """collect_tombstones of every namespace whose peers have applied changes past what was
+        looked at, at most once per tenth of the retention (a pass reads those changes again)."""
+        last = self.cold.meta_get(_COLLECTED_AT, 0.0)
+        now = self._wall()
+        if now - last < self._tombstone_retention_s / 10:
+            return 0
+        peers = list(self.peers())
+        if not peers:
+            return 0
+        acked = [self.acknowledged(peer) for peer in peers]
+        names = self._namespace_names()
+        marks = {names.get(_NS.unpack(key[len(_COLLECTED):])[0]): SEQ.unpack(value)[0]
+                 for key, value in self.cold.extra_items(_COLLECTED)}
+        dropped = 0
+        for name in sorted(set.intersection(*(set(a) for a in acked))):
+            if min(a[name] for a in acked) > marks.get(name, 0):
+                dropped += self.collect_tombstones(name)
+        with self._write_lock:
+            self._check_writable()
+            self.cold.write([self.cold.meta_op(_COLLECTED_AT, now)])
+        return dropped
+
     def collect_tombstones(self, namespace: str, limit: int = 1_000) -> int:
-        """Drop the stamp rows of deletes every known peer has applied; returns how many."""
+        """Drop the stamp rows of deletes every known peer has applied and that are older than the
+        retention (MemoryConfig.sync_tombstone_retention_s); returns how many. A store that syncs
+        with this one only through a third (so is not known here) and has been away longer than
+        the retention can bring such a memory back: the retention is what bounds that."""
         peers = list(self.peers())
         ns = self.cold.namespace_id(namespace)
         if not peers or ns is None:
             return 0
         seen_by_all = min(self.acknowledged(peer).get(namespace, 0) for peer in peers)
+        old_enough = self._wall() - self._tombstone_retention_s
         done_key = _COLLECTED + ns_prefix(ns)
         done = next((SEQ.unpack(value)[0] for key, value in self.cold.extra_items(done_key) if key == done_key), 0)
         dropped = 0
@@ -241,13 +294,25 @@ class SyncEndpoint:
             page = [v for v in self.cold.changes_after(ns, done, limit) if v.stamp.seq <= seen_by_all]
             if not page:
                 break
+            # Stop at the first tombstone too young to go: the pass resumes there next time.
+            young = next((i for i, v in enumerate(page) if v.stamp.deleted and stamp_time(v.stamp.stamp) > old_enough),
+                         len(page))
+            page = page[:young]
+            if not page:
+                break
+            tombstones = [v for v in page if v.stamp.deleted]
+            try:
+                with self._write_lock:
+                    self._check_writable()
+                    # Each drop names the tombstone it saw: a memory added again meanwhile keeps its row.
+                    self.cold.write([*(stamp_op(ns, v.memory_id, None, expect=v.stamp.stamp) for v in tombstones),
+                                     ("extra", done_key, SEQ.pack(page[-1].stamp.seq))])
+            except ConcurrentUpdateError:
+                break  # the next sync collects them
             done = page[-1].stamp.seq
-            tombstones = [v.memory_id for v in page if v.stamp.deleted]
-            with self._write_lock:
-                self._check_writable()
-                self.cold.write([*(stamp_op(ns, memory_id, None) for memory_id in tombstones),
-                                 ("extra", done_key, SEQ.pack(done))])
             dropped += len(tombstones)
+            if young < limit and len(page) < limit:
+                break
         return dropped
 
     # -- stamping what was written before change stamps existed ----------------------------------
@@ -299,10 +364,20 @@ class SyncEndpoint:
                 self.clock.observe(version.stamp.stamp)
             ns = self.cold.namespace_id(batch.namespace, create=True)
             assert ns is not None
-            self._forget(batch.namespace)  # statistics flushed; the next use loads what this writes
-            ops, commit = self._plan(batch, ns, outcome)
-            self.cold.write([*ops, cursor_op])
-            commit()
+            for attempt in range(1, _PLAN_ATTEMPTS + 1):
+                self._forget(batch.namespace)  # statistics flushed; the next use loads what this writes
+                outcome = Applied(upto=batch.upto, more=batch.more)
+                ops, commit = self._plan(batch, ns, outcome)
+                try:
+                    # Each stamp op names the stamp it was planned against: on a shared store another
+                    # process's change of one of these memories since the plan refuses the whole write.
+                    self.cold.write([*ops, cursor_op])
+                except ConcurrentUpdateError:
+                    if attempt == _PLAN_ATTEMPTS:
+                        raise
+                    continue
+                commit()
+                break
         if outcome.conflicts:
             for listener in self._conflict_listeners:
                 try:
@@ -333,8 +408,19 @@ class SyncEndpoint:
             winner, loser = (theirs, mine) if won else (mine, theirs)
             if not winner.stamp.deleted and not winner.live:
                 winner, loser, won = loser, winner, not won  # the winner expired meanwhile: nothing of it is left
+            if not winner.stamp.deleted and not winner.live:
+                outcome.unchanged += 1  # both expired and swept: nothing to keep
+                continue
             merged = StoredStamp(0, self.clock.now(), winner.stamp.deleted, merged_ancestry(theirs.stamp, mine.stamp),
                                  self.store_id)
+            if self._same_content(theirs, mine, batch.namespace):
+                # Both made the same version (a store and its imported copy, or the same delete on
+                # both): nothing was lost, so nothing to report or keep; the merged stamp makes
+                # later syncs see one version.
+                outcome.unchanged += 1
+                ops.append(stamp_op(ns, mine.memory_id, merged.stamp, merged.deleted, merged.ancestry, merged.origin,
+                                    expect=mine.stamp.stamp))
+                continue
             outcome.conflicts.append(Conflict(batch.namespace, theirs.memory_id, "remote" if won else "local",
                                               winner.stamp.deleted, loser.stamp.deleted, winner.stamp.stamp,
                                               loser.stamp.stamp))
@@ -345,6 +431,25 @@ class SyncEndpoint:
         outcome.taken += len(writes)
         more, commit = self._write_ops(batch, ns, writes)
         return ops + more, commit
+
+    def _same_content(self, theirs: StoredVersion, mine: StoredVersion, namespace: str) -> bool:
+        """Whether two versions say the same: both deletes, or the same text, metadata, kind,
+        importance, times, version and expiry (statistics aside; sealed ones opened to compare)."""
+        if theirs.stamp.deleted or mine.stamp is None or mine.stamp.deleted:
+            return theirs.stamp.deleted and mine.stamp is not None and mine.stamp.deleted
+        if not (theirs.live and mine.live):
+            return False
+
+        def said(stored: StoredVersion) -> tuple[Any, ...]:
+            assert stored.record is not None and stored.row is not None
+            record = unpack_record(stored.record, self._sealer)
+            row = unpack_row(row_key(0, stored.memory_id), stored.row)
+            return (record.text, record.metadata, row[0], row[1], row[2], row[3], row[8], row[9], row[10])
+
+        try:
+            return said(theirs) == said(mine)
+        except EncryptionRequiredError:
+            return False
 
     def _taken_ids(self, ns: int, pairs: list[tuple[StoredVersion, StoredVersion]], outcome: Applied) -> set[str]:
         """Ids that may be written: not held here by a memory of another namespace (ids are
@@ -387,10 +492,16 @@ class SyncEndpoint:
                     inserts.append(version)
                 else:
                     replaces.append((version, not from_here))
-            ops.append(stamp_op(ns, memory_id, stamp.stamp, stamp.deleted, stamp.ancestry, stamp.origin))
-        vectors = [v.vector for v in inserts] + [v.vector for v, changed in replaces if changed]
-        if vectors:
-            self._calibrate(np.stack(vectors))
+            ops.append(stamp_op(ns, memory_id, stamp.stamp, stamp.deleted, stamp.ancestry, stamp.origin,
+                                expect=None if mine.stamp is None else mine.stamp.stamp))
+        received = inserts + [v for v, changed in replaces if changed]
+        if received:
+            stacked = np.stack([v.vector for v in received])
+            self._calibrate(stacked)
+            topics = self._topics(batch.namespace, ns, stacked)
+            if topics is not None:
+                for version, topic in zip(received, topics):
+                    version.memory = version.memory._replace(topic=topic)
         quantizer_agrees = self._quantizer_agrees(batch)
         if inserts:
             codes = self._codes(inserts, quantizer_agrees)
@@ -425,8 +536,12 @@ class SyncEndpoint:
         assert source.record is not None and source.row is not None and source.code is not None
         memory_id = source.memory_id
         record = unpack_record(source.record, self._sealer)
-        (kind, importance, created, updated, accessed, uses, _topic, _tier, version, sensitive,
+        (kind, importance, created, updated, accessed, uses, topic, _tier, version, sensitive,
          expires) = unpack_row(row_key(0, memory_id), source.row)
+        if not from_here:
+            # A namespace sealed here seals what arrives in it, as it seals what is added to it.
+            sensitive = sensitive or self._is_sealed(batch.namespace)
+            topic = -1  # assigned by this store's topic model, if the namespace has one (_write_ops)
         if sensitive and self._sealer is None:
             raise EncryptionRequiredError(f"memory {memory_id!r} of namespace {batch.namespace!r} is sealed: open both "
                                           "stores with the encryption key to sync sealed memories (the key stays on "
@@ -438,7 +553,8 @@ class SyncEndpoint:
             local = unpack_row(row_key(0, memory_id), mine.row)
             accessed, uses = local[4], local[5]
         memory = Memory(memory_id, batch.namespace, record.text, kind, record.metadata, created, updated, accessed,
-                        uses, importance, -1, Tier.WARM, version, sensitive, None if expires == math.inf else expires)
+                        uses, importance, topic, Tier.WARM, version, sensitive,
+                        None if expires == math.inf else expires)
         if from_here:
             return _Version(memory, None, None)
         vector, code = self._received_vector(source, batch)

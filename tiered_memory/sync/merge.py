@@ -6,7 +6,8 @@ the versions it descends from. Received version R against held version H:
 - no H: R is taken (a new memory, or a tombstone for one this store never had);
 - same stamp: nothing to do (the store already has R; it may have come back from a peer);
 - H's stamp among R's ancestors: R descends from H, R is taken (fast-forward);
-- R's stamp among H's ancestors: R is older than what this store has, nothing to do;
+- R's stamp among H's ancestors: R is older than what this store has, nothing to do (an ancestry
+  keeps ANCESTRY_MAX stamps: a version older than the oldest a full one keeps counts as one);
 - otherwise both changed the memory since they last agreed: a **conflict**. The version with the
   larger stamp wins (newest change wins; stamps never tie, they end with the writer's id), a delete
   being a version like any other (a later update brings a deleted memory back, a later delete
@@ -35,11 +36,19 @@ def decide(theirs: StoredStamp, mine: StoredStamp | None) -> Outcome:
         return Outcome.TAKE
     if theirs.stamp == mine.stamp:
         return Outcome.SAME
-    if mine.stamp in theirs.ancestry:
+    if mine.stamp in theirs.ancestry or _before_kept(mine.stamp, theirs.ancestry):
         return Outcome.TAKE
-    if theirs.stamp in mine.ancestry:
+    if theirs.stamp in mine.ancestry or _before_kept(theirs.stamp, mine.ancestry):
         return Outcome.STALE
     return Outcome.CONFLICT
+
+
+def _before_kept(stamp: bytes, ancestry: list[bytes]) -> bool:
+    """Whether `stamp` is older than the oldest ancestor a full (truncated) ancestry still names:
+    a version more than ANCESTRY_MAX changes back is taken for an ancestor. Were it a concurrent
+    change instead, the newer version would win the conflict anyway; only its report and the
+    loser's history entry are not made."""
+    return len(ancestry) >= ANCESTRY_MAX and stamp < ancestry[-1]
 
 
 def theirs_win(theirs: StoredStamp, mine: StoredStamp) -> bool:

@@ -93,8 +93,7 @@ def sync_stores(local: SyncEndpoint, remote: SyncEndpoint, namespaces: Sequence[
             cursors[name] = cursor
         sender.acknowledge(receiver.store_id, cursors)
     for endpoint in (local, remote):
-        for name in sorted(touched):
-            report.tombstones_dropped += endpoint.collect_tombstones(name)
+        report.tombstones_dropped += endpoint.collect_due_tombstones()
     report.namespaces = sorted(touched)
     report.seconds = time.perf_counter() - started
     return report

@@ -24,6 +24,7 @@ store's (it needs the tier manager to find them), the bookkeeping is here.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -148,6 +149,7 @@ class Expiry:
         self.registry = parts.registry
         self.clock = parts.clock
         self.read_only = parts.read_only
+        self._shared_cold = parts.shared_cold
         self._mutex = parts.mutex
         self._bounds_in_ram: dict[int, float] = self.cold.expiry_bounds()
 
@@ -189,6 +191,14 @@ class Expiry:
     def set_bound(self, ns: int, bound: float) -> None:
         self._bounds_in_ram[ns] = bound
 
+    def saw_expiries(self, ns: int, expiries: Iterable[float]) -> None:
+        """Expiries of memories loaded from a shared store, which other processes write: the bound
+        this process keeps in RAM (read at open) is lowered to the earliest, so that they expire
+        here too (the writer lowered the stored one with its write)."""
+        earliest = min(expiries, default=NEVER)
+        if earliest < self._bounds_in_ram.get(ns, NEVER):
+            self._bounds_in_ram[ns] = earliest
+
     # -- expired memories as reads see them -----------------------------------------------------
 
     def expired_ids(self, ns: int, now: float) -> set[str]:
@@ -215,10 +225,11 @@ class Expiry:
         slot = catalog.slot_of.get(record.id)
         if slot is not None and catalog.namespaces.codes.get(record.namespace) == catalog.ns[slot]:
             return catalog.expires[slot]
-        if not self.bounds():  # no memory of the store expires
+        if not self.bounds() and not self._shared_cold:  # no memory of the store expires
             return NEVER
         ns = self.cold.namespace_id(record.namespace)
-        if ns is None or ns not in self.bounds():
+        # (A shared store: another process may have added it with an expiry this one has not seen.)
+        if ns is None or (ns not in self.bounds() and not self._shared_cold):
             return NEVER
         return self.cold.row_expires_at(ns, record.id)
 

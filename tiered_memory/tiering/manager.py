@@ -9,6 +9,7 @@ as their docstrings say).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import threading
@@ -54,6 +55,8 @@ _RECALIBRATE_GROWTH = 8  # re-learn int8 ranges when the store is 8x the size th
 # budgets and ~35 MiB of interpreter (benchmarks/results/many-tenants/), ~190 B more per row.
 _ROW_BYTES = 450
 _REBUILD_AT_LOAD_MAX = 2_000  # live nodes of a graph rebuilt inside a load (20k took 4.7 s here, 2k ~0.4 s)
+_ADMIT_LATER_MIN = 256  # memories of one add: smaller adds insert at once (one hnswlib call, a few ms)
+_ADMIT_CHUNK = 256  # memories per background admission round
 
 
 @dataclass
@@ -146,6 +149,7 @@ class TierManager:
         self._promotions, self._demotions = parts.traffic.promotions, parts.traffic.demotions
         self._decoded = parts.decoded
         self._pending: dict[int, str] = {}  # slot -> id of memories served from warm/cold, to promote
+        self._admitting: dict[int, str] = {}  # slot -> id of new memories to enter the warm graph
         self._notified: set[int] = set()  # ns ids other processes changed (a shared cold store), to unload
         self._promoter = Promoter(self._background_work, self._has_background_work)
         self._cold_build_lock = threading.Lock()  # one on-disk index build at a time
@@ -279,6 +283,7 @@ class TierManager:
             self.lexical.added(namespace, [Doc(m.id, m.text, m.kind, m.created_at, m.sensitive) for m in memories])
             self.warm_put_or_cold(namespace, [slot for slot, m in zip(slots, memories) if m.tier is not Tier.COLD])
             self.namespace_grew(namespace)
+            self._expiry.saw_expiries(ns, [m.expires_at for m in memories if m.expires_at is not None])
         self.cold.refreshed(ns, state)
         return True
 
@@ -309,6 +314,8 @@ class TierManager:
         index, indexed, keys = self._attachable_index(namespace, ns, rows)
         with self._mutex:
             slots = catalog.load_namespace(ns, rows, indexed)
+        if self._shared_cold:
+            self._expiry.saw_expiries(ns, rows.expires)
         if index is not None:
             self.cold_parts.attach(namespace, index, keys, np.asarray(slots, dtype=np.int64)[indexed])
         model = self._load_topics(namespace, ns)
@@ -406,7 +413,19 @@ class TierManager:
     def _topics_key(self, ns: int) -> str:
         return f"topics/{ns_prefix(ns).hex()}"
 
+    def assign_topics(self, namespace: str, ns: int, vectors: np.ndarray) -> list[int] | None:
+        """Topics of new vectors by the namespace's topic model (loaded or stored; None: it has
+        none): for memories written to a namespace that may not be loaded (a sync)."""
+        model = self.topics.get(namespace) or self._read_topics(namespace, ns)
+        return None if model is None else model.assign(vectors)[0].tolist()
+
     def _load_topics(self, namespace: str, ns: int) -> TopicModel | None:
+        model = self._read_topics(namespace, ns)
+        if model is not None:
+            self.topics[namespace] = model
+        return model
+
+    def _read_topics(self, namespace: str, ns: int) -> TopicModel | None:
         state = self.cold.meta_get(self._topics_key(ns))
         if state is None:
             return None
@@ -421,7 +440,6 @@ class TierManager:
         except (KeyError, TypeError, ValueError) as err:
             log.warning("topic model of %r is unreadable (%s); it will be refitted", namespace, err)
             return None
-        self.topics[namespace] = model
         return model
 
     def _topics_op(self, namespace: str, ns: int, model: TopicModel) -> Op:
@@ -617,6 +635,50 @@ class TierManager:
             self._promoter.wake()
         else:
             self._drain_promotions()
+
+    # -- new memories entering the warm graph in the background -----------------------------
+
+    def admits_later(self, namespace: str, count: int) -> bool:
+        """Whether an add's `count` new warm memories should enter the namespace's graph in the
+        background (MemoryConfig.admission_backlog_max): a large batch, a namespace that has a
+        graph already, a background thread to do it, and room in the backlog."""
+        return (count >= _ADMIT_LATER_MIN and self.config.promote_in_background and namespace in self.warm.graphs
+                and len(self._admitting) + count <= self.config.admission_backlog_max)
+
+    def admit_later(self, slots: list[int]) -> None:
+        """Queue new memories, stored durably and in cold blocks, for the warm graph."""
+        with self._mutex:
+            for slot in slots:
+                self._admitting[slot] = self.catalog.ids[slot]
+        self._promoter.wake()
+
+    def admission_backlog(self) -> int:
+        return len(self._admitting)
+
+    def _admit_waiting(self) -> bool:
+        """Background: put up to _ADMIT_CHUNK queued memories into their graphs (the write lock is
+        held for one chunk at a time, ~0.3 s, so searches interleave); returns whether any waited."""
+        with self._mutex:
+            if not self._admitting:
+                return False
+            chunk = list(itertools.islice(self._admitting.items(), _ADMIT_CHUNK))
+            for slot, _ in chunk:
+                del self._admitting[slot]
+        with self._rw.write:
+            if self._parts.closed:
+                return False
+            catalog = self.catalog
+            by_namespace: dict[str, list[int]] = {}
+            for slot, memory_id in chunk:  # deleted, reused, unloaded or moved since: left as they are
+                if catalog.ids[slot] == memory_id and catalog.tier[slot] == COLD:
+                    by_namespace.setdefault(catalog.namespaces.names[catalog.ns[slot]], []).append(slot)
+            for namespace, slots in by_namespace.items():
+                with self._mutex:
+                    for slot in slots:
+                        catalog.set_tier(slot, WARM)
+                self.warm_put_or_cold(namespace, slots)
+                self.enforce_warm_capacity(protect=set(slots))
+        return True
 
     def _drain_promotions(self) -> bool:
         """Move requested memories up to hot (cold -> warm -> hot); returns whether there were any."""
@@ -860,14 +922,15 @@ class TierManager:
         return next((g for g in self.warm.graphs.values() if g.needs_compaction and g.touched is None), None)
 
     def _has_background_work(self) -> bool:
-        return bool(self._pending) or self._parts.maintenance_due or self._graph_to_compact() is not None or \
+        return bool(self._pending) or bool(self._admitting) or self._parts.maintenance_due or \
+            self._graph_to_compact() is not None or \
             self._cold_index_due() is not None or (self._shared_cold and bool(self._notified))
 
     def _background_work(self) -> bool:
         """One round of the background thread: pending promotions first, then due maintenance
         (unloads over the budget, decay, saves), then a compaction, then an on-disk index build
         (then, on a shared cold store, unloading what other processes changed)."""
-        return self._drain_promotions() or self._background_maintenance() or \
+        return self._drain_promotions() or self._admit_waiting() or self._background_maintenance() or \
             self._compact_one_in_background() or self._build_cold_index() is not None or \
             (self._shared_cold and self._drop_notified())
 

@@ -29,6 +29,7 @@ by the first read-write open.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -59,6 +60,7 @@ from tiered_memory.tiers.cold_ops import (
     memory_row,
     ns_prefix,
     row_key,
+    stamp_fields,
     stamped,
     text_key,
 )
@@ -244,16 +246,22 @@ class ColdTier(ColdOps, ColdStore):
         ns_key = key[:4]
         old = txn.get(key, db=stamps)
         previous = None if old is None else StoredStamp.unpack(old, key[4:].decode("utf-8", "replace"))
+        fields = stamp_fields(previous, key, value)
         if previous is not None:
             txn.delete(ns_key + SEQ.pack(previous.seq), db=changes)
-        if value is None:
+        if fields is None:
             txn.delete(key, db=stamps)
             return
         last = txn.get(_SEQ_PREFIX + ns_key, db=meta)
         seq = (0 if last is None else msgpack.unpackb(last)) + 1
         txn.put(_SEQ_PREFIX + ns_key, msgpack.packb(seq), db=meta)
-        txn.put(key, stamped(previous, value, seq).pack(), db=stamps)
+        txn.put(key, stamped(previous, fields, seq).pack(), db=stamps)
         txn.put(ns_key + SEQ.pack(seq), key[4:], db=changes)
+
+    @staticmethod
+    def exclusive(name: str) -> contextlib.AbstractContextManager[None]:
+        """One process writes an LMDB store (the directory lock): nothing more to hold."""
+        return contextlib.nullcontext()
 
     # -- change stamps (offline sync) ----------------------------------------------------------
 

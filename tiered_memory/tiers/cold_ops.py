@@ -19,7 +19,7 @@ import msgpack
 import numpy as np
 
 from tiered_memory.crypto import OVERHEAD, Sealer
-from tiered_memory.errors import EncryptionRequiredError, StorageError
+from tiered_memory.errors import ConcurrentUpdateError, EncryptionRequiredError, StorageError
 from tiered_memory.quantization import Quantizer
 from tiered_memory.records import TIER_CODES, Memory, pack_record
 
@@ -303,20 +303,42 @@ class StoredStamp:
         return f"StoredStamp(seq={self.seq}, stamp={self.stamp.hex()}, deleted={self.deleted})"
 
 
+UNCHECKED = object()  # a stamp op that replaces whatever stamp row is stored
+
+
 def stamp_op(ns_id: int, memory_id: str, stamp: bytes | None, deleted: bool = False,
-             ancestry: list[bytes] | None = None, origin: bytes = b"") -> Op:
+             ancestry: list[bytes] | None = None, origin: bytes = b"", expect: Any = UNCHECKED) -> Op:
     """A stamp op. ancestry None: a local change, descending from whatever version the store holds
     (the store derives the ancestry in the transaction); a list: a version received from another
-    store, with its own ancestry. stamp None: drop the memory's stamp row."""
+    store, with its own ancestry. stamp None: drop the memory's stamp row. expect: the stamp the
+    op was planned against (None: no stamp row), checked inside the write: another writer's
+    change since makes the whole write fail with ConcurrentUpdateError (a sync plans outside it)."""
     key = row_key(ns_id, memory_id)
-    if stamp is None:
-        return (STAMPS, key, None)
-    return (STAMPS, key, msgpack.packb([stamp, deleted, ancestry, origin], use_bin_type=True))
+    if expect is UNCHECKED:
+        if stamp is None:
+            return (STAMPS, key, None)
+        return (STAMPS, key, msgpack.packb([stamp, deleted, ancestry, origin], use_bin_type=True))
+    return (STAMPS, key, msgpack.packb([stamp, deleted, ancestry, origin, expect], use_bin_type=True))
 
 
-def stamped(previous: StoredStamp | None, value: bytes, seq: int) -> StoredStamp:
-    """The stamp row a stamp op leaves, given the row before it and its new sequence number."""
-    stamp, deleted, ancestry, origin = msgpack.unpackb(value, raw=False)
+def stamp_fields(previous: StoredStamp | None, key: bytes, value: bytes | None) -> list[Any] | None:
+    """What a stamp op asks, [stamp, deleted, ancestry, origin], checked against the row it
+    replaces; None (or a stamp of None): drop the row."""
+    if value is None:
+        return None
+    fields = msgpack.unpackb(value, raw=False)
+    if len(fields) == 5:
+        expected = fields.pop()
+        if (None if previous is None else previous.stamp) != expected:
+            raise ConcurrentUpdateError(
+                f"memory {key[4:].decode('utf-8', 'replace')!r} changed since this write was planned "
+                "(another writer's change came between): nothing of the write was stored; plan it again")
+    return None if fields[0] is None else fields
+
+
+def stamped(previous: StoredStamp | None, fields: list[Any], seq: int) -> StoredStamp:
+    """The stamp row a stamp op (its stamp_fields) leaves, given the row before it and its number."""
+    stamp, deleted, ancestry, origin = fields
     if ancestry is None:
         ancestry = [] if previous is None else ([previous.stamp] + previous.ancestry)[:ANCESTRY_MAX]
     return StoredStamp(seq, stamp, deleted, ancestry, origin)

@@ -30,6 +30,7 @@ Common rules:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
@@ -159,6 +160,12 @@ class ColdStore(Protocol):
 
     def find_texts(self, keys: list[bytes | None]) -> list[str | None]:
         """The memory id each dedup key (text_key: ns id + digest) names; None for no key or no match."""
+        ...
+
+    def exclusive(self, name: str) -> AbstractContextManager[None]:
+        """``with store.exclusive(name):`` held by one process at a time among every process of the
+        store (LMDB: one process writes anyway, so it holds nothing): agent hubs change their
+        state under it."""
         ...
 
     # -- change stamps (offline sync, tiered_memory/sync) -------------------------------------

@@ -71,9 +71,9 @@ Several writers (processes, each with its own engine and cache directory) may sh
   one looked it up) refuses the write whole (ConcurrentUpdateError), and the engine adds again,
   finding the text a duplicate: two processes adding one text at once store it once.
 
-Not covered yet: agent hubs cache their state per process (one writing process per hub); expiry
-bounds are read at open (memories another process adds with an expiry expire there, but this
-process serves them until it reopens).
+Agent hubs keep their state in ``tm_extra``; each process mirrors it in RAM, changes it under
+:meth:`PostgresColdStore.exclusive` (a session advisory lock per hub) after bringing the mirror up
+to date, and re-reads it when the hub's generation moved (one small read per hub call).
 """
 
 from __future__ import annotations
@@ -116,6 +116,7 @@ from tiered_memory.tiers.cold_ops import (
     StoredVersion,
     expiry_bound_of,
     row_key,
+    stamp_fields,
     stamped,
     unpack_row,
 )
@@ -653,7 +654,18 @@ class PostgresColdStore(ColdOps, ColdStore):
         for _, key, value in ops:
             by_ns.setdefault(NS_ID.unpack(key[:4])[0], []).append((key[4:].decode("utf-8"), value))
         for ns, items in sorted(by_ns.items()):
-            puts = sum(value is not None for _, value in items)
+            ids = sorted({memory_id for memory_id, _ in items})
+            current: dict[str, StoredStamp | None] = {
+                memory_id: StoredStamp.unpack(bytes(value), memory_id) for memory_id, value in conn.execute(
+                    "SELECT memory_id, value FROM tm_stamps WHERE ns_id = %s AND memory_id = ANY(%s::text[])",
+                    (ns, ids)).fetchall()}
+            asked: list[tuple[str, list[Any] | None]] = []  # checked in order, against what is stored
+            following = dict(current)
+            for memory_id, value in items:
+                fields = stamp_fields(following.get(memory_id), row_key(ns, memory_id), value)
+                asked.append((memory_id, fields))
+                following[memory_id] = None if fields is None else stamped(following.get(memory_id), fields, 0)
+            puts = sum(fields is not None for _, fields in asked)
             seq = 0
             if puts:
                 found = conn.execute("UPDATE tm_namespaces SET change_seq = change_seq + %s WHERE ns_id = %s "
@@ -662,18 +674,13 @@ class PostgresColdStore(ColdOps, ColdStore):
                     raise StorageError(f"namespace id {ns} is not in the store: nothing of this call was stored")
                 seq = found[0] - puts
                 last[ns] = found[0]
-            ids = sorted({memory_id for memory_id, _ in items})
-            current: dict[str, StoredStamp | None] = {
-                memory_id: StoredStamp.unpack(bytes(value), memory_id) for memory_id, value in conn.execute(
-                    "SELECT memory_id, value FROM tm_stamps WHERE ns_id = %s AND memory_id = ANY(%s::text[])",
-                    (ns, ids)).fetchall()}
             changed: dict[str, StoredStamp | None] = {}
-            for memory_id, value in items:
-                if value is None:
+            for memory_id, fields in asked:
+                if fields is None:
                     current[memory_id] = changed[memory_id] = None
                 else:
                     seq += 1
-                    current[memory_id] = changed[memory_id] = stamped(current.get(memory_id), value, seq)
+                    current[memory_id] = changed[memory_id] = stamped(current.get(memory_id), fields, seq)
             dropped = [memory_id for memory_id, stamp in changed.items() if stamp is None]
             kept = [(memory_id, stamp) for memory_id, stamp in changed.items() if stamp is not None]
             if dropped:
@@ -736,6 +743,29 @@ class PostgresColdStore(ColdOps, ColdStore):
                      ([key for key, _ in puts], [value for _, value in puts]))
 
     # -- several writers ---------------------------------------------------------------------
+
+    @contextmanager
+    def exclusive(self, name: str) -> Iterator[None]:
+        """Held by one process at a time among all that share the store (a session advisory lock on
+        a connection of the pool, kept for the duration): what features that keep state of their
+        own in the store (agent hubs) change it under. A connection that dies releases it."""
+        if self._closed:
+            raise StorageError(f"the PostgreSQL cold store at {self._where()} is closed")
+        lock = "hashtext(current_schema() || '.tiered_memory.exclusive.' || %s)"
+        try:
+            with self.pool.connection() as conn:
+                conn.execute(f"SELECT pg_advisory_lock({lock})", (name,))
+                try:
+                    yield
+                finally:
+                    try:
+                        conn.execute(f"SELECT pg_advisory_unlock({lock})", (name,))
+                    except psycopg.Error:  # the session is gone, and its locks with it
+                        log.warning("releasing the lock %r on %s failed; its session ended", name, self._where())
+        except PoolTimeout as err:
+            raise StorageError(f"no connection to {self._where()} ({err}); check the server") from err
+        except psycopg.OperationalError as err:
+            raise StorageError(f"locking {name!r} on {self._where()} failed ({err}); retry") from err
 
     def _next_generation(self, conn: psycopg.Connection, touched: list[int] | None) -> int:
         """The store's next generation, and (delivered at commit) a notice naming the namespaces

@@ -1,0 +1,63 @@
+"""Large adds into a namespace with a graph: durable and searchable at once, in the graph soon after."""
+
+from __future__ import annotations
+
+from tiered_memory import Tier
+
+from .conftest import unit_rows
+from .invariants import check_invariants
+
+
+def test_a_large_add_is_found_at_once_and_enters_the_graph_in_the_background(open_store, monkeypatch) -> None:
+    from tiered_memory.tiering.manager import TierManager
+
+    mem = open_store(exact_search_max=16, promote_in_background=True)
+    admitted = []
+    real = TierManager._admit_waiting
+
+    def counted(self) -> bool:  # (the admissions the background thread makes, counted)
+        done = real(self)
+        admitted.append(done)
+        return done
+
+    monkeypatch.setattr(TierManager, "_admit_waiting", counted)
+    first = mem.add_many([f"seed {i}" for i in range(40)], vectors=unit_rows(40, seed=1))  # the graph is built
+    assert mem.tier_of(first[0]) == Tier.WARM
+    vectors = unit_rows(600, seed=2)
+    mem.wait_idle(timeout=60)
+    ids = mem.add_many([f"bulk {i}" for i in range(600)], vectors=vectors)
+    # Durable, in cold blocks: exact scan finds every one of them before the graph has them.
+    for i in (0, 299, 599):
+        assert mem.search(vector=vectors[i], k=1)[0].memory.id == ids[i]
+    assert mem.wait_idle(timeout=60)
+    assert sum(admitted) >= 600 // 256  # in chunks, by the background thread
+    assert {mem.tier_of(memory_id) for memory_id in ids} <= {Tier.WARM, Tier.HOT}
+    assert mem.search(vector=vectors[123], k=1)[0].memory.id == ids[123]
+    check_invariants(mem)
+
+
+def test_admission_waits_for_no_thread_that_is_not_there_and_keeps_its_backlog_bounded(open_store,
+                                                                                         tmp_path) -> None:
+    inline = open_store(tmp_path / "inline", exact_search_max=16, promote_in_background=False)
+    inline.add_many([f"seed {i}" for i in range(40)], vectors=unit_rows(40, seed=1))
+    ids = inline.add_many([f"bulk {i}" for i in range(300)], vectors=unit_rows(300, seed=2))
+    assert {inline.tier_of(memory_id) for memory_id in ids} == {Tier.WARM}  # inserted by the add itself
+    bounded = open_store(tmp_path / "bounded", exact_search_max=16, admission_backlog_max=100,
+                         promote_in_background=True)
+    bounded.add_many([f"seed {i}" for i in range(40)], vectors=unit_rows(40, seed=3))
+    ids = bounded.add_many([f"bulk {i}" for i in range(300)], vectors=unit_rows(300, seed=4))
+    assert {bounded.tier_of(memory_id) for memory_id in ids} == {Tier.WARM}  # past the bound: at once
+    check_invariants(bounded)
+
+
+def test_a_memory_deleted_before_its_admission_stays_deleted(open_store) -> None:
+    mem = open_store(exact_search_max=16, promote_in_background=True)
+    mem.add_many([f"seed {i}" for i in range(40)], vectors=unit_rows(40, seed=1))
+    vectors = unit_rows(400, seed=5)
+    ids = mem.add_many([f"bulk {i}" for i in range(400)], vectors=vectors)
+    for memory_id in ids[:50]:
+        mem.delete(memory_id)
+    assert mem.wait_idle(timeout=60)
+    assert all(memory_id not in mem for memory_id in ids[:50])
+    assert mem.search(vector=vectors[0], k=1)[0].memory.id != ids[0]
+    check_invariants(mem)
