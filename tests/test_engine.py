@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import numpy as np
 import pytest
 
-from tiered_memory import Hit, Memory, MemoryNotFoundError, StoreClosedError, Tier
+from tiered_memory import Hit, InvalidVectorError, Memory, MemoryNotFoundError, StoreClosedError, Tier
 
 from .conftest import DIM, unit_rows
 
@@ -180,6 +180,26 @@ def test_vectors_are_normalised(open_store) -> None:
     mid = mem.add("x", vector=vector * 7.5)
     hit = mem.search(vector=vector * 0.01, k=1)[0]
     assert hit.memory.id == mid and hit.score == pytest.approx(1.0, abs=0.02)
+
+
+def test_float32_query_vectors_rank_alike_unit_or_not(open_store) -> None:
+    # A float32 unit query is searched as it is; any other float32 query is normalised first.
+    mem = open_store()
+    vectors = unit_rows(30)
+    mem.add_many([f"m{i}" for i in range(30)], vectors=vectors)
+    query = (vectors[3] + 0.3 * vectors[4]).astype(np.float64)
+    unit = (query / np.linalg.norm(query)).astype(np.float32)
+    scaled = (unit * np.float32(5.0)).astype(np.float32)
+    by_unit = [(h.memory.id, h.score) for h in mem.search(vector=unit, k=5)]
+    by_scaled = [(h.memory.id, h.score) for h in mem.search(vector=scaled, k=5)]
+    by_float64 = [(h.memory.id, h.score) for h in mem.search(vector=query, k=5)]
+    assert [i for i, _ in by_unit] == [i for i, _ in by_scaled] == [i for i, _ in by_float64]
+    assert np.allclose([s for _, s in by_unit], [s for _, s in by_scaled], atol=1e-5)
+    assert np.allclose([s for _, s in by_unit], [s for _, s in by_float64], atol=1e-5)
+    broken = unit.copy()
+    broken[7] = np.nan
+    with pytest.raises(InvalidVectorError):
+        mem.search(vector=broken, k=5)
 
 
 def test_search_many_namespaces_at_once(open_store) -> None:

@@ -1,4 +1,4 @@
-"""One contract, three tiers: hot (cachetools LRU), warm (hnswlib), cold (LMDB)."""
+"""One contract, three tiers: hot (an LRU in RAM), warm (hnswlib), cold (LMDB)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from tiered_memory.config import MemoryConfig
 from tiered_memory.records import Memory, Tier
 from tiered_memory.tiers.cold import ColdTier
-from tiered_memory.tiers.hot import HotTier
+from tiered_memory.tiers.hot import HotEntry, HotTier, entry_bytes
 from tiered_memory.tiers.warm import WarmTier
 
 from .conftest import DIM, unit_rows
@@ -94,6 +94,32 @@ class TestHotTier(TierContract):
         tier.peek("id0")
         tier.put(memory(2), vectors[2])
         assert evicted == ["id0"]
+
+
+    def test_byte_budget_evicts_least_recent_and_counts_bytes(self) -> None:
+        evicted = []
+        vectors = unit_rows(4)
+        size = entry_bytes(HotEntry(memory(0), vectors[0]))
+        tier = HotTier(capacity=100, on_evict=lambda memory_id, entry: evicted.append(memory_id),
+                       budget_bytes=3 * size)
+        for i in range(3):
+            tier.put(memory(i), vectors[i])
+        assert tier.nbytes() == 3 * size and not evicted
+        tier.put(memory(1), vectors[1])  # a replacement: no eviction, same bytes, now most recent
+        assert tier.nbytes() == 3 * size and not evicted
+        tier.put(memory(3), vectors[3])  # over the budget: the least recent (id0) leaves
+        assert evicted == ["id0"] and sorted(tier.ids()) == ["id1", "id2", "id3"]
+        assert tier.nbytes() == 3 * size
+        assert tier.discard("id2") and tier.nbytes() == 2 * size
+
+    def test_entry_larger_than_the_budget_is_not_cached(self) -> None:
+        vectors = unit_rows(2)
+        size = entry_bytes(HotEntry(memory(0), vectors[0]))
+        tier = HotTier(capacity=10, budget_bytes=size + 10)
+        assert tier.put(memory(0), vectors[0])
+        big = memory(1)._replace(text="x" * 100)
+        assert not tier.put(big, vectors[1])
+        assert "id1" not in tier and "id0" in tier and tier.nbytes() == size
 
 
 class TestWarmTier(TierContract):

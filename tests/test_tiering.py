@@ -129,6 +129,22 @@ def test_automatic_maintenance_every_n_operations(open_store, clock) -> None:
     assert all(mem.tier_of(i) is Tier.COLD for i in ids)
 
 
+def test_hot_gets_past_the_bound_have_the_background_thread_maintain(open_store, clock) -> None:
+    # Only hot gets (the fast path) cross maintain_every_ops: they must still ask for maintenance.
+    mem = open_store(maintain_every_ops=40, half_life_s=DAY, warm_min_score=0.05, promote_in_background=True)
+    faded = mem.add_many(["a", "b"], vectors=unit_rows(2), importance=0.1)
+    kept = mem.add("c", vector=unit_rows(3)[2], importance=1.0)
+    mem.get(kept)
+    mem.wait_idle(10)
+    assert mem.tier_of(kept) is Tier.HOT
+    clock.tick(3 * DAY)  # 0.1 / 8 < 0.05
+    for _ in range(60):
+        mem.get(kept)
+    assert mem.wait_idle(10)
+    assert [mem.tier_of(i) for i in faded] == [Tier.COLD, Tier.COLD]
+    assert mem.get(kept).access_count == 62
+
+
 def test_automatic_maintenance_every_interval(open_store, clock) -> None:
     mem = open_store(maintain_every_s=3_600, half_life_s=DAY, warm_min_score=0.05)
     ids = mem.add_many(["a", "b"], vectors=unit_rows(2), importance=0.1)

@@ -27,7 +27,10 @@ class RWLock:
     """
 
     def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
+        # The sides take the plain lock under the condition (`with self._lock`): the same lock,
+        # without Condition.__enter__/__exit__, two Python calls on every search.
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._readers = 0
         self._writer = False
         self._next_ticket = 0
@@ -36,7 +39,7 @@ class RWLock:
         self.write = _Side(self._acquire_write, self._release_write)
 
     def _acquire_read(self) -> None:
-        with self._cond:
+        with self._lock:
             ticket = self._next_ticket
             self._next_ticket += 1
             while self._serving != ticket or self._writer:
@@ -47,13 +50,13 @@ class RWLock:
                 self._cond.notify_all()  # the next in line may be a reader that can enter beside us
 
     def _release_read(self) -> None:
-        with self._cond:
+        with self._lock:
             self._readers -= 1
             if not self._readers and self._next_ticket != self._serving:
                 self._cond.notify_all()
 
     def _acquire_write(self) -> None:
-        with self._cond:
+        with self._lock:
             ticket = self._next_ticket
             self._next_ticket += 1
             while self._serving != ticket or self._writer or self._readers:
@@ -62,7 +65,7 @@ class RWLock:
             self._serving += 1
 
     def _release_write(self) -> None:
-        with self._cond:
+        with self._lock:
             self._writer = False
             if self._next_ticket != self._serving:
                 self._cond.notify_all()

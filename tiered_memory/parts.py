@@ -2,7 +2,7 @@
 builds at open and hands to its searcher, tier manager and expiry.
 
 Everything a part reads of another lives here, declared; anything else a part keeps is its own.
-Fields other than ``ops``, ``closed`` and ``closing`` are set once at open (the objects they
+Fields other than ``ops``, ``maintenance_due``, ``closed`` and ``closing`` are set once at open (the objects they
 name change, the fields do not), so a part may keep a reference to them.
 """
 
@@ -70,6 +70,9 @@ class StoreParts:
     topics: dict[str, TopicModel] = field(default_factory=dict)
     topics_dirty: set[str] = field(default_factory=set)  # topic models changed since they were written
     ops: int = 0  # operations since the last maintenance (under `mutex`)
+    # The background thread has been asked to maintain and has not yet begun: the hot get then
+    # does not ask again on every call (the tier manager sets and clears it).
+    maintenance_due: bool = False
     closed: bool = True  # until the store is open
     closing: bool = False  # close() has begun: writes are refused
 

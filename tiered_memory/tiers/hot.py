@@ -1,12 +1,16 @@
-"""Hot tier: decoded records and their float vectors in an in-process LRU (cachetools)."""
+"""Hot tier: decoded records and their float vectors in an in-process LRU.
+
+The LRU is an ``OrderedDict`` kept here rather than a cachetools ``LRUCache``: a hot ``get``
+then costs two C calls (a lookup and ``move_to_end``) instead of two Python frames around them.
+"""
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 import numpy as np
-from cachetools import Cache, LRUCache
 
 from tiered_memory.records import Memory
 
@@ -24,22 +28,14 @@ def entry_bytes(entry: HotEntry) -> int:
     return entry.vector.nbytes + len(memory.text) + len(memory.id) + 49 * 2 + 64 + 200
 
 
-class _CountingLRU(LRUCache):
-    """An LRU bounded in bytes that reports the entries it evicts (hot -> warm demotions)."""
-
-    def __init__(self, maxsize: int, on_evict: Callable[[str, HotEntry], None]) -> None:
-        super().__init__(maxsize, getsizeof=entry_bytes)
-        self._on_evict = on_evict
-
-    def popitem(self) -> tuple[str, HotEntry]:
-        key, entry = super().popitem()
-        self._on_evict(key, entry)
-        return key, entry
-
-
 class HotTier:
     """Bounded in bytes (``budget_bytes``) and in entries (``capacity``); the least recently used
-    entry leaves first."""
+    entry leaves first, and ``on_evict`` hears of it (hot -> warm demotions).
+
+    ``entries`` (id -> entry, least recently used first) is public for the store's hot ``get``,
+    which looks an id up and calls ``entries.move_to_end(id)`` itself under the store's mutex;
+    every change of membership goes through :meth:`put`, :meth:`discard` and :meth:`clear`, which
+    keep the byte count."""
 
     name = "hot"
 
@@ -47,67 +43,64 @@ class HotTier:
                  budget_bytes: int = 64 * 2**20) -> None:
         self.capacity = capacity
         self.budget_bytes = budget_bytes
-        self._evicted_hook = on_evict
-        self.cache = _CountingLRU(budget_bytes, self._evicted)
+        self._on_evict = on_evict
+        self.entries: OrderedDict[str, HotEntry] = OrderedDict()
         self._bytes = 0
-
-    def _evicted(self, memory_id: str, entry: HotEntry) -> None:
-        self._bytes -= entry_bytes(entry)
-        if self._evicted_hook is not None:
-            self._evicted_hook(memory_id, entry)
 
     def put(self, memory: Memory, vector: np.ndarray) -> bool:
         """Cache an entry (evicting others as needed); False if it alone exceeds the budget."""
-        old = self.cache.get(memory.id)
-        if old is not None:
-            self._bytes -= entry_bytes(old)
         entry = HotEntry(memory, vector)
         size = entry_bytes(entry)
         if size > self.budget_bytes:
             self.discard(memory.id)
-            return False  # larger than the whole budget (cachetools would raise): not cached
-        self.cache[memory.id] = entry  # may evict the least recently used entries (bytes)
+            return False  # larger than the whole budget: not cached
+        entries = self.entries
+        old = entries.pop(memory.id, None)  # a replacement, not an eviction: no hook
+        if old is not None:
+            self._bytes -= entry_bytes(old)
+        while entries and (self._bytes + size > self.budget_bytes or len(entries) >= self.capacity):
+            evicted_id, evicted = entries.popitem(last=False)
+            self._bytes -= entry_bytes(evicted)
+            if self._on_evict is not None:
+                self._on_evict(evicted_id, evicted)
+        entries[memory.id] = entry
         self._bytes += size
-        while len(self.cache) > self.capacity:
-            self.cache.popitem()
         return True
 
     def get(self, memory_id: str) -> HotEntry | None:
         """The entry, marked as most recently used; None if absent."""
-        try:
-            return self.cache[memory_id]  # one lookup; Cache.get() would make two
-        except KeyError:
-            return None
+        entry = self.entries.get(memory_id)
+        if entry is not None:
+            self.entries.move_to_end(memory_id)
+        return entry
 
     def peek(self, memory_id: str) -> HotEntry | None:
         """The entry without changing its recency."""
-        if memory_id not in self.cache:
-            return None
-        return Cache.__getitem__(self.cache, memory_id)  # the base class does not touch LRU order
+        return self.entries.get(memory_id)
 
     def vector(self, memory_id: str) -> np.ndarray | None:
-        entry = self.peek(memory_id)
+        entry = self.entries.get(memory_id)
         return None if entry is None else entry.vector
 
     def discard(self, memory_id: str) -> bool:
-        entry = self.cache.pop(memory_id, None)
+        entry = self.entries.pop(memory_id, None)
         if entry is None:
             return False
         self._bytes -= entry_bytes(entry)
         return True
 
     def __contains__(self, memory_id: object) -> bool:
-        return memory_id in self.cache
+        return memory_id in self.entries
 
     def __len__(self) -> int:
-        return len(self.cache)
+        return len(self.entries)
 
     def ids(self) -> Iterator[str]:
-        return iter(list(self.cache.keys()))
+        return iter(list(self.entries))
 
     def nbytes(self) -> int:
         return self._bytes
 
     def clear(self) -> None:
-        self.cache.clear()
+        self.entries.clear()
         self._bytes = 0
