@@ -63,7 +63,7 @@ class Agent:
 
     def usage(self) -> int:
         """Bytes its private key-value entries and memories take against its quota."""
-        with self.hub._lock:
+        with self.hub.lock:
             return self.hub.usage(self.name)
 
     # -- key-value -------------------------------------------------------------------------
@@ -79,7 +79,7 @@ class Agent:
         metadata = check_metadata(metadata, mem.config.max_metadata_bytes, mem.config.max_metadata_depth)
         if not isinstance(sensitive, bool):
             raise InvalidInputError(f"sensitive must be True or False, got {sensitive!r}")
-        with hub._lock:
+        with hub.lock:
             old = hub.state.kv.get(self.name, {}).get(key)
             sealed = sensitive or self.sealed or (old is not None and unpack(old[1])[4])
             if sealed and not mem.has_key:
@@ -97,7 +97,7 @@ class Agent:
             delta = size - (0 if old is None else len(old[1]))
             hub.charge(self.name, delta)
             entry_id = new_id() if old is None else old[0]
-            hub._store.commit([hub._store.op("k", (self.name, entry_id), record, sealed=sealed)])
+            hub.records.commit([hub.records.op("k", (self.name, entry_id), record, sealed=sealed)])
             hub.charged(self.name, delta)
 
     def get(self, key: str, default: Any = None) -> Any:
@@ -137,12 +137,12 @@ class Agent:
         """Remove a private key-value entry; False if there was none."""
         hub = self.hub
         hub.mem.check_writable()
-        with hub._lock:
+        with hub.lock:
             old = hub.state.kv.get(self.name, {}).get(key)
             if old is None:
                 return False
             hub.usage(self.name)
-            hub._store.commit([hub._store.op("k", (self.name, old[0]), None)])
+            hub.records.commit([hub.records.op("k", (self.name, old[0]), None)])
             hub.charged(self.name, -len(old[1]))
         return True
 
@@ -157,7 +157,7 @@ class Agent:
         metadata = check_metadata(metadata, mem.config.max_metadata_bytes, mem.config.max_metadata_depth)
         vectors = as_unit_vectors(vector, mem.dimension) if vector is not None else mem.encode([text])
         size = memory_bytes(text, metadata)
-        with hub._lock:
+        with hub.lock:
             hub.charge(self.name, size)
             # No dedup: the quota is charged for what this call stores.
             memory_id = mem.add(text, namespace=self.namespace, kind=kind, metadata=metadata, importance=importance,
@@ -181,7 +181,7 @@ class Agent:
         if scope != "shared":
             hits += mem.search(query, namespace=self.namespace, **options)
         if scope != "private":
-            with hub._lock:
+            with hub.lock:
                 allowed = hub.visible(self.name)
             # Searched even when nothing is granted, so that bad arguments are refused the same way.
             # The same query twice costs one encoding: the engine caches query vectors.
@@ -192,7 +192,7 @@ class Agent:
     def recall(self, memory_id: str) -> Memory:
         """One of its memories, or a shared memory granted to it."""
         hub = self.hub
-        namespace = hub._store.namespace_of(memory_id)
+        namespace = hub.records.namespace_of(memory_id)
         if namespace == self.namespace:
             return hub.mem.get(memory_id, namespace=namespace)
         if namespace == hub.shared_namespace and hub.access(self.name, memory_id) is not None:
@@ -206,7 +206,7 @@ class Agent:
         changes = {name: value for name, value in (("text", text), ("metadata", metadata), ("kind", kind),
                                                     ("importance", importance), ("vector", vector))
                    if value is not None}
-        namespace = hub._store.namespace_of(memory_id)
+        namespace = hub.records.namespace_of(memory_id)
         if namespace == hub.shared_namespace and memory_id in hub.state.shared:
             return hub.update(memory_id, changes, by=self.name)
         if namespace != self.namespace:
@@ -220,8 +220,8 @@ class Agent:
             vectors = as_unit_vectors(vector, mem.dimension)
         elif text is not None:
             vectors = mem.encode([text])
-        with hub._lock:
-            old = hub._store.record(memory_id)
+        with hub.lock:
+            old = hub.records.record(memory_id)
             if old is None:
                 raise hub.refuse(memory_id, self.name, "update")
             delta = memory_bytes(text or old.text, old.metadata if metadata is None else metadata) - \
@@ -235,14 +235,14 @@ class Agent:
     def forget(self, memory_id: str) -> None:
         """Delete one of its memories, or a shared memory it owns."""
         hub = self.hub
-        namespace = hub._store.namespace_of(memory_id)
+        namespace = hub.records.namespace_of(memory_id)
         if namespace == hub.shared_namespace and memory_id in hub.state.shared:
             hub.delete(memory_id, by=self.name)
             return
         if namespace != self.namespace:
             raise hub.refuse(memory_id, self.name, "delete")
-        with hub._lock:
-            old = hub._store.record(memory_id)
+        with hub.lock:
+            old = hub.records.record(memory_id)
             if old is None:
                 raise hub.refuse(memory_id, self.name, "delete")
             hub.usage(self.name)
@@ -257,7 +257,7 @@ class Agent:
 
     def shared_ids(self) -> list[str]:
         """The shared memories it may read now."""
-        with self.hub._lock:
+        with self.hub.lock:
             return sorted(self.hub.visible(self.name))
 
     def notifications(self) -> list[Notification]:

@@ -113,6 +113,16 @@ class AgentHub:
     def state(self) -> HubState:
         return self._store.state
 
+    @property
+    def lock(self) -> HubLock:
+        """What changes of the hub (and the reads they decide on) hold: the agents' handles take it."""
+        return self._lock
+
+    @property
+    def records(self) -> HubStore:
+        """The hub's persisted records (agents' entries are written through it)."""
+        return self._store
+
     # -- notifications (the notifier's) -----------------------------------------------------
 
     def notifications(self, agent: Any) -> list[Notification]:

@@ -13,7 +13,6 @@ applied whole batches or nothing of one, and the next resumes after the last app
 from __future__ import annotations
 
 import logging
-import math
 import struct
 import threading
 from collections.abc import Callable, Iterable
@@ -42,6 +41,7 @@ from tiered_memory.tiers.cold_ops import (
     Op,
     StoredStamp,
     StoredVersion,
+    memory_of,
     memory_row,
     ns_prefix,
     row_key,
@@ -178,7 +178,7 @@ class SyncEndpoint:
 
     def change_seqs(self) -> dict[str, int]:
         """namespace -> the number of its latest change."""
-        names = {ns: name for ns, name in self._namespace_names().items()}
+        names = self._namespace_names()
         return {names[ns]: seq for ns, seq in self.cold.change_seqs().items() if ns in names}
 
     def namespaces(self) -> list[str]:
@@ -506,16 +506,14 @@ class SyncEndpoint:
         if inserts:
             codes = self._codes(inserts, quantizer_agrees)
             ops += cold.memory_ops(ns, [v.memory for v in inserts], codes, np.stack([v.vector for v in inserts]))
-        vector_changed = False
         for version, changed in replaces:
             ops += cold.record_ops([version.memory])
             if changed:
                 code = self._codes([version], quantizer_agrees)[0]
                 ops += cold.vector_ops(ns, version.memory, code, version.vector)
-                vector_changed = True
             ops += cold.row_ops(ns, [version.memory.id], [memory_row(version.memory)])
-        if vector_changed or replaces:
-            ops.append(cold.count_op(ns, 0))  # the namespace's vectors changed: saved graphs are stale
+        if replaces:
+            ops.append(cold.count_op(ns, 0))  # the namespace's memories changed: saved graphs are stale
         if deletes:
             ops += cold.delete_ops(ns, deletes)
         ops += self._text_ops(ns, old_texts, inserts + [v for v, _ in replaces])
@@ -536,13 +534,12 @@ class SyncEndpoint:
         assert source.record is not None and source.row is not None and source.code is not None
         memory_id = source.memory_id
         record = unpack_record(source.record, self._sealer)
-        (kind, importance, created, updated, accessed, uses, topic, _tier, version, sensitive,
-         expires) = unpack_row(row_key(0, memory_id), source.row)
+        memory = memory_of(record, unpack_row(row_key(0, memory_id), source.row))._replace(tier=Tier.WARM)
         if not from_here:
-            # A namespace sealed here seals what arrives in it, as it seals what is added to it.
-            sensitive = sensitive or self._is_sealed(batch.namespace)
-            topic = -1  # assigned by this store's topic model, if the namespace has one (_write_ops)
-        if sensitive and self._sealer is None:
+            # A namespace sealed here seals what arrives in it, as it seals what is added to it; the
+            # topic is this store's model's (assigned in _write_ops).
+            memory = memory._replace(sensitive=memory.sensitive or self._is_sealed(batch.namespace), topic=-1)
+        if memory.sensitive and self._sealer is None:
             raise EncryptionRequiredError(f"memory {memory_id!r} of namespace {batch.namespace!r} is sealed: open both "
                                           "stores with the encryption key to sync sealed memories (the key stays on "
                                           "the devices; the memories travel sealed)")
@@ -551,10 +548,7 @@ class SyncEndpoint:
                             f"{record.namespace!r}: the other store is damaged; nothing of the batch was applied")
         if mine.row is not None and not from_here:
             local = unpack_row(row_key(0, memory_id), mine.row)
-            accessed, uses = local[4], local[5]
-        memory = Memory(memory_id, batch.namespace, record.text, kind, record.metadata, created, updated, accessed,
-                        uses, importance, topic, Tier.WARM, version, sensitive,
-                        None if expires == math.inf else expires)
+            memory = memory._replace(last_accessed=local[4], access_count=local[5])
         if from_here:
             return _Version(memory, None, None)
         vector, code = self._received_vector(source, batch)
@@ -649,9 +643,7 @@ class SyncEndpoint:
             item = msgpack.unpackb(value, raw=False)
             memory = None
             if item["record"] is not None:
-                record = unpack_record(item["record"], self._sealer)
-                row = unpack_row(row_key(ns, memory_id), item["row"])
-                memory = record._replace(kind=row[0], importance=row[1], created_at=row[2], updated_at=row[3],
-                                         version=row[8], expires_at=None if row[10] == math.inf else row[10])
+                memory = memory_of(unpack_record(item["record"], self._sealer),
+                                   unpack_row(row_key(ns, memory_id), item["row"]))
             out.append(LostVersion(stamp, stamp_time(stamp), item["deleted"], memory, item["lost_to"], item["at"]))
         return sorted(out, key=lambda lost: lost.stamp)

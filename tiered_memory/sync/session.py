@@ -68,7 +68,7 @@ def sync_stores(local: SyncEndpoint, remote: SyncEndpoint, namespaces: Sequence[
     local.backfill()
     remote.backfill()
     touched: set[str] = set()
-    for sender, receiver, counts_as in ((remote, local, "pulled"), (local, remote, "pushed")):
+    for sender, receiver, pulling in ((remote, local, True), (local, remote, False)):
         cursors = receiver.cursors(sender.store_id)
         due = {name: seq for name, seq in sender.change_seqs().items()
                if seq > cursors.get(name, 0) and (wanted is None or name in wanted)}
@@ -79,11 +79,12 @@ def sync_stores(local: SyncEndpoint, remote: SyncEndpoint, namespaces: Sequence[
                 data = sender.export(name, cursor, batch_size, skip_origin=receiver.store_id)
                 applied = receiver.apply(data)
                 report.batches += 1
-                if counts_as == "pulled":
+                if pulling:
                     report.bytes_received += len(data)
+                    report.pulled += applied.taken
                 else:
                     report.bytes_sent += len(data)
-                setattr(report, counts_as, getattr(report, counts_as) + applied.taken)
+                    report.pushed += applied.taken
                 report.unchanged += applied.unchanged
                 report.conflicts += applied.conflicts
                 report.refused += applied.refused

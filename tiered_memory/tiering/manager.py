@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import math
 import threading
 import time
 import zlib
@@ -26,7 +25,7 @@ import numpy as np
 from tiered_memory.errors import EncryptionRequiredError, InvalidInputError, MemoryNotFoundError, StorageError
 from tiered_memory.namespaces.catalog import COLD, HOT, WARM
 from tiered_memory.quantization import quantizer_from_state
-from tiered_memory.records import TIER_CODES, TIERS_BY_CODE, Hit, Memory, Tier, check_label, unpack_record
+from tiered_memory.records import TIER_CODES, TIERS_BY_CODE, Hit, Tier, check_label, unpack_record
 from tiered_memory.search.lexical_tier import Doc
 from tiered_memory.tiering.decay import decay_scores
 from tiered_memory.tiering.expiry import row_bytes
@@ -34,7 +33,7 @@ from tiered_memory.tiering.promoter import Promoter
 from tiered_memory.tiering.topics import TopicModel, topics_for
 from tiered_memory.tiers.blocks import INDEXED
 from tiered_memory.tiers.cold import Op, ns_prefix, row_key
-from tiered_memory.tiers.cold_ops import unpack_row
+from tiered_memory.tiers.cold_ops import memory_of, unpack_row
 from tiered_memory.tiers.cold_parts import match as match_index
 from tiered_memory.tiers.hot import HotEntry
 from tiered_memory.tiers.warm import Graph
@@ -272,14 +271,9 @@ class TierManager:
         for version in versions:
             if not version.live:
                 continue  # deleted (or expired and swept) by the other writer
-            record = unpack_record(version.record, self.cold.sealer)
             key = row_key(ns, version.memory_id)
-            (kind, importance, created, updated, accessed, uses, topic, tier, number, sensitive,
-             expires) = unpack_row(key, version.row)
-            tier = TIERS_BY_CODE[tier]
-            memories.append(Memory(version.memory_id, namespace, record.text, kind, record.metadata, created, updated,
-                                   accessed, uses, importance, topic, Tier.WARM if tier is Tier.HOT else tier, number,
-                                   sensitive, None if expires == math.inf else expires))
+            memory = memory_of(unpack_record(version.record, self.cold.sealer), unpack_row(key, version.row))
+            memories.append(memory._replace(tier=Tier.WARM) if memory.tier is Tier.HOT else memory)
             codes.append(np.frombuffer(self.cold.opened_vector(version.memory_id, "code", version.code,
                                                                self.dimension, key), dtype=np.int8))
         if memories:
@@ -673,17 +667,27 @@ class TierManager:
             if self._parts.closed:
                 return False
             catalog = self.catalog
-            by_namespace: dict[str, list[int]] = {}
-            for slot, memory_id in chunk:  # deleted, reused, unloaded or moved since: left as they are
-                if catalog.ids[slot] == memory_id and catalog.tier[slot] == COLD:
-                    by_namespace.setdefault(catalog.namespaces.names[catalog.ns[slot]], []).append(slot)
-            for namespace, slots in by_namespace.items():
-                with self._mutex:
-                    for slot in slots:
-                        catalog.set_tier(slot, WARM)
-                self.warm_put_or_cold(namespace, slots)
-                self.enforce_warm_capacity(protect=set(slots))
+            # Deleted, reused, unloaded or moved since: left as they are.
+            live = [slot for slot, memory_id in chunk if catalog.ids[slot] == memory_id and catalog.tier[slot] == COLD]
+            self._cold_to_warm(live)
+            self.enforce_warm_capacity(protect=set(live))
         return True
+
+    def _cold_to_warm(self, slots: list[int], promotions: bool = False) -> None:
+        """Move these slots, those of them still cold, into their namespaces' graphs (a failed
+        insertion leaves them cold, see warm_put_or_cold). Caller holds the write lock."""
+        catalog = self.catalog
+        by_namespace: dict[str, list[int]] = {}
+        for slot in slots:
+            if catalog.tier[slot] == COLD:
+                by_namespace.setdefault(catalog.namespaces.names[catalog.ns[slot]], []).append(slot)
+        for namespace, moved in by_namespace.items():
+            with self._mutex:
+                for slot in moved:
+                    catalog.set_tier(slot, WARM)
+                if promotions:
+                    self._promotions["cold->warm"] += len(moved)
+            self.warm_put_or_cold(namespace, moved)
 
     def _drain_promotions(self) -> bool:
         """Move requested memories up to hot (cold -> warm -> hot); returns whether there were any."""
@@ -698,17 +702,9 @@ class TierManager:
             # A slot may have been deleted, reused or promoted since it was asked for.
             live = [slot for slot, memory_id in batch.items()
                     if catalog.ids[slot] == memory_id and catalog.tier[slot] != HOT]
-            by_namespace: dict[str, list[int]] = {}
-            for slot in live:
-                if catalog.tier[slot] == COLD:
-                    by_namespace.setdefault(catalog.namespaces.names[catalog.ns[slot]], []).append(slot)
-            for namespace, slots in by_namespace.items():
-                with self._mutex:
-                    for slot in slots:
-                        catalog.set_tier(slot, WARM)
-                        self._promotions["cold->warm"] += 1
-                self._warm_put(namespace, slots)
-            self._fill_hot(live, count=True)
+            self._cold_to_warm(live, promotions=True)
+            # (a slot whose graph insertion failed stayed cold: hot memories are warm ones)
+            self._fill_hot([slot for slot in live if catalog.tier[slot] != COLD], count=True)
             self.enforce_warm_capacity(protect=set(live))
         return True
 

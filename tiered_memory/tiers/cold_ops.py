@@ -21,7 +21,7 @@ import numpy as np
 from tiered_memory.crypto import OVERHEAD, Sealer
 from tiered_memory.errors import ConcurrentUpdateError, EncryptionRequiredError, StorageError
 from tiered_memory.quantization import Quantizer
-from tiered_memory.records import TIER_CODES, Memory, pack_record
+from tiered_memory.records import TIER_CODES, TIERS_BY_CODE, Memory, pack_record
 
 # (database, key, value or None to delete); database "nscount" carries (ns id, count delta).
 Op = tuple[str, bytes, bytes | None]
@@ -91,6 +91,15 @@ def memory_row(memory: Memory) -> bytes:
     return pack_row(memory.kind, memory.importance, memory.created_at, memory.updated_at, memory.last_accessed,
                     memory.access_count, memory.topic, TIER_CODES[memory.tier], memory.version, memory.sensitive,
                     memory.expires_at)
+
+
+def memory_of(record: Memory, row: list[Any]) -> Memory:
+    """A memory as stored: its record's content with its catalog row's fields (the row, not the
+    record's own copy, holds what the engine serves: statistics, tier, version, expiry)."""
+    kind, importance, created, updated, accessed, uses, topic, tier, version, sensitive, expires = row
+    return record._replace(kind=kind, importance=importance, created_at=created, updated_at=updated,
+                           last_accessed=accessed, access_count=uses, topic=topic, tier=TIERS_BY_CODE[tier],
+                           version=version, sensitive=sensitive, expires_at=None if expires == math.inf else expires)
 
 
 def unpack_row(key: bytes, data: bytes) -> list[Any]:

@@ -853,14 +853,11 @@ class PostgresColdStore(ColdOps, ColdStore):
             seen = self._seen.get(ns_id)
         if seen is None:
             return None
-        query = ("SELECT n.version, n.generation, n.change_seq, (SELECT value FROM tm_meta WHERE key = %(q)s), "
-                 "s.memory_id, s.value, rec.value, r.value, c.value, o.value FROM tm_namespaces n "
-                 "LEFT JOIN tm_stamps s ON s.ns_id = n.ns_id AND s.seq > %(after)s "
-                 "LEFT JOIN tm_rows r ON r.ns_id = n.ns_id AND r.memory_id = s.memory_id "
-                 "LEFT JOIN tm_records rec ON rec.ns_id = r.ns_id AND rec.memory_id = r.memory_id "
-                 "LEFT JOIN tm_codes c ON c.ns_id = r.ns_id AND c.memory_id = r.memory_id "
-                 "LEFT JOIN tm_originals o ON o.ns_id = r.ns_id AND o.memory_id = r.memory_id "
-                 "WHERE n.ns_id = %(ns)s ORDER BY s.seq LIMIT %(limit)s")
+        query = self._VERSIONS.format(
+            first="n.version, n.generation, n.change_seq, (SELECT value FROM tm_meta WHERE key = %(q)s), ",
+            id="s.memory_id", ns="n.ns_id",
+            source="tm_namespaces n LEFT JOIN tm_stamps s ON s.ns_id = n.ns_id AND s.seq > %(after)s ") + \
+            "WHERE n.ns_id = %(ns)s ORDER BY s.seq LIMIT %(limit)s"
         with self._connection() as conn:
             found = conn.execute(query, {"q": _QUANTIZER_KEY, "after": seen[2], "ns": ns_id,
                                          "limit": limit + 1}).fetchall()
@@ -933,7 +930,8 @@ class PostgresColdStore(ColdOps, ColdStore):
 
     # -- change stamps (offline sync) ----------------------------------------------------------
 
-    _VERSIONS = ("SELECT {id}, s.value, rec.value, r.value, c.value, o.value FROM {source} "
+    # A memory's stamp row and stored bytes, joined from {source} ({first}: columns before them).
+    _VERSIONS = ("SELECT {first}{id}, s.value, rec.value, r.value, c.value, o.value FROM {source} "
                  "LEFT JOIN tm_rows r ON r.ns_id = {ns} AND r.memory_id = {id} "
                  "LEFT JOIN tm_records rec ON rec.ns_id = r.ns_id AND rec.memory_id = r.memory_id "
                  "LEFT JOIN tm_codes c ON c.ns_id = r.ns_id AND c.memory_id = r.memory_id "
@@ -945,14 +943,14 @@ class PostgresColdStore(ColdOps, ColdStore):
 
     def changes_after(self, ns_id: int, after: int, limit: int) -> list[StoredVersion]:
         # One statement, one snapshot: the stamps and the bytes they describe agree.
-        query = self._VERSIONS.format(id="s.memory_id", ns="s.ns_id", source="tm_stamps s") + \
+        query = self._VERSIONS.format(first="", id="s.memory_id", ns="s.ns_id", source="tm_stamps s") + \
             "WHERE s.ns_id = %s AND s.seq > %s ORDER BY s.seq LIMIT %s"
         with self._connection() as conn:
             return self._versions(conn.execute(query, (ns_id, after, limit)).fetchall())
 
     def stored_versions(self, ns_id: int, memory_ids: list[str]) -> list[StoredVersion]:
         query = self._VERSIONS.format(
-            id="q.memory_id", ns="%(ns)s",
+            first="", id="q.memory_id", ns="%(ns)s",
             source="unnest(%(ids)s::text[]) WITH ORDINALITY AS q(memory_id, i) "
                    "LEFT JOIN tm_stamps s ON s.ns_id = %(ns)s AND s.memory_id = q.memory_id") + "ORDER BY q.i"
         with self._connection() as conn:
