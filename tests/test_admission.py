@@ -61,3 +61,53 @@ def test_a_memory_deleted_before_its_admission_stays_deleted(open_store) -> None
     assert all(memory_id not in mem for memory_id in ids[:50])
     assert mem.search(vector=vectors[0], k=1)[0].memory.id != ids[0]
     check_invariants(mem)
+
+
+def _stalled_admission(monkeypatch) -> None:
+    """The background thread falls behind: nothing queued enters a graph until undone."""
+    from tiered_memory.tiering.manager import TierManager
+
+    monkeypatch.setattr(TierManager, "_admit_waiting", lambda self: False)
+
+
+def test_admissions_waiting_at_close_resume_when_the_store_is_opened_again(open_store, tmp_path,
+                                                                            monkeypatch) -> None:
+    path = tmp_path / "store"
+    mem = open_store(path, exact_search_max=16, promote_in_background=True)
+    mem.add_many([f"seed {i}" for i in range(40)], vectors=unit_rows(40, seed=1))
+    assert mem.wait_idle(timeout=60)
+    _stalled_admission(monkeypatch)
+    vectors = unit_rows(600, seed=2)
+    ids = mem.add_many([f"bulk {i}" for i in range(600)], vectors=vectors)
+    assert {mem.tier_of(memory_id) for memory_id in ids} == {Tier.COLD}
+    mem.close()
+    monkeypatch.undo()
+    again = open_store(path, exact_search_max=16, promote_in_background=True)
+    assert again.search(vector=vectors[7], k=1)[0].memory.id == ids[7]
+    assert again.wait_idle(timeout=60)
+    # Without the saved backlog they stayed cold for good (served by scan or the on-disk index).
+    assert {again.tier_of(memory_id) for memory_id in ids} <= {Tier.WARM, Tier.HOT}
+    check_invariants(again)
+    again.close()
+    # Nothing waits any more: the saved backlog was emptied, a third open queues nothing.
+    third = open_store(path, exact_search_max=16, promote_in_background=True)
+    assert third.cold.meta_get("admission/" + format(third.catalog.namespaces.codes["default"], "x")) == []
+
+
+def test_admissions_waiting_when_a_namespace_unloads_resume_when_it_loads(open_store, monkeypatch) -> None:
+    mem = open_store(exact_search_max=16, promote_in_background=True, preload=False)
+    mem.add_many([f"seed {i}" for i in range(40)], vectors=unit_rows(40, seed=1), namespace="user0")
+    assert mem.wait_idle(timeout=60)
+    _stalled_admission(monkeypatch)
+    vectors = unit_rows(300, seed=3)
+    ids = mem.add_many([f"bulk {i}" for i in range(300)], vectors=vectors, namespace="user0")
+    with mem._rw.write:
+        mem._tiers.unload("user0")
+    monkeypatch.undo()
+    # Another namespace takes the catalog slots user0 left (a queue of slots would now name its rows).
+    mem.add_many([f"other {i}" for i in range(340)], vectors=unit_rows(340, seed=4), namespace="user1")
+    assert mem.wait_idle(timeout=60)
+    assert mem.search(vector=vectors[9], namespace="user0", k=1)[0].memory.id == ids[9]  # loads it
+    assert mem.wait_idle(timeout=60)
+    assert {mem.tier_of(memory_id) for memory_id in ids} <= {Tier.WARM, Tier.HOT}
+    check_invariants(mem)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import signal
@@ -288,12 +289,16 @@ def test_a_reader_killed_inside_a_transaction_leaves_no_stale_slot(saved, open_s
 # -- damaged cold tier -----------------------------------------------------------------------------
 
 
-def _put_raw(path: Path, database: bytes, key: bytes, value: bytes) -> None:
+def _put_raw(path: Path, database: bytes, key: bytes, value: bytes | None) -> None:
+    """Write (None: delete) one value behind the store's back."""
     env = lmdb.open(str(path / "cold"), max_dbs=8)
     try:
         handle = env.open_db(database)  # before begin(): open_db takes LMDB's write lock itself
         with env.begin(write=True) as txn:
-            txn.put(key, value, db=handle)
+            if value is None:
+                txn.delete(key, db=handle)
+            else:
+                txn.put(key, value, db=handle)
     finally:
         env.close()
 
@@ -329,6 +334,37 @@ def test_a_code_of_the_wrong_length_is_reported_as_damage(saved) -> None:
     with TieredMemory(path, encoder=None, dimension=DIM) as mem:
         with pytest.raises(StorageError, match="damaged"):
             mem.preload("a")  # loading the namespace reads its codes
+        assert mem.search(vector=np.ones(DIM, dtype=np.float32), namespace="b", k=1)
+
+
+_GOOD_ROW = ["note", 0.5, 1.0, 1.0, 1.0, 0, -1, 0, 1, False]
+
+
+@pytest.mark.parametrize("damage", [
+    "not msgpack", "not a list", "nine fields", "empty kind", "bool importance", "nan created", "inf accessed",
+    "str uses", "negative uses", "tier 3", "version 0", "int sensitive", "nan expiry", "no code",
+])
+def test_a_damaged_catalog_row_is_reported_by_id_when_its_namespace_loads(saved, damage: str) -> None:
+    # Rows are checked a column at a time; a failure goes back to the row-by-row check, which
+    # must name the row whatever the damage.
+    path, ids, _ = saved
+    with TieredMemory(path, encoder=None, dimension=DIM) as mem:
+        ns_id = mem.cold.namespace_id("a")
+    row = list(_GOOD_ROW)
+    change = {"nine fields": (slice(9, 10), []), "empty kind": (0, ""), "bool importance": (1, True),
+              "nan created": (2, math.nan), "inf accessed": (4, math.inf), "str uses": (5, "1"),
+              "negative uses": (5, -1), "tier 3": (7, 3), "version 0": (8, 0), "int sensitive": (9, 1),
+              "nan expiry": (slice(10, 11), [math.nan])}.get(damage)
+    if change is not None:
+        row[change[0]] = change[1]
+    data = {"not msgpack": b"\xc1", "not a list": msgpack.packb({"kind": "note"})}.get(damage, msgpack.packb(row))
+    if damage == "no code":
+        _put_raw(path, b"nscodes", row_key(ns_id, ids[3]), None)
+    else:
+        _put_raw(path, b"rows", row_key(ns_id, ids[3]), data)
+    with TieredMemory(path, encoder=None, dimension=DIM) as mem:
+        with pytest.raises(StorageError, match=ids[3]):
+            mem.preload("a")
         assert mem.search(vector=np.ones(DIM, dtype=np.float32), namespace="b", k=1)
 
 

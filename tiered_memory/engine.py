@@ -719,7 +719,7 @@ class TieredMemory:
         # store always takes the slow path, which raises.
         if self._shared_cold:  # several writers: the hot copy may be stale, the slow path checks
             return self._get_from_disk(memory_id, namespace)
-        parts = self._parts
+        parts, catalog = self._parts, self.catalog
         with self._mutex:
             try:
                 entry = self._hot_entries[memory_id]
@@ -727,18 +727,14 @@ class TieredMemory:
                 entry = None
             if entry is not None and (namespace is None or entry.memory.namespace == namespace):
                 self._hot_touch(memory_id)  # most recently used
-                catalog = self.catalog
                 slot = catalog.slot_of[memory_id]
                 now = self.clock()
                 expires = catalog.expires[slot]
                 if expires <= now:
                     raise expired_error(memory_id, expires)
-                catalog.uses[slot] += 1
-                catalog.accessed[slot] = now
-                catalog.dirty.add(slot)
+                memory = catalog.read_hot(slot, entry.memory, now)
                 self._hits["hot"] += 1
                 parts.ops += 1
-                memory = catalog.memory(slot, entry.memory)
                 # Past the bound, maintenance is asked for once (the background thread clears
                 # maintenance_due when it has run): asking again on every get cost ~0.4 us.
                 if parts.ops < self._maintain_every_ops or parts.maintenance_due:

@@ -279,6 +279,20 @@ class Catalog:
         self.accessed[slot] = now
         self.dirty.add(slot)
 
+    def read_hot(self, slot: int, content: Memory, now: float) -> Memory:
+        """touch() and memory() in one call, for a hot read at `now` (the hot get's whole catalog
+        part: two calls and the tier lookup cost 0.25 us of a 1.2 us get)."""
+        uses = self.uses[slot] + 1
+        self.uses[slot] = uses
+        self.accessed[slot] = now
+        self.dirty.add(slot)
+        expires = self.expires[slot]
+        return _new_record(Memory, (
+            content.id, content.namespace, content.text, content.kind, content.metadata,
+            self.created[slot], self.updated[slot], now, uses, self.importance[slot], self.topic[slot], _HOT,
+            self.version[slot], content.sensitive, None if expires == _NEVER else expires,
+        ))
+
     def slots(self, namespace: int | None = None, tiers: tuple[int, ...] | None = None) -> np.ndarray:
         """Live slots, optionally of one namespace and some tiers (int64 array)."""
         if namespace is not None:
@@ -307,4 +321,5 @@ class Catalog:
 
 
 _new_record = tuple.__new__
+_HOT = Tier.HOT  # an enum member's lookup on its class costs 60 ns
 _NEVER = math.inf

@@ -63,6 +63,11 @@ _ADMIT_CHUNK = 256  # memories per background admission round
 _REFILL_HOT_AT_LOAD = 32
 
 
+def admission_key(ns: int) -> str:
+    """The meta entry of a namespace's memories still waiting for its graph (background admission)."""
+    return f"admission/{ns:x}"
+
+
 @dataclass
 class MaintenanceReport:
     demoted_to_warm: int = 0
@@ -154,6 +159,9 @@ class TierManager:
         self._decoded = parts.decoded
         self._pending: dict[int, str] = {}  # slot -> id of memories served from warm/cold, to promote
         self._admitting: dict[int, str] = {}  # slot -> id of new memories to enter the warm graph
+        # ns ids whose waiting admissions are saved in meta (admission_key): rewritten, or emptied,
+        # at each persist, so a reopened store or a reloaded namespace picks the backlog up again.
+        self._admission_saved: set[int] = set()
         self._notified: set[int] = set()  # ns ids other processes changed (a shared cold store), to unload
         self._promoter = Promoter(self._background_work, self._has_background_work)
         self._cold_build_lock = threading.Lock()  # one on-disk index build at a time
@@ -327,6 +335,7 @@ class TierManager:
                         catalog.set_topic(slot, topic)
                     catalog.dirty.difference_update(sealed)
         self._restore_graph(namespace, ns)
+        self._resume_admission(namespace, ns)
         hot = [slot for slot, tier in zip(slots, rows.tier) if tier == HOT]
         if hot:
             hot.sort(key=lambda slot: catalog.accessed[slot])
@@ -402,6 +411,7 @@ class TierManager:
                 memory_id = catalog.ids[slot]
                 self.hot.discard(memory_id)
                 self._pending.pop(slot, None)
+                self._admitting.pop(slot, None)  # saved by _persist_namespaces, queued again at load
             catalog.unload_namespace(ns)
         self.warm.forget(namespace)
         self.cold_parts.detach(namespace)
@@ -601,21 +611,18 @@ class TierManager:
                     lookup.contents[slot] = content
         hits = []
         now = self.clock()
-        entries, uses, accessed, dirty = self._hot_entries, catalog.uses, catalog.accessed, catalog.dirty
+        entries = self._hot_entries
         hot_get, hot_touch = entries.__getitem__, entries.move_to_end
-        memory_of, hot_served, hot_tier = catalog.memory, 0, Tier.HOT
+        memory_of, read_hot, hot_served, hot_tier = catalog.memory, catalog.read_hot, 0, Tier.HOT
         with self._mutex:
             for slot, score in ranked:
                 if tiers[slot] == HOT:  # the common case, kept lean: one LRU lookup, no disk
                     memory_id = ids[slot]
                     content = hot_get(memory_id).memory
                     hot_touch(memory_id)
-                    uses[slot] += 1  # catalog.touch(), inlined: this loop is on every search
-                    accessed[slot] = now
-                    dirty.add(slot)
                     hot_served += 1
                     # tuple.__new__: Hit(...) runs its Python __new__ (~0.3 us a hit).
-                    hits.append(_new_hit(Hit, (memory_of(slot, content), float(score), hot_tier, None, None)))
+                    hits.append(_new_hit(Hit, (read_hot(slot, content, now), float(score), hot_tier, None, None)))
                 else:
                     content = lookup.content(slot)
                     if content is None:
@@ -653,6 +660,34 @@ class TierManager:
 
     def admission_backlog(self) -> int:
         return len(self._admitting)
+
+    def _resume_admission(self, namespace: str, ns: int) -> None:
+        """Queue again what was waiting for the namespace's graph when it was last persisted
+        (closed, unloaded, or maintained before a crash): without it those memories stayed cold
+        for good, and a reopened 62k store answered from its cold index in 2.0 ms instead of 0.2."""
+        waiting = self.cold.meta_get(admission_key(ns), [])
+        if not waiting:
+            return
+        self._admission_saved.add(ns)
+        if self.read_only or not self.config.promote_in_background or namespace not in self.warm.graphs:
+            return
+        catalog = self.catalog
+        slots = [slot for slot in map(catalog.slot_of.get, waiting)
+                 if slot is not None and catalog.ns[slot] == ns and catalog.tier[slot] == COLD]
+        if slots:
+            self.admit_later(slots)
+
+    def _admission_ops(self, wanted: set[int]) -> tuple[list[Op], set[int]]:
+        """Meta writes of these namespaces' waiting admissions (an empty list clears a saved one),
+        and which namespaces then have some saved."""
+        with self._mutex:
+            waiting: dict[int, list[str]] = {}
+            for slot, memory_id in self._admitting.items():
+                if self.catalog.ns[slot] in wanted:
+                    waiting.setdefault(self.catalog.ns[slot], []).append(memory_id)
+        ops = [self.cold.meta_op(admission_key(ns), waiting.get(ns, []))
+               for ns in sorted(wanted) if ns in waiting or ns in self._admission_saved]
+        return ops, set(waiting)
 
     def _admit_waiting(self) -> bool:
         """Background: put up to _ADMIT_CHUNK queued memories into their graphs (the write lock is
@@ -1144,6 +1179,8 @@ class TierManager:
             catalog.dirty.difference_update(dirty)
             rows = [(catalog.ns[slot], catalog.ids[slot], row_bytes(catalog, slot)) for slot in dirty]
         ops: list[Op] = [("rows", row_key(ns, memory_id), row) for ns, memory_id, row in rows]
+        admission_ops, saving = self._admission_ops(wanted)
+        ops.extend(admission_ops)
         changed_models = [name for name in namespaces if name in self._topics_dirty]
         for namespace in changed_models:
             model = self.topics.get(namespace)
@@ -1157,6 +1194,8 @@ class TierManager:
                     catalog.dirty.update(slot for slot in dirty if catalog.ids[slot] is not None)
                 raise
             self._topics_dirty.difference_update(changed_models)
+            self._admission_saved.difference_update(wanted)
+            self._admission_saved.update(saving)
         generations = {name: self.cold.namespace_info(catalog.namespaces.codes[name])[2]
                        for name in namespaces if name in self.warm.graphs}
         try:

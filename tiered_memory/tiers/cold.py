@@ -58,6 +58,7 @@ from tiered_memory.tiers.cold_ops import (
     StoredVersion,
     expiry_bound_of,
     memory_row,
+    namespace_rows,
     ns_prefix,
     row_key,
     stamp_fields,
@@ -93,6 +94,19 @@ def _ceiling(config: MemoryConfig, deleting: bool) -> int:
     Readers map the ceiling with the reserve (a map larger than theirs fails their reads)."""
     maximum = config.max_map_size_bytes
     return maximum + max(1 << 20, maximum // 64) if deleting else maximum
+
+
+def _range_items(cursor: lmdb.Cursor, prefix: bytes) -> tuple[list[bytes], list[bytes]]:
+    """Keys and values of every entry whose key starts with prefix, in key order."""
+    keys: list[bytes] = []
+    values: list[bytes] = []
+    if cursor.set_range(prefix):
+        for key, value in cursor.iternext():
+            if not key.startswith(prefix):
+                break
+            keys.append(key)
+            values.append(value)
+    return keys, values
 
 
 class ColdTier(ColdOps, ColdStore):
@@ -364,49 +378,17 @@ class ColdTier(ColdOps, ColdStore):
         return out
 
     def load_namespace(self, ns_id: int, count_hint: int = 0) -> NamespaceRows:
-        """Every catalog row and int8 code of one namespace: one range read of each database,
-        the two cursors walking side by side (both hold the same keys in the same order)."""
+        """Every catalog row and int8 code of one namespace: one range read of each database
+        (both hold the same keys in the same order), decoded by namespace_rows."""
         prefix = ns_prefix(ns_id)
-        with self._begin(buffers=True) as txn:
-            rows_cursor = txn.cursor(db=self.dbs["rows"])
-            codes_cursor = txn.cursor(db=self.dbs["nscodes"])
-            found = NamespaceRows(self.dimension, count_hint)
-            if not rows_cursor.set_range(prefix):
-                found.codes = found.codes[:0]
-                return found
-            codes_cursor.set_range(prefix)
-            code_items = iter(codes_cursor)
-            codes = found.codes
-            for key, data in rows_cursor:
-                key = bytes(key)
-                if not key.startswith(prefix):
-                    break
-                code_key, code = next(code_items, (None, None))
-                if code_key is None or bytes(code_key) != key:
-                    raise StorageError(f"memory {key[4:].decode('utf-8', 'replace')!r} has a catalog row but no "
-                                       "code; the store is damaged (restore it from a backup)")
-                kind, importance, created, updated, accessed, uses, topic, tier, version, sensitive, expires = \
-                    _unpack_row(key, data)
-                memory_id = key[4:].decode("utf-8")
-                i = len(found.ids)
-                if i == len(codes):
-                    codes = found.codes = np.concatenate([codes, np.empty((max(16, i), self.dimension), np.int8)])
-                raw = self._plain_vector_bytes(memory_id, "code", bytes(code), self.dimension, key)
-                codes[i] = np.frombuffer(raw, dtype=np.int8)
-                found.ids.append(memory_id)
-                found.kinds.append(kind)
-                found.importance.append(importance)
-                found.created.append(created)
-                found.updated.append(updated)
-                found.accessed.append(accessed)
-                found.uses.append(uses)
-                found.topic.append(topic)
-                found.tier.append(tier)
-                found.version.append(version)
-                found.sensitive.append(int(sensitive))
-                found.expires.append(float(expires))
-        found.codes = codes[: len(found.ids)]
-        return found
+        with self._begin() as txn:
+            keys, rows = _range_items(txn.cursor(db=self.dbs["rows"]), prefix)
+            code_keys, codes = _range_items(txn.cursor(db=self.dbs["nscodes"]), prefix)
+        if code_keys != keys:  # a row without its code (damage): namespace_rows names it
+            code_of = dict(zip(code_keys, codes))
+            codes = [code_of.get(key) for key in keys]
+        return namespace_rows(self.dimension, [key[4:].decode("utf-8") for key in keys], keys, rows, codes,
+                              self._plain_code)
 
     def find_texts(self, keys: list[bytes | None]) -> list[str | None]:
         """The memory id each dedup key names (None: no such text, or no key)."""

@@ -115,6 +115,7 @@ from tiered_memory.tiers.cold_ops import (
     StoredStamp,
     StoredVersion,
     expiry_bound_of,
+    namespace_rows,
     row_key,
     stamp_fields,
     stamped,
@@ -984,29 +985,10 @@ class PostgresColdStore(ColdOps, ColdStore):
             with self._seen_lock:
                 self._seen[ns_id] = (found[0][0], found[0][1], found[0][2])
         found = [row[3:] for row in found if row[3] is not None]
-        rows = NamespaceRows(self.dimension, len(found))
-        for i, (memory_id, data, code) in enumerate(found):
-            key = row_key(ns_id, memory_id)
-            if code is None:
-                raise StorageError(f"memory {memory_id!r} has a catalog row but no code; the store is damaged "
-                                   "(restore it from a backup)")
-            kind, importance, created, updated, accessed, uses, topic, tier, version, sensitive, expires = \
-                unpack_row(key, data)
-            rows.codes[i] = np.frombuffer(self._plain_vector_bytes(memory_id, "code", code, self.dimension, key),
-                                          dtype=np.int8)
-            rows.ids.append(memory_id)
-            rows.kinds.append(kind)
-            rows.importance.append(importance)
-            rows.created.append(created)
-            rows.updated.append(updated)
-            rows.accessed.append(accessed)
-            rows.uses.append(uses)
-            rows.topic.append(topic)
-            rows.tier.append(tier)
-            rows.version.append(version)
-            rows.sensitive.append(int(sensitive))
-            rows.expires.append(float(expires))
-        return rows
+        ids = [memory_id for memory_id, _, _ in found]
+        return namespace_rows(self.dimension, ids, [row_key(ns_id, memory_id) for memory_id in ids],
+                              [bytes(data) for _, data, _ in found],
+                              [None if code is None else bytes(code) for _, _, code in found], self._plain_code)
 
     # -- expiry (see tiered_memory/tiering/expiry.py) ---------------------------------------------
 
