@@ -9,6 +9,7 @@ from tiered_memory import Tier
 from tiered_memory.tiering.decay import decay_score
 
 from .conftest import unit_rows
+from .invariants import check_invariants
 
 DAY = 86_400.0
 
@@ -256,3 +257,27 @@ def test_graphs_full_of_tombstones_are_compacted(open_store, background: bool) -
     assert compacted is not graph and compacted.tombstones == 0
     assert set(compacted.label_of) == set(ids[2_000:])
     assert mem.search(vector=vectors[2_500], k=1)[0].memory.id == ids[2_500]
+
+
+def test_a_full_warm_tier_admits_a_cold_search_hit_on_its_second_use(open_store) -> None:
+    mem = open_store(warm_capacity=50, hot_capacity=5)
+    vectors = unit_rows(200, seed=11)
+    ids = mem.add_many([f"m{i}" for i in range(200)], vectors=vectors)
+    assert mem.stats().warm.count >= 49  # full: at the 99% that capacity pressure demotes down to
+    cold = [i for i, memory_id in enumerate(ids) if mem.tier_of(memory_id) is Tier.COLD]
+    first, second, fetched = cold[0], cold[1], cold[2]
+    warm_before = {memory_id for memory_id in ids if mem.tier_of(memory_id) is not Tier.COLD}
+    # A one-off hit is served from cold and stays there: promoting it would demote another.
+    assert mem.search(vector=vectors[first], k=1)[0].memory.id == ids[first]
+    assert mem.tier_of(ids[first]) is Tier.COLD
+    assert {memory_id for memory_id in ids if mem.tier_of(memory_id) is not Tier.COLD} == warm_before
+    # Its second use is evidence of reuse: promoted (and something else demoted).
+    hit = mem.search(vector=vectors[first], k=1)[0]
+    assert hit.memory.id == ids[first] and hit.tier is Tier.COLD and mem.tier_of(ids[first]) is Tier.HOT
+    # A get is an explicit use: it promotes at once; so does a hit of a memory used before.
+    mem.get(ids[fetched])
+    assert mem.tier_of(ids[fetched]) is Tier.HOT
+    assert mem.search(vector=vectors[second], k=1)[0].memory.id == ids[second]
+    assert mem.tier_of(ids[second]) is Tier.COLD
+    check_invariants(mem)
+

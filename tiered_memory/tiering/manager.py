@@ -61,6 +61,13 @@ _ADMIT_CHUNK = 256  # memories per background admission round
 # under the write lock that a search arriving during the load waits for: in the returning-users
 # replay a busy user had ~100 hot memories, and the refill was 55% of the load (4.4 of 7.9 ms).
 _REFILL_HOT_AT_LOAD = 32
+# Uses (this one included) a cold search hit needs before it is promoted while the warm tier is
+# full. At 1M memories in one namespace, warm at capacity, promoting every hit was 9.2 ms of
+# background work per search (a graph insertion and a demotion each, under the write lock), and
+# steady search p50 was 12.1 ms against 5.3 ms for the same searches alone
+# (benchmarks/results/huge-namespace/README.md). A second use is the evidence of reuse that a
+# full tier asks for before it evicts (2Q, TinyLFU); a get promotes at once.
+_COLD_HIT_ADMISSION_USES = 2
 
 
 def admission_key(ns: int) -> str:
@@ -579,13 +586,19 @@ class TierManager:
                 if not self.hot.put(memory, original if original is not None else fallback):
                     self.catalog.set_tier(slot, WARM)
 
-    def serve(self, slot: int) -> int:
-        """Account one lookup of a slot and ask for its promotion to hot. Caller holds _mutex."""
-        tier = self.catalog.tier[slot]
-        self.catalog.touch(slot, self.clock())
+    def serve(self, slot: int, search_hit: bool = False) -> int:
+        """Account one lookup of a slot and ask for its promotion to hot. Caller holds _mutex.
+
+        A cold search hit while the warm tier is full is promoted only once it has been used
+        before (_COLD_HIT_ADMISSION_USES): its promotion is a graph insertion plus the demotion of
+        another warm memory, and one-off hits made that churn the steady state of a huge
+        namespace. A get, an explicit use, always promotes."""
+        catalog = self.catalog
+        tier = catalog.tier[slot]
+        catalog.touch(slot, self.clock())
         if tier == HOT:
             self._hits["hot"] += 1
-            self.hot.get(self.catalog.ids[slot])  # refresh recency
+            self.hot.get(catalog.ids[slot])  # refresh recency
             return tier
         self._misses["hot"] += 1
         if tier == WARM:
@@ -593,7 +606,12 @@ class TierManager:
         else:
             self._misses["warm"] += 1
             self._hits["cold"] += 1
-        self._pending[slot] = self.catalog.ids[slot]
+            # Full: at or above the 99% that enforce_warm_capacity demotes down to.
+            capacity = self.config.warm_capacity
+            if search_hit and catalog.uses[slot] < _COLD_HIT_ADMISSION_USES and \
+                    catalog.warm_count >= capacity - capacity // 100:
+                return tier
+        self._pending[slot] = catalog.ids[slot]
         return tier
 
     def serve_hits(self, ranked: list[tuple[int, float]], lookup: Lookup) -> list[Hit]:
@@ -627,7 +645,7 @@ class TierManager:
                     content = lookup.content(slot)
                     if content is None:
                         continue
-                    tier = self.serve(slot)
+                    tier = self.serve(slot, search_hit=True)
                     hits.append(Hit(memory_of(slot, content), float(score), TIERS_BY_CODE[tier]))
             self._hits["hot"] += hot_served
             self._parts.ops += 1
