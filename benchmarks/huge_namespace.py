@@ -12,8 +12,8 @@ figure comes from a fresh process:
 3. index_cold("default") with cold_index_build_threads=2: build seconds and file bytes.
 4. the engine with the index (default config): reopen + first search, steady search p50/p99,
    tie-aware recall@10 against exact float32, RSS (VmRSS and RssAnon).
-5. raw usearch over the index file alone (ColdIndex.open + search_keys, k * 4 candidates,
-   expansion 128, the engine's defaults): what the engine adds on top.
+5. raw usearch over the index file alone (ColdIndex.open + search_keys, k * cold_index_oversample
+   candidates at cold_index_expansion, the engine's defaults): what the engine adds on top.
 6. recall and latency over cold_index_oversample x cold_index_expansion, one process per setting
    (promotions move what a search returns into the warm graph, so settings sharing a process
    would help each other).
@@ -647,9 +647,12 @@ def render(results: dict) -> str:
     if "disk_bytes_after_index" in results:
         lines.append(f"- store on disk: {results['disk_bytes_before_index'] / 2**30:.2f} GiB before the index, "
                      f"{results['disk_bytes_after_index'] / 2**30:.2f} GiB after")
+    defaults = results["defaults"]  # what the raw probe asks with: the run's engine defaults
     table = [("engine, on-disk index (defaults)", "engine"), ("engine, scan peer (before the index; "
              "cold_index_min_rows=0)", "scan_peer"), ("raw usearch over the index file alone (ColdIndex.open + "
-             "search_keys, 40 candidates, expansion 128)", "raw_usearch")]
+             f"search_keys, {10 * defaults['cold_index_oversample']} candidates, expansion "
+             f"{defaults['cold_index_expansion']})",
+             "raw_usearch")]
     lines += ["", "## Search, k=10, vectors given", "",
               "| system | open | first search | open + first | p50 | p90 | p99 | recall@10 | VmRSS open / first / "
               "after | RssAnon open / first / after |", "|---|---|---|---|---|---|---|---|---|---|"]
