@@ -230,3 +230,32 @@ def test_budgets_are_validated() -> None:
         MemoryConfig(warm_budget_bytes=0)
     with pytest.raises(Exception, match="hot_budget_bytes"):
         MemoryConfig(hot_budget_bytes=-1)
+
+
+def test_a_load_runs_with_the_garbage_collector_paused_and_restores_it(open_store, monkeypatch) -> None:
+    import gc
+
+    mem = open_store(preload=False)
+    ids = mem.add_many([f"m{i}" for i in range(30)], vectors=unit_rows(30), namespace="user0")
+    with mem._rw.write:
+        mem._tiers.unload("user0")
+    seen = []
+    real = type(mem.cold).load_namespace
+
+    def watched(cold, ns_id, count_hint=0):
+        seen.append(gc.isenabled())
+        return real(cold, ns_id, count_hint)
+
+    monkeypatch.setattr(type(mem.cold), "load_namespace", watched)
+    assert gc.isenabled()
+    assert mem.get(ids[3]).id == ids[3]  # loads user0
+    assert seen == [False] and gc.isenabled()
+    # A caller that runs with the collector off keeps it off.
+    with mem._rw.write:
+        mem._tiers.unload("user0")
+    gc.disable()
+    try:
+        mem.preload("user0")
+        assert seen == [False, False] and not gc.isenabled()
+    finally:
+        gc.enable()

