@@ -343,6 +343,7 @@ _GOOD_ROW = ["note", 0.5, 1.0, 1.0, 1.0, 0, -1, 0, 1, False]
 @pytest.mark.parametrize("damage", [
     "not msgpack", "not a list", "nine fields", "empty kind", "bool importance", "nan created", "inf accessed",
     "str uses", "negative uses", "tier 3", "version 0", "int sensitive", "nan expiry", "no code",
+    "list kind", "map kind",
 ])
 def test_a_damaged_catalog_row_is_reported_by_id_when_its_namespace_loads(saved, damage: str) -> None:
     # Rows are checked a column at a time; a failure goes back to the row-by-row check, which
@@ -354,7 +355,9 @@ def test_a_damaged_catalog_row_is_reported_by_id_when_its_namespace_loads(saved,
     change = {"nine fields": (slice(9, 10), []), "empty kind": (0, ""), "bool importance": (1, True),
               "nan created": (2, math.nan), "inf accessed": (4, math.inf), "str uses": (5, "1"),
               "negative uses": (5, -1), "tier 3": (7, 3), "version 0": (8, 0), "int sensitive": (9, 1),
-              "nan expiry": (slice(10, 11), [math.nan])}.get(damage)
+              "nan expiry": (slice(10, 11), [math.nan]),
+              # unhashable: a check over the set of a column's values must not raise TypeError
+              "list kind": (0, ["note"]), "map kind": (0, {"k": 1})}.get(damage)
     if change is not None:
         row[change[0]] = change[1]
     data = {"not msgpack": b"\xc1", "not a list": msgpack.packb({"kind": "note"})}.get(damage, msgpack.packb(row))

@@ -144,7 +144,8 @@ def _row_columns(rows: list[bytes]) -> tuple[list[Any], ...] | None:
         return None
     columns = [list(column) for column in zip(*unpacked)]
     kinds, sensitive = columns[0], columns[9]
-    if not all(type(kind) is str and kind for kind in set(kinds)):
+    # Types first: set(kinds) of a damaged row holding a list or map would raise TypeError.
+    if not set(map(type, kinds)) <= {str} or "" in set(kinds):
         return None
     if not set(map(type, sensitive)) <= {bool}:
         return None
