@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from tiered_memory import Tier
 
 from .conftest import unit_rows
@@ -94,20 +96,47 @@ def test_admissions_waiting_at_close_resume_when_the_store_is_opened_again(open_
     assert third.cold.meta_get("admission/" + format(third.catalog.namespaces.codes["default"], "x")) == []
 
 
-def test_admissions_waiting_when_a_namespace_unloads_resume_when_it_loads(open_store, monkeypatch) -> None:
+def _user0_with_a_stalled_backlog(open_store, monkeypatch):
+    """A store whose namespace user0 has a graph and 300 memories queued for it, not admitted."""
     mem = open_store(exact_search_max=16, promote_in_background=True, preload=False)
     mem.add_many([f"seed {i}" for i in range(40)], vectors=unit_rows(40, seed=1), namespace="user0")
     assert mem.wait_idle(timeout=60)
     _stalled_admission(monkeypatch)
     vectors = unit_rows(300, seed=3)
     ids = mem.add_many([f"bulk {i}" for i in range(300)], vectors=vectors, namespace="user0")
-    with mem._rw.write:
-        mem._tiers.unload("user0")
-    monkeypatch.undo()
-    # Another namespace takes the catalog slots user0 left (a queue of slots would now name its rows).
-    mem.add_many([f"other {i}" for i in range(340)], vectors=unit_rows(340, seed=4), namespace="user1")
+    return mem, ids, vectors
+
+
+def _reloaded_and_admitted(mem, ids, vectors) -> None:
+    """Loading user0 again queues what waited; the background thread then admits all of it."""
     assert mem.wait_idle(timeout=60)
     assert mem.search(vector=vectors[9], namespace="user0", k=1)[0].memory.id == ids[9]  # loads it
     assert mem.wait_idle(timeout=60)
     assert {mem.tier_of(memory_id) for memory_id in ids} <= {Tier.WARM, Tier.HOT}
     check_invariants(mem)
+
+
+def test_admissions_waiting_when_a_namespace_unloads_resume_when_it_loads(open_store, monkeypatch) -> None:
+    mem, ids, vectors = _user0_with_a_stalled_backlog(open_store, monkeypatch)
+    with mem._rw.write:
+        mem._tiers.unload("user0")
+    monkeypatch.undo()
+    # Another namespace takes the catalog slots user0 left (a queue of slots would now name its rows).
+    mem.add_many([f"other {i}" for i in range(340)], vectors=unit_rows(340, seed=4), namespace="user1")
+    _reloaded_and_admitted(mem, ids, vectors)
+
+
+def test_admissions_in_flight_when_a_namespace_unloads_resume_when_it_loads(open_store, monkeypatch) -> None:
+    # The background thread takes a chunk off the queue, then waits for the write lock; an unload
+    # that runs first saved the queue without that chunk, and the thread then found its slots gone.
+    mem, ids, vectors = _user0_with_a_stalled_backlog(open_store, monkeypatch)
+    tiers = mem._tiers
+    with mem._rw.write:
+        monkeypatch.undo()
+        tiers._promoter.wake()
+        deadline = time.monotonic() + 60
+        while tiers.admission_backlog() == 300 and time.monotonic() < deadline:
+            time.sleep(0.01)  # until the thread has taken a chunk and waits for this lock
+        assert tiers.admission_backlog() < 300
+        tiers.unload("user0")
+    _reloaded_and_admitted(mem, ids, vectors)

@@ -186,6 +186,9 @@ class TierManager:
         # ns ids whose waiting admissions are saved in meta (admission_key): rewritten, or emptied,
         # at each persist, so a reopened store or a reloaded namespace picks the backlog up again.
         self._admission_saved: set[int] = set()
+        # ns id -> ids of the chunk the background thread has taken off _admitting and not yet put
+        # in a graph: saved with the queue, else an unload or persist in between forgot them.
+        self._admission_in_flight: dict[int, list[str]] = {}
         self._notified: set[int] = set()  # ns ids other processes changed (a shared cold store), to unload
         self._promoter = Promoter(self._background_work, self._has_background_work)
         self._cold_build_lock = threading.Lock()  # one on-disk index build at a time
@@ -721,6 +724,9 @@ class TierManager:
         and which namespaces then have some saved."""
         with self._mutex:
             waiting: dict[int, list[str]] = {}
+            for ns, memory_ids in self._admission_in_flight.items():
+                if ns in wanted:
+                    waiting.setdefault(ns, []).extend(memory_ids)
             for slot, memory_id in self._admitting.items():
                 if self.catalog.ns[slot] in wanted:
                     waiting.setdefault(self.catalog.ns[slot], []).append(memory_id)
@@ -735,16 +741,22 @@ class TierManager:
             if not self._admitting:
                 return False
             chunk = list(itertools.islice(self._admitting.items(), _ADMIT_CHUNK))
-            for slot, _ in chunk:
+            for slot, memory_id in chunk:
                 del self._admitting[slot]
-        with self._rw.write:
-            if self._parts.closed:
-                return False
-            catalog = self.catalog
-            # Deleted, reused, unloaded or moved since: left as they are.
-            live = [slot for slot, memory_id in chunk if catalog.ids[slot] == memory_id and catalog.tier[slot] == COLD]
-            self._cold_to_warm(live)
-            self.enforce_warm_capacity(protect=set(live))
+                self._admission_in_flight.setdefault(self.catalog.ns[slot], []).append(memory_id)
+        try:
+            with self._rw.write:
+                if self._parts.closed:
+                    return False
+                catalog = self.catalog
+                # Deleted, reused, unloaded or moved since: left as they are.
+                live = [slot for slot, memory_id in chunk
+                        if catalog.ids[slot] == memory_id and catalog.tier[slot] == COLD]
+                self._cold_to_warm(live)
+                self.enforce_warm_capacity(protect=set(live))
+        finally:
+            with self._mutex:
+                self._admission_in_flight.clear()
         return True
 
     def _cold_to_warm(self, slots: list[int], promotions: bool = False) -> None:
