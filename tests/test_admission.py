@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import textwrap
 import time
 
 from tiered_memory import Tier
 
-from .conftest import unit_rows
+from .conftest import DIM, ROOT, unit_rows
 from .invariants import check_invariants
 
 
@@ -140,3 +145,32 @@ def test_admissions_in_flight_when_a_namespace_unloads_resume_when_it_loads(open
         assert tiers.admission_backlog() < 300
         tiers.unload("user0")
     _reloaded_and_admitted(mem, ids, vectors)
+
+
+def test_admissions_of_an_add_survive_a_crash_before_any_persist(open_store, tmp_path) -> None:
+    # The queue was saved only at persist (maintenance, unload, close): a process killed after a
+    # large add left its memories cold for good.
+    path = tmp_path / "store"
+    code = f"""
+        import os, signal
+        from tests.conftest import unit_rows
+        from tiered_memory import TieredMemory
+        from tiered_memory.tiering.manager import TierManager
+        mem = TieredMemory({str(path)!r}, encoder=None, dimension={DIM}, exact_search_max=16,
+                           promote_in_background=True)
+        mem.add_many([f"seed {{i}}" for i in range(40)], vectors=unit_rows(40, seed=1))
+        assert mem.wait_idle(timeout=60)
+        mem.maintain()
+        TierManager._admit_waiting = lambda self: False  # the background thread falls behind
+        mem.add_many([f"bulk {{i}}" for i in range(300)], vectors=unit_rows(300, seed=3))
+        os.kill(os.getpid(), signal.SIGKILL)
+    """
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                            timeout=120, env=dict(os.environ, PYTHONPATH=str(ROOT)), cwd=ROOT)
+    assert result.returncode == -signal.SIGKILL, result.stderr
+    mem = open_store(path, exact_search_max=16, promote_in_background=True)
+    assert mem.wait_idle(timeout=60)
+    bulk = [memory.id for memory in mem.list_memories(limit=1_000) if memory.text.startswith("bulk ")]
+    assert len(bulk) == 300
+    assert {mem.tier_of(memory_id) for memory_id in bulk} <= {Tier.WARM, Tier.HOT}
+    check_invariants(mem)

@@ -616,8 +616,9 @@ class TieredMemory:
             dedup_ops = [("texts", key, memory.id.encode("utf-8")) for key, memory in zip(text_keys, memories)
                          if key is not None]
         bound_ops, bound = self._expiry.lowered_bound_ops(ns, [memory.expires_at for memory in memories])
+        queue_ops = [self._tiers.admission_op(ns, [memories[i].id for i in np.flatnonzero(to_warm)])] if later else []
         self.cold.write([*self.cold.memory_ops(ns, memories, codes, vectors), *dedup_ops, *sealing, *bound_ops,
-                         *self._expiry.expiry_ops(raised),
+                         *queue_ops, *self._expiry.expiry_ops(raised),
                          *self._changes.ops(ns, [memory.id for memory in memories])])
         if sealing:
             self._key_checked = self._has_sealed = True

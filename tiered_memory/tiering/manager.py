@@ -694,10 +694,12 @@ class TierManager:
                 and len(self._admitting) + count <= self.config.admission_backlog_max)
 
     def admit_later(self, slots: list[int]) -> None:
-        """Queue new memories, stored durably and in cold blocks, for the warm graph."""
+        """Queue new memories, stored durably and in cold blocks (their queue saved with them,
+        admission_op), for the warm graph."""
         with self._mutex:
             for slot in slots:
                 self._admitting[slot] = self.catalog.ids[slot]
+                self._admission_saved.add(self.catalog.ns[slot])
         self._promoter.wake()
 
     def admission_backlog(self) -> int:
@@ -719,9 +721,26 @@ class TierManager:
         if slots:
             self.admit_later(slots)
 
+    def admission_op(self, ns: int, memory_ids: list[str]) -> Op:
+        """The meta write saving a namespace's waiting admissions with these new ones, for the add
+        that queues them to write with its memories: saved only at the next persist, they were
+        lost to a crash before it (cold for good). It rewrites the namespace's whole queue, at most
+        admission_backlog_max ids, once per add large enough to queue (_ADMIT_LATER_MIN): 1,000-memory
+        adds with 30k-40k waiting took 65.1 and 67.1 ms against 57.6 and 61.5 without (1.09-1.13x,
+        load 1.3-1.6); 50k ids pack to 1.7 MB in 1.1 ms."""
+        waiting = self._waiting_admissions({ns}).get(ns, [])
+        return self.cold.meta_op(admission_key(ns), waiting + memory_ids)
+
     def _admission_ops(self, wanted: set[int]) -> tuple[list[Op], set[int]]:
         """Meta writes of these namespaces' waiting admissions (an empty list clears a saved one),
         and which namespaces then have some saved."""
+        waiting = self._waiting_admissions(wanted)
+        ops = [self.cold.meta_op(admission_key(ns), waiting.get(ns, []))
+               for ns in sorted(wanted) if ns in waiting or ns in self._admission_saved]
+        return ops, set(waiting)
+
+    def _waiting_admissions(self, wanted: set[int]) -> dict[int, list[str]]:
+        """The ids waiting for these namespaces' graphs, queued or being admitted, by ns id."""
         with self._mutex:
             waiting: dict[int, list[str]] = {}
             for ns, memory_ids in self._admission_in_flight.items():
@@ -730,9 +749,7 @@ class TierManager:
             for slot, memory_id in self._admitting.items():
                 if self.catalog.ns[slot] in wanted:
                     waiting.setdefault(self.catalog.ns[slot], []).append(memory_id)
-        ops = [self.cold.meta_op(admission_key(ns), waiting.get(ns, []))
-               for ns in sorted(wanted) if ns in waiting or ns in self._admission_saved]
-        return ops, set(waiting)
+        return waiting
 
     def _admit_waiting(self) -> bool:
         """Background: put up to _ADMIT_CHUNK queued memories into their graphs (the write lock is
