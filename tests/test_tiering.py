@@ -274,7 +274,7 @@ def test_a_full_warm_tier_admits_a_cold_search_hit_on_its_second_use(open_store)
     # Its second use is evidence of reuse: promoted (and something else demoted).
     hit = mem.search(vector=vectors[first], k=1)[0]
     assert hit.memory.id == ids[first] and hit.tier is Tier.COLD and mem.tier_of(ids[first]) is Tier.HOT
-    # A get is an explicit use: it promotes at once; so does a hit of a memory used before.
+    # A get is an explicit use: it promotes at once; another memory's one-off hit stays cold.
     mem.get(ids[fetched])
     assert mem.tier_of(ids[fetched]) is Tier.HOT
     assert mem.search(vector=vectors[second], k=1)[0].memory.id == ids[second]

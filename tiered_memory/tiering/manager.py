@@ -340,11 +340,13 @@ class TierManager:
         ns = self.cold.namespace_id(namespace, create=create and not self.read_only)
         if ns is None:
             return None
-        with collector_paused():
-            return self._load(namespace, ns)
-
-    def _load(self, namespace: str, ns: int) -> int:
         started = time.perf_counter()
+        with collector_paused():  # the rows: a few objects each, all kept (a graph rebuild below is not)
+            slots, rows = self._load_rows(namespace, ns)
+        return self._load_rest(namespace, ns, slots, rows, started)
+
+    def _load_rows(self, namespace: str, ns: int) -> tuple[list[int], Any]:
+        """Read a namespace's rows and codes into the catalog and attach its on-disk index."""
         count = self.cold.namespace_info(ns)[1]
         rows = self.cold.load_namespace(ns, count)
         catalog = self.catalog
@@ -356,6 +358,11 @@ class TierManager:
             self._expiry.saw_expiries(ns, rows.expires)
         if index is not None:
             self.cold_parts.attach(namespace, index, keys, np.asarray(slots, dtype=np.int64)[indexed])
+        return slots, rows
+
+    def _load_rest(self, namespace: str, ns: int, slots: list[int], rows: Any, started: float) -> int:
+        """Topic model, graph, admissions and hot refill of a namespace whose rows are in."""
+        catalog = self.catalog
         model = self._load_topics(namespace, ns)
         if model is not None:
             sealed = [slot for slot, flag in zip(slots, rows.sensitive) if flag]
