@@ -602,8 +602,9 @@ class TieredMemory:
         # A large add into a namespace with a graph: its warm memories enter the graph in the
         # background (MemoryConfig.admission_backlog_max); until then they are cold, found by scan.
         later = self._tiers.admits_later(namespace, int(to_warm.sum()))
-        memories = [memory._replace(tier=Tier.WARM if to_warm[i] and not later else Tier.COLD)
-                    for i, memory in enumerate(memories)]
+        # Stored as warm either way: a load finds the ones its graph lacks and queues them again
+        # (TierManager._repair_graph), so a close, an unload or a crash loses no admission.
+        memories = [memory._replace(tier=Tier.WARM if to_warm[i] else Tier.COLD) for i, memory in enumerate(memories)]
         codes = quantizer.encode(vectors)
         sealing = self._key_check_ops() if any(memory.sensitive for memory in memories) and \
             not self._has_sealed else []
@@ -616,9 +617,8 @@ class TieredMemory:
             dedup_ops = [("texts", key, memory.id.encode("utf-8")) for key, memory in zip(text_keys, memories)
                          if key is not None]
         bound_ops, bound = self._expiry.lowered_bound_ops(ns, [memory.expires_at for memory in memories])
-        queue_ops = [self._tiers.admission_op(ns, [memories[i].id for i in np.flatnonzero(to_warm)])] if later else []
         self.cold.write([*self.cold.memory_ops(ns, memories, codes, vectors), *dedup_ops, *sealing, *bound_ops,
-                         *queue_ops, *self._expiry.expiry_ops(raised),
+                         *self._expiry.expiry_ops(raised),
                          *self._changes.ops(ns, [memory.id for memory in memories])])
         if sealing:
             self._key_checked = self._has_sealed = True
@@ -627,6 +627,8 @@ class TieredMemory:
         self._expiry.set_expiries(raised)
         # Durable from here on; what follows only updates in-RAM structures.
         self._tiers.count_coded(vectors)
+        if later:  # cold blocks (found by scan) until the background thread puts them in the graph
+            memories = [memory._replace(tier=Tier.COLD) for memory in memories]
         with self._mutex:
             slots = [self.catalog.insert(memory, code) for memory, code in zip(memories, codes)]
         if model is not None:

@@ -80,6 +80,9 @@ class Catalog:
         self.slots_by_ns: dict[int, set[int]] = defaultdict(set)
         self.count_by_kind: dict[tuple[int, int], int] = defaultdict(int)  # (namespace, kind) -> memories
         self.dirty: set[int] = set()  # slots whose record changed in RAM since the last flush to cold
+        # slot -> id of memories headed for the warm graph (background admission): cold in RAM until
+        # then, stored as warm (row_bytes), so the next load's graph repair queues them again.
+        self.admitting: dict[int, str] = {}
         self.tier_counts = [0, 0, 0]  # memories per tier code (COLD, WARM, HOT)
 
     def __len__(self) -> int:
@@ -182,6 +185,7 @@ class Catalog:
         self.count_by_kind[self.ns[slot], self.kind[slot]] -= 1
         self.ids[slot] = None
         self.dirty.discard(slot)
+        self.admitting.pop(slot, None)
         self._free.append(slot)
         return slot
 

@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from tiered_memory.errors import InvalidExpiryError, InvalidInputError, MemoryExpiredError, short_repr
+from tiered_memory.namespaces.catalog import WARM
 from tiered_memory.records import Memory, check_timestamp, is_real_number
 from tiered_memory.tiers.cold import Op, pack_row, row_key, text_key
 
@@ -124,7 +125,8 @@ def expired_error(memory_id: str, expires: float) -> MemoryExpiredError:
 def row_bytes(catalog: Catalog, slot: int, memory: Memory | None = None, expires: float | None = None) -> bytes:
     """A slot's catalog row as stored in cold. Sealed rows keep no topic: it is derived from
     the (sealed) vector and recomputed at load (issue 11.1). The expiry is `memory`'s, else
-    `expires` (math.inf: never), else the catalog's."""
+    `expires` (math.inf: never), else the catalog's. A memory waiting for its graph is stored
+    as warm, the tier it is headed for (Catalog.admitting)."""
     sensitive = bool(catalog.sensitive[slot])
     kind = memory.kind if memory is not None else catalog.kinds.names[catalog.kind[slot]]
     importance = memory.importance if memory is not None else catalog.importance[slot]
@@ -135,8 +137,8 @@ def row_bytes(catalog: Catalog, slot: int, memory: Memory | None = None, expires
     elif expires is None:
         expires = catalog.expires[slot]
     return pack_row(kind, importance, catalog.created[slot], updated, catalog.accessed[slot],
-                    catalog.uses[slot], -1 if sensitive else catalog.topic[slot], catalog.tier[slot], version,
-                    sensitive, expires)
+                    catalog.uses[slot], -1 if sensitive else catalog.topic[slot],
+                    WARM if slot in catalog.admitting else catalog.tier[slot], version, sensitive, expires)
 
 
 class Expiry:

@@ -87,11 +87,6 @@ def collector_paused() -> Iterator[None]:
             gc.enable()
 
 
-def admission_key(ns: int) -> str:
-    """The meta entry of a namespace's memories still waiting for its graph (background admission)."""
-    return f"admission/{ns:x}"
-
-
 @dataclass
 class MaintenanceReport:
     demoted_to_warm: int = 0
@@ -182,13 +177,7 @@ class TierManager:
         self._promotions, self._demotions = parts.traffic.promotions, parts.traffic.demotions
         self._decoded = parts.decoded
         self._pending: dict[int, str] = {}  # slot -> id of memories served from warm/cold, to promote
-        self._admitting: dict[int, str] = {}  # slot -> id of new memories to enter the warm graph
-        # ns ids whose waiting admissions are saved in meta (admission_key): rewritten, or emptied,
-        # at each persist, so a reopened store or a reloaded namespace picks the backlog up again.
-        self._admission_saved: set[int] = set()
-        # ns id -> ids of the chunk the background thread has taken off _admitting and not yet put
-        # in a graph: saved with the queue, else an unload or persist in between forgot them.
-        self._admission_in_flight: dict[int, list[str]] = {}
+        self._admitting = parts.catalog.admitting  # slot -> id of new memories to enter the warm graph
         self._notified: set[int] = set()  # ns ids other processes changed (a shared cold store), to unload
         self._promoter = Promoter(self._background_work, self._has_background_work)
         self._cold_build_lock = threading.Lock()  # one on-disk index build at a time
@@ -373,8 +362,8 @@ class TierManager:
                         catalog.set_topic(slot, topic)
                     catalog.dirty.difference_update(sealed)
         self._restore_graph(namespace, ns)
-        self._resume_admission(namespace, ns)
-        hot = [slot for slot, tier in zip(slots, rows.tier) if tier == HOT]
+        # (a hot row the graph repair left waiting for admission is cold until then)
+        hot = [slot for slot, tier in zip(slots, rows.tier) if tier == HOT and catalog.tier[slot] != COLD]
         if hot:
             hot.sort(key=lambda slot: catalog.accessed[slot])
             with self._mutex:  # back to warm until the records are read: _fill_hot makes them hot
@@ -449,7 +438,6 @@ class TierManager:
                 memory_id = catalog.ids[slot]
                 self.hot.discard(memory_id)
                 self._pending.pop(slot, None)
-                self._admitting.pop(slot, None)  # saved by _persist_namespaces, queued again at load
             catalog.unload_namespace(ns)
         self.warm.forget(namespace)
         self.cold_parts.detach(namespace)
@@ -548,12 +536,23 @@ class TierManager:
         for memory_id in extra:
             self.warm.discard(memory_id, namespace)
         missing = [slot for slot, memory_id in zip(slots, ids) if memory_id not in graph.label_of]
+        absent = len(missing)  # the ones after these were in the graph with another vector
         if stale:  # saved before the last write: a vector may have changed since
             present = [slot for slot, memory_id in zip(slots, ids) if memory_id in graph.label_of]
             if present:
                 stored = graph.vectors([memory_id for memory_id in ids if memory_id in graph.label_of])
                 differs = ~np.isclose(stored, self._decoded(present), atol=1e-5).all(axis=1)
                 missing.extend(np.asarray(present)[differs].tolist())
+        if absent >= _ADMIT_LATER_MIN and self.config.promote_in_background and not self.read_only:
+            # Many warm memories the graph lacks (a large add's, still waiting at a close, an
+            # unload or a crash): cold blocks (found by scan) until the background thread admits
+            # them, not one hnswlib insertion each (about a millisecond) inside this load.
+            later, missing = missing[:absent], missing[absent:]
+            with self._mutex:
+                for slot in later:
+                    self.catalog.set_tier(slot, COLD)
+                self.catalog.dirty.difference_update(later)  # stored as warm, where they are headed
+            self.admit_later(later)
         if missing:
             self.warm.put_many(namespace, [self.catalog.ids[s] for s in missing], self._decoded(missing))
         return len(extra) + len(missing)
@@ -701,87 +700,36 @@ class TierManager:
                 and len(self._admitting) + count <= self.config.admission_backlog_max)
 
     def admit_later(self, slots: list[int]) -> None:
-        """Queue new memories, stored durably and in cold blocks (their queue saved with them,
-        admission_op), for the warm graph."""
+        """Queue new memories, stored durably (as warm) and in cold blocks, for the warm graph."""
         with self._mutex:
             for slot in slots:
                 self._admitting[slot] = self.catalog.ids[slot]
-                self._admission_saved.add(self.catalog.ns[slot])
         self._promoter.wake()
 
     def admission_backlog(self) -> int:
         return len(self._admitting)
 
-    def _resume_admission(self, namespace: str, ns: int) -> None:
-        """Queue again what was waiting for the namespace's graph when it was last persisted
-        (closed, unloaded, or maintained before a crash): without it those memories stayed cold
-        for good, and a reopened 62k store answered from its cold index in 2.0 ms instead of 0.2."""
-        waiting = self.cold.meta_get(admission_key(ns), [])
-        if not waiting:
-            return
-        self._admission_saved.add(ns)
-        if self.read_only or not self.config.promote_in_background or namespace not in self.warm.graphs:
-            return
-        catalog = self.catalog
-        slots = [slot for slot in map(catalog.slot_of.get, waiting)
-                 if slot is not None and catalog.ns[slot] == ns and catalog.tier[slot] == COLD]
-        if slots:
-            self.admit_later(slots)
-
-    def admission_op(self, ns: int, memory_ids: list[str]) -> Op:
-        """The meta write saving a namespace's waiting admissions with these new ones, for the add
-        that queues them to write with its memories: saved only at the next persist, they were
-        lost to a crash before it (cold for good). It rewrites the namespace's whole queue, at most
-        admission_backlog_max ids, once per add large enough to queue (_ADMIT_LATER_MIN): 1,000-memory
-        adds with 30k-40k waiting took 65.1 and 67.1 ms against 57.6 and 61.5 without (1.09-1.13x,
-        load 1.3-1.6); 50k ids pack to 1.7 MB in 1.1 ms."""
-        waiting = self._waiting_admissions({ns}).get(ns, [])
-        return self.cold.meta_op(admission_key(ns), waiting + memory_ids)
-
-    def _admission_ops(self, wanted: set[int]) -> tuple[list[Op], set[int]]:
-        """Meta writes of these namespaces' waiting admissions (an empty list clears a saved one),
-        and which namespaces then have some saved."""
-        waiting = self._waiting_admissions(wanted)
-        ops = [self.cold.meta_op(admission_key(ns), waiting.get(ns, []))
-               for ns in sorted(wanted) if ns in waiting or ns in self._admission_saved]
-        return ops, set(waiting)
-
-    def _waiting_admissions(self, wanted: set[int]) -> dict[int, list[str]]:
-        """The ids waiting for these namespaces' graphs, queued or being admitted, by ns id."""
-        with self._mutex:
-            waiting: dict[int, list[str]] = {}
-            for ns, memory_ids in self._admission_in_flight.items():
-                if ns in wanted:
-                    waiting.setdefault(ns, []).extend(memory_ids)
-            for slot, memory_id in self._admitting.items():
-                if self.catalog.ns[slot] in wanted:
-                    waiting.setdefault(self.catalog.ns[slot], []).append(memory_id)
-        return waiting
-
     def _admit_waiting(self) -> bool:
         """Background: put up to _ADMIT_CHUNK queued memories into their graphs (the write lock is
-        held for one chunk at a time, ~0.3 s, so searches interleave); returns whether any waited."""
+        held for one chunk at a time, ~0.3 s, so searches interleave); returns whether any waited.
+        The chunk leaves the queue only under the write lock: a persist or unload in between
+        still sees it waiting (and stores it as warm)."""
         with self._mutex:
             if not self._admitting:
                 return False
-            chunk = list(itertools.islice(self._admitting.items(), _ADMIT_CHUNK))
-            for slot, memory_id in chunk:
-                del self._admitting[slot]
-                self._admission_in_flight.setdefault(self.catalog.ns[slot], []).append(memory_id)
-        try:
-            with self._rw.write:
-                if self._parts.closed:
-                    return False
-                catalog = self.catalog
-                # Deleted, reused, unloaded or moved since: left as they are.
-                live = [slot for slot, memory_id in chunk
-                        if catalog.ids[slot] == memory_id and catalog.tier[slot] == COLD]
-                self._cold_to_warm(live)
-                self.enforce_warm_capacity(protect=set(live))
-        finally:
+        with self._rw.write:
+            if self._parts.closed:
+                return False
             with self._mutex:
-                self._admission_in_flight.clear()
-        return True
+                chunk = list(itertools.islice(self._admitting.items(), _ADMIT_CHUNK))
+                for slot, _ in chunk:
+                    del self._admitting[slot]
+            catalog = self.catalog
+            # Deleted, reused, unloaded or moved since: left as they are.
+            live = [slot for slot, memory_id in chunk if catalog.ids[slot] == memory_id and catalog.tier[slot] == COLD]
+            self._cold_to_warm(live)
+            self.enforce_warm_capacity(protect=set(live))
+        return bool(chunk)
 
     def _cold_to_warm(self, slots: list[int], promotions: bool = False) -> None:
         """Move these slots, those of them still cold, into their namespaces' graphs (a failed
@@ -1254,8 +1202,6 @@ class TierManager:
             catalog.dirty.difference_update(dirty)
             rows = [(catalog.ns[slot], catalog.ids[slot], row_bytes(catalog, slot)) for slot in dirty]
         ops: list[Op] = [("rows", row_key(ns, memory_id), row) for ns, memory_id, row in rows]
-        admission_ops, saving = self._admission_ops(wanted)
-        ops.extend(admission_ops)
         changed_models = [name for name in namespaces if name in self._topics_dirty]
         for namespace in changed_models:
             model = self.topics.get(namespace)
@@ -1269,8 +1215,6 @@ class TierManager:
                     catalog.dirty.update(slot for slot in dirty if catalog.ids[slot] is not None)
                 raise
             self._topics_dirty.difference_update(changed_models)
-            self._admission_saved.difference_update(wanted)
-            self._admission_saved.update(saving)
         generations = {name: self.cold.namespace_info(catalog.namespaces.codes[name])[2]
                        for name in namespaces if name in self.warm.graphs}
         try:

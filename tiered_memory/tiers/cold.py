@@ -281,16 +281,9 @@ class ColdTier(ColdOps, ColdStore):
 
     def change_seqs(self) -> dict[int, int]:
         """ns id -> the number of its latest change, for every namespace that has one."""
-        out: dict[int, int] = {}
         with self._begin(db=self.dbs["meta"]) as txn:
-            cursor = txn.cursor()
-            if cursor.set_range(_SEQ_PREFIX):
-                for key, data in cursor:
-                    key = bytes(key)
-                    if not key.startswith(_SEQ_PREFIX):
-                        break
-                    out[_NS_ID.unpack(key[len(_SEQ_PREFIX):])[0]] = msgpack.unpackb(bytes(data))
-        return out
+            keys, values = _range_items(txn.cursor(), _SEQ_PREFIX)
+        return {_NS_ID.unpack(key[len(_SEQ_PREFIX):])[0]: msgpack.unpackb(data) for key, data in zip(keys, values)}
 
     def changes_after(self, ns_id: int, after: int, limit: int) -> list[StoredVersion]:
         """The namespace's memories changed after change number `after` (the latest change of
@@ -419,19 +412,15 @@ class ColdTier(ColdOps, ColdStore):
         expired: list[str] = []
         sealed: list[bool] = []
         earliest = math.inf
-        with self._begin(db=self.dbs["rows"], buffers=True) as txn:
-            cursor = txn.cursor()
-            if cursor.set_range(prefix):
-                for key, data in cursor:
-                    key = bytes(key)
-                    if not key.startswith(prefix):
-                        break
-                    row = _unpack_row(key, bytes(data))
-                    if row[10] <= now:
-                        expired.append(key[4:].decode("utf-8"))
-                        sealed.append(row[9])
-                    elif row[10] < earliest:
-                        earliest = row[10]
+        with self._begin(db=self.dbs["rows"]) as txn:
+            keys, rows = _range_items(txn.cursor(), prefix)
+        for key, data in zip(keys, rows):
+            row = _unpack_row(key, data)
+            if row[10] <= now:
+                expired.append(key[4:].decode("utf-8"))
+                sealed.append(row[9])
+            elif row[10] < earliest:
+                earliest = row[10]
         return expired, sealed, earliest
 
     def row_expires_at(self, ns_id: int, memory_id: str) -> float:
@@ -444,17 +433,9 @@ class ColdTier(ColdOps, ColdStore):
     def expiry_bounds(self) -> dict[int, float]:
         """ns id -> a lower bound on the expiries of the namespace's memories, for every namespace
         that has held a memory that expires (one range read of ``meta``; empty in most stores)."""
-        out: dict[int, float] = {}
         with self._begin(db=self.dbs["meta"]) as txn:
-            cursor = txn.cursor()
-            if cursor.set_range(EXPIRY_PREFIX):
-                for key, data in cursor:
-                    key = bytes(key)
-                    if not key.startswith(EXPIRY_PREFIX):
-                        break
-                    ns_id, bound = expiry_bound_of(key, bytes(data))
-                    out[ns_id] = bound
-        return out
+            keys, values = _range_items(txn.cursor(), EXPIRY_PREFIX)
+        return dict(expiry_bound_of(key, data) for key, data in zip(keys, values))
 
     def _grow(self, deleting: bool = False) -> None:
         # Called with the engine's write lock held, so no transaction of this process is open.
@@ -692,15 +673,8 @@ class ColdTier(ColdOps, ColdStore):
     def extra_items(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
         """Entries of the ``extra`` database whose key starts with prefix, in key order."""
         with self._begin(db=self.dbs["extra"]) as txn:
-            cursor = txn.cursor()
-            if not cursor.set_range(prefix):
-                return
-            items = []
-            for key, value in cursor:
-                if not key.startswith(prefix):
-                    break
-                items.append((bytes(key), bytes(value)))
-        yield from items
+            keys, values = _range_items(txn.cursor(), prefix)
+        yield from zip(keys, values)
 
     def get_raw(self, db: str, memory_id: str) -> bytes | None:
         """The stored bytes of one memory's value in a database keyed by memory id (verification)."""
